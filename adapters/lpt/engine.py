@@ -1,0 +1,172 @@
+"""The mixed-task engine: rows for any mix of adapters in, label scores out.
+
+    engine = Engine(backbone, cache_entries=4096)
+    preds = engine.predict([Row(sentiment, "great film"), Row(topic, "great film")])
+
+Stages: encode (each adapter's template) -> lower (layers [0, k) once per distinct token
+sequence, or the layer-k cache) -> late_forward (generators once per adapter, one upper pass)
+-> predictions. The engine knows nothing of HTTP or threads: call it from one thread.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field
+
+import torch
+
+from .adapter import LatePrompt
+from .backbone import Backbone
+from .encoding import Encoded
+from .forward import Group, late_forward, lower_pass, pad_states, pad_tokens
+
+
+@dataclass(frozen=True)
+class Row:
+    adapter: LatePrompt
+    text: str
+    text_pair: str | None = None
+
+
+@dataclass
+class Prediction:
+    label: str
+    score: float                  # probability of `label`
+    scores: dict[str, float]      # probability of every label
+    logits: list[float]
+
+
+class RowError(ValueError):
+    """This row alone could not be served (the rest of its batch was)."""
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+
+
+class StateCache:
+    """Bounded LRU of layer-k hidden states, keyed by (k, token ids, token types).
+
+    The model is fixed per engine, so k and the tokens determine the states exactly.
+    """
+
+    def __init__(self, entries: int):
+        self.entries = entries
+        self._data: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.stats = CacheStats()
+
+    def get(self, key: tuple) -> torch.Tensor | None:
+        t = self._data.get(key)
+        if t is None:
+            self.stats.misses += 1
+            return None
+        self._data.move_to_end(key)
+        self.stats.hits += 1
+        return t
+
+    def put(self, key: tuple, value: torch.Tensor) -> None:
+        if self.entries <= 0:
+            return
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.entries:
+            self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+
+@dataclass
+class _Encoded:
+    row_index: int
+    adapter: LatePrompt
+    enc: Encoded
+    states: torch.Tensor | None = field(default=None)   # [T, d] at the adapter's layer
+
+
+class Engine:
+    def __init__(self, backbone: Backbone, cache_entries: int = 2048):
+        self.backbone = backbone
+        self.cache = StateCache(cache_entries)
+        self.pad_id = backbone.tokenizer.pad_token_id
+        if self.pad_id is None:  # GPT-2 has none; padded positions are masked anyway
+            self.pad_id = backbone.tokenizer.eos_token_id or 0
+
+    # ---- stages -----------------------------------------------------------------------------
+    def encode(self, rows: list[Row]) -> tuple[list[_Encoded], dict[int, Exception]]:
+        ok, failed = [], {}
+        for i, r in enumerate(rows):
+            try:
+                ok.append(_Encoded(i, r.adapter, r.adapter.encoder.encode(r.text, r.text_pair)))
+            except Exception as e:   # one bad text fails its row, not the batch
+                failed[i] = RowError(str(e))
+        return ok, failed
+
+    def lower(self, items: list[_Encoded]) -> None:
+        """Fill item.states: cache hits first, then one lower pass over the distinct misses."""
+        missing: dict[tuple, set[int]] = defaultdict(set)   # token key -> layers needed
+        for it in items:
+            it.states = self.cache.get((it.adapter.layer, it.enc.key))
+            if it.states is None:
+                missing[it.enc.key].add(it.adapter.layer)
+        if missing:
+            keys = list(missing)
+            tokens = pad_tokens([k[0] for k in keys], [k[1] for k in keys], self.pad_id, self.backbone.device)
+            stops = set().union(*missing.values())
+            computed = lower_pass(self.backbone, tokens, stops)          # {k: [U, T, d]}
+            for u, key in enumerate(keys):
+                n = len(key[0])
+                for k in missing[key]:
+                    self.cache.put((k, key), computed[k][u, :n].clone())
+            fresh = {(k, key): computed[k][u, :len(key[0])] for u, key in enumerate(keys) for k in missing[key]}
+            for it in items:
+                if it.states is None:
+                    it.states = fresh[(it.adapter.layer, it.enc.key)]
+
+    def upper(self, items: list[_Encoded]) -> dict[int, torch.Tensor]:
+        """One late_forward over every adapter present -> {row index: logits [C]}."""
+        by_adapter: dict[int, list[_Encoded]] = defaultdict(list)
+        for it in items:
+            by_adapter[id(it.adapter)].append(it)
+        groups, members = [], []
+        for its in by_adapter.values():
+            h, valid = pad_states([it.states for it in its])
+            readout = torch.tensor([it.enc.readout for it in its], device=h.device)
+            groups.append(Group(its[0].adapter, h, valid, readout))
+            members.append(its)
+        out = {}
+        for its, logits in zip(members, late_forward(self.backbone, groups)):
+            for it, row in zip(its, logits.float().cpu()):
+                out[it.row_index] = row
+        return out
+
+    # ---- entry points -------------------------------------------------------------------------
+    def logits(self, rows: list[Row]) -> list[torch.Tensor | Exception]:
+        """Per row: logits [C] (float32, cpu), or the exception that failed that row."""
+        if not rows:
+            return []
+        items, failed = self.encode(rows)
+        with torch.inference_mode():
+            if items:
+                self.lower(items)
+                done = self.upper(items)
+            else:
+                done = {}
+        return [failed[i] if i in failed else done[i] for i in range(len(rows))]
+
+    def predict(self, rows: list[Row]) -> list[Prediction | Exception]:
+        out = []
+        for row, lg in zip(rows, self.logits(rows)):
+            if isinstance(lg, Exception):
+                out.append(lg)
+                continue
+            probs = lg.softmax(-1)
+            best = int(probs.argmax())
+            labels = row.adapter.labels
+            out.append(Prediction(labels[best], float(probs[best]),
+                                  {lab: float(p) for lab, p in zip(labels, probs)}, lg.tolist()))
+        return out

@@ -1,0 +1,3 @@
+"""The lpt-client version."""
+
+__version__ = "0.1.0"

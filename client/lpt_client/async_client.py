@@ -1,0 +1,149 @@
+"""The asyncio client: the same API as `Client`, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from types import TracebackType
+from typing import TypeVar
+
+import httpx
+
+from . import _api
+from ._base import ClientCore, http_client_options, injected_base_url, read_upload
+from ._retry import RetryPolicy
+from .models import AdapterInfo, ClassifyResult, Probe, ServerInfo, UploadResult
+
+T = TypeVar("T")
+
+
+class AsyncClient(ClientCore):
+    """An asyncio client for an lpt-serve server; arguments and behaviour as `Client`.
+
+    `transport=` takes an async httpx transport, so an app can be served in process:
+
+    Example:
+        >>> async with AsyncClient(transport=httpx.ASGITransport(app)) as client:  # doctest: +SKIP
+        ...     results = await client.classify("hello", task="sentiment")
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        admin_key: str | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        max_retries: int = 3,
+        backoff_s: float = 0.25,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        if http_client is not None and transport is not None:
+            raise ValueError("pass transport= or http_client=, not both")
+        super().__init__(
+            base_url,
+            api_key=api_key,
+            admin_key=admin_key,
+            max_retries=max_retries,
+            backoff_s=backoff_s,
+            retry=retry,
+            fallback_url=injected_base_url(http_client),
+        )
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(
+            transport=transport, **http_client_options(timeout)
+        )
+        self._sleep = asyncio.sleep
+
+    async def classify(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        task: str | None = None,
+        tasks: Sequence[str] | None = None,
+        raw_scores: bool = False,
+    ) -> list[list[ClassifyResult]]:
+        """Classify texts with one task or several; see `Client.classify`."""
+        return await self._send(_api.classify(inputs, task, tasks, raw_scores))
+
+    async def classify_pairs(
+        self,
+        pairs: Sequence[Sequence[str]],
+        *,
+        task: str | None = None,
+        tasks: Sequence[str] | None = None,
+        raw_scores: bool = False,
+    ) -> list[list[ClassifyResult]]:
+        """Classify (text, text_pair) inputs; see `Client.classify_pairs`."""
+        return await self._send(_api.classify_pairs(pairs, task, tasks, raw_scores))
+
+    async def list_adapters(self) -> list[AdapterInfo]:
+        """Every adapter the server knows."""
+        return await self._send(_api.list_adapters())
+
+    async def get_adapter(self, name: str) -> AdapterInfo:
+        """One adapter; raises `NotFound` if there is none by that name."""
+        return await self._send(_api.get_adapter(name))
+
+    async def upload_adapter(
+        self,
+        name: str,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        data: bytes | None = None,
+    ) -> UploadResult:
+        """Upload an adapter file (or `data=`) as `name`; see `Client.upload_adapter`."""
+        # An adapter file is about a megabyte: reading it inline is cheaper than a thread hop.
+        return await self._send(_api.upload_adapter(name, read_upload(path, data)))
+
+    async def delete_adapter(self, name: str) -> None:
+        """Delete an adapter; needs the admin key."""
+        await self._send(_api.delete_adapter(name))
+
+    async def health(self) -> Probe:
+        """Whether the process is alive (no retries)."""
+        return await self._send(_api.health())
+
+    async def ready(self) -> Probe:
+        """Whether the server can serve now; a falsy `Probe` on 503 (no retries)."""
+        return await self._send(_api.ready())
+
+    async def info(self) -> ServerInfo:
+        """What the server reports about itself."""
+        return await self._send(_api.info())
+
+    async def _send(self, call: _api.Call[T]) -> T:
+        attempt = 0
+        while True:
+            request = _api.build_request(self._http, self.settings, call)
+            try:
+                response = await self._http.send(request)
+            except httpx.RequestError as exc:
+                delay = self._delay_after_error(call, attempt, exc)
+            else:
+                maybe_delay = self._delay_after_response(call, attempt, response)
+                if maybe_delay is None:
+                    return _api.finish(call, response)
+                await response.aclose()
+                delay = maybe_delay
+            await self._sleep(delay)
+            attempt += 1
+
+    async def aclose(self) -> None:
+        """Close the underlying httpx client, unless it was passed in by the caller."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

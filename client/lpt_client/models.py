@@ -1,0 +1,80 @@
+"""Typed results returned by the client.
+
+These models are the client's own view of the HTTP API (v1); they share no code with the
+server, so the client installs without it. Models of server objects accept extra fields, so a
+newer server that adds a field does not break an older client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+
+class ClassifyResult(BaseModel):
+    """One task's answer for one input.
+
+    Example:
+        >>> r = ClassifyResult(task="sentiment", label="positive", score=0.97)
+        >>> r.label, r.scores
+        ('positive', None)
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    task: str
+    label: str
+    score: float
+    scores: dict[str, float] | None = None  # every label's score, only when raw_scores=True
+
+
+class AdapterInfo(BaseModel):
+    """An adapter as the server describes it (`GET /v1/adapters/{name}`).
+
+    `layer` is the insertion layer k and `prompt_length` the prompt length L of the paper;
+    the short names `k`, `L`, `size` and `residency` are accepted as well.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    name: str
+    version: str  # sha256 of the adapter file
+    labels: list[str]
+    layer: int = Field(validation_alias=AliasChoices("layer", "k"))
+    prompt_length: int = Field(validation_alias=AliasChoices("prompt_length", "L"))
+    size_bytes: int = Field(validation_alias=AliasChoices("size_bytes", "size"))
+    resident: bool = Field(validation_alias=AliasChoices("resident", "residency"))
+
+
+class UploadResult(BaseModel):
+    """What `PUT /v1/adapters/{name}` answered: the stored adapter, and whether it is new."""
+
+    model_config = ConfigDict(frozen=True)
+
+    created: bool  # True: 201, a new adapter; False: 200, a new version replaced the old one
+    adapter: AdapterInfo | None = None  # None when the server's body described no adapter
+
+
+class ServerInfo(BaseModel):
+    """`GET /info`: whatever the server reports about itself (model, limits, versions)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class Probe(BaseModel):
+    """The answer of a probe (`/health`, `/ready`). Truthy when the server said yes.
+
+    Example:
+        >>> bool(Probe(ok=False, status_code=503))
+        False
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    ok: bool
+    status_code: int
+    body: dict[str, Any] = Field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.ok

@@ -1,0 +1,76 @@
+"""Split forward without a prompt == the model's own forward, for every family."""
+import pytest
+import torch
+
+from lpt.forward import lower_pass, pad_tokens
+from tiny import make_backbone, random_texts
+
+pytestmark = pytest.mark.unit
+FAMILIES = ["bert", "roberta", "distilbert", "electra", "gpt2"]
+
+
+def _tokens(bb, texts, pairs=None):
+    encs = [bb.tokenizer(t, p) for t, p in zip(texts, pairs or [None] * len(texts))]
+    types = [tuple(e["token_type_ids"]) if "token_type_ids" in e else None for e in encs]
+    pad = bb.tokenizer.pad_token_id if bb.tokenizer.pad_token_id is not None else 0
+    return pad_tokens([tuple(e["input_ids"]) for e in encs], types, pad, bb.device)
+
+
+def _reference(bb, tokens):
+    kwargs = dict(input_ids=tokens.input_ids, attention_mask=tokens.valid.long())
+    if tokens.token_type_ids is not None:
+        kwargs["token_type_ids"] = tokens.token_type_ids
+    with torch.no_grad():
+        return bb.base(**kwargs).last_hidden_state
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_split_forward_equals_model_forward(family, attn):
+    bb = make_backbone(family, attn=attn)
+    texts = random_texts(6, seed=1)
+    pairs = random_texts(6, seed=2) if family != "gpt2" else None
+    tokens = _tokens(bb, texts, pairs)
+    assert not tokens.valid.all(), "the batch must contain padding"
+    ref = _reference(bb, tokens)
+    with torch.no_grad():
+        whole = bb.final_norm(lower_pass(bb, tokens, {bb.num_layers})[bb.num_layers])
+        for k in range(bb.num_layers + 1):
+            h = lower_pass(bb, tokens, {k})[k]
+            split = bb.final_norm(bb.run_layers(h, bb.attention_bias(tokens.valid), k, bb.num_layers))
+            diff = (split - ref)[tokens.valid].abs().max().item()
+            assert diff < 1e-5, f"{family} split at {k}: max diff {diff}"
+    assert (whole - ref)[tokens.valid].abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_label_scores_equal_full_lm_logits(family):
+    bb = make_backbone(family)
+    tokens = _tokens(bb, random_texts(3, seed=3))
+    with torch.no_grad():
+        h = bb.final_norm(lower_pass(bb, tokens, {bb.num_layers})[bb.num_layers])
+        kwargs = dict(input_ids=tokens.input_ids, attention_mask=tokens.valid.long())
+        full = bb.model(**kwargs).logits                     # [B, T, V]
+        ids = torch.tensor([5, 7, 11])
+        ours = bb.label_scores(h[:, 1], ids)
+    assert (ours - full[:, 1][:, ids]).abs().max().item() < 1e-5
+
+
+def test_base_model_without_lm_head_refuses_label_scores():
+    bb = make_backbone("bert", lm_head=False)
+    assert not bb.has_lm_head
+    with pytest.raises(ValueError, match="no LM head"):
+        bb.label_scores(torch.zeros(1, bb.hidden_size), torch.tensor([1]))
+
+
+def test_fingerprint_tells_weights_apart_and_tolerates_bf16():
+    from lpt.backbone import fingerprint_problems
+    a, b = make_backbone("bert", seed=0), make_backbone("bert", seed=1)
+    assert fingerprint_problems(a.fingerprint(), a.fingerprint()) == []
+    assert any("weights differ" in p for p in fingerprint_problems(a.fingerprint(), b.fingerprint()))
+    half = make_backbone("bert", seed=0)
+    half.model.to(torch.bfloat16)
+    half._fingerprint = None
+    assert fingerprint_problems(a.fingerprint(), half.fingerprint()) == []
+    other = make_backbone("bert", layers=3)
+    assert any("num_layers" in p for p in fingerprint_problems(a.fingerprint(), other.fingerprint()))

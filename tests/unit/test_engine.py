@@ -1,0 +1,126 @@
+"""The core test of the system: every row of a mixed-task batch equals that row run alone."""
+import pytest
+import torch
+
+from lpt import Engine, Row, RowError, new_adapter
+from tiny import make_backbone, random_texts
+
+pytestmark = pytest.mark.unit
+TOL = 1e-5
+TEMPLATE = "{text} . it was {mask} ."
+
+
+def _adapters(bb, specs):
+    out = []
+    for i, (k, length, gen, head) in enumerate(specs):
+        torch.manual_seed(100 + i)
+        extra = {}
+        if head == "mlm":
+            extra = dict(head_kind="mlm", template=TEMPLATE, label_words=["terrible", "great"])
+        elif head == "lm":
+            extra = dict(head_kind="lm", template="{text} . it was", label_words=["bad", "good", "fun"])
+        elif head == "mean":
+            extra = dict(pooling="mean")
+        labels = ["neg", "pos", "mid"] if head == "lm" else ["neg", "pos"] if head == "mlm" else [f"c{j}" for j in range(2 + i % 3)]
+        a = new_adapter(bb, task=f"t{i}", labels=labels, layer=k, prompt_length=length, generator=gen, **extra).eval()
+        out.append(a)
+    return out
+
+
+# 9 adapters: insertion layers 0..3, prompt lengths 1..8, every generator, linear (cls, mean) and MLM heads
+MIXED = [(2, 5, "npg", "linear"), (1, 3, "max", "mlm"), (3, 8, "avg", "mean"), (0, 4, "static", "linear"),
+         (2, 1, "npg", "mlm"), (1, 6, "static", "mlm"), (3, 2, "max", "linear"), (0, 5, "npg", "mean"),
+         (2, 5, "avg", "linear")]
+
+
+def _rows(adapters, texts):
+    return [Row(adapters[i % len(adapters)], t) for i, t in enumerate(texts)]
+
+
+def _assert_rows_equal_alone(engine, rows):
+    mixed = engine.logits(rows)
+    for i, row in enumerate(rows):
+        alone = Engine(engine.backbone, cache_entries=0).logits([row])[0]
+        assert mixed[i].shape == alone.shape
+        diff = (mixed[i] - alone).abs().max().item()
+        assert diff < TOL, f"row {i} (task {row.adapter.config.task}): mixed differs from alone by {diff}"
+    return mixed
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "electra"])
+def test_mixed_batch_rows_equal_rows_alone(family):
+    bb = make_backbone(family)
+    adapters = _adapters(bb, MIXED)
+    rows = _rows(adapters, random_texts(27, seed=4, lo=1, hi=30))   # 3 rows per adapter, mixed lengths
+    engine = Engine(bb, cache_entries=1000)
+    cold = _assert_rows_equal_alone(engine, rows)
+    assert engine.cache.stats.hits == 0
+    warm = _assert_rows_equal_alone(engine, rows)                     # every state from the cache
+    assert engine.cache.stats.hits >= len(rows)
+    for a, b in zip(cold, warm):
+        assert (a - b).abs().max().item() < TOL
+
+
+def test_mixed_batch_decoder_family():
+    bb = make_backbone("gpt2")
+    specs = [(2, 5, "npg", "lm"), (1, 3, "max", "linear"), (3, 2, "avg", "lm"), (0, 4, "static", "linear"),
+             (2, 1, "npg", "linear"), (1, 6, "static", "lm"), (3, 8, "max", "mean"), (0, 5, "npg", "lm")]
+    adapters = _adapters(bb, specs)
+    _assert_rows_equal_alone(Engine(bb), _rows(adapters, random_texts(24, seed=5, lo=1, hi=30)))
+
+
+def test_mixed_batch_without_padding():
+    bb = make_backbone("bert")
+    # same prompt length and layer, texts of one token length: no padding anywhere
+    specs = [(2, 4, g, h) for g in ("npg", "max", "avg", "static") for h in ("linear", "mean")]
+    adapters = _adapters(bb, specs)
+    texts = random_texts(16, seed=6, lo=9, hi=9)
+    rows = _rows(adapters, texts)
+    lengths = {len(r.adapter.encoder.encode(r.text).input_ids) for r in rows}
+    assert len(lengths) == 1
+    _assert_rows_equal_alone(Engine(bb), rows)
+
+
+def test_one_lower_pass_per_distinct_sequence_and_one_generator_call_per_adapter():
+    bb = make_backbone("bert")
+    adapters = _adapters(bb, [(2, 5, "npg", "linear"), (2, 3, "max", "linear"), (2, 2, "npg", "mean")])
+    seen_rows, gen_calls = [], []
+    bb.layers[0].register_forward_hook(lambda m, args, out: seen_rows.append(args[0].shape[0]))
+    for a in adapters:
+        a.generator.register_forward_hook(lambda m, args, out: gen_calls.append(args[0].shape[0]))
+    texts = ["great film", "bad plot", "great film"]
+    rows = [Row(a, t) for t in texts for a in adapters]       # 9 rows, 2 distinct token sequences
+    Engine(bb, cache_entries=0).logits(rows)
+    assert seen_rows == [2]           # layer 0 ran once, on the 2 distinct sequences
+    assert sorted(gen_calls) == [3, 3, 3]
+
+
+def test_cache_hits_skip_the_lower_layers():
+    bb = make_backbone("bert")
+    (a,) = _adapters(bb, [(3, 5, "npg", "linear")])
+    calls = []
+    bb.layers[0].register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    engine = Engine(bb, cache_entries=2)
+    engine.logits([Row(a, "great film"), Row(a, "bad plot")])
+    engine.logits([Row(a, "great film"), Row(a, "bad plot")])
+    assert calls == [2]
+    assert (engine.cache.stats.hits, engine.cache.stats.misses) == (2, 2)
+    engine.logits([Row(a, "fun plot")])                      # evicts the oldest entry
+    assert len(engine.cache) == 2
+
+
+def test_a_bad_row_fails_alone():
+    bb = make_backbone("bert")
+    (a,) = _adapters(bb, [(2, 5, "npg", "mlm")])
+    out = Engine(bb).predict([Row(a, "great film"), Row(a, "x", text_pair="pair not in the template")])
+    assert out[0].label in ("neg", "pos") and abs(sum(out[0].scores.values()) - 1) < 1e-6
+    assert isinstance(out[1], RowError)
+
+
+def test_predict_scores_are_probabilities_and_label_is_argmax():
+    bb = make_backbone("bert")
+    adapters = _adapters(bb, MIXED[:3])
+    preds = Engine(bb).predict(_rows(adapters, random_texts(6, seed=7)))
+    for p in preds:
+        assert abs(sum(p.scores.values()) - 1) < 1e-5
+        assert p.label == max(p.scores, key=p.scores.get) and p.score == p.scores[p.label]
