@@ -21,14 +21,16 @@ class Encoded:
 def label_token_ids(tokenizer, words: list[str]) -> list[int]:
     """One vocabulary id per label word, as the word appears after a space.
 
-    A word that the tokenizer splits into several tokens is refused: scoring only its first
-    piece would silently compare different things.
+    A word that the tokenizer splits into several tokens (or does not know) is refused:
+    scoring only its first piece would silently compare different things.
     """
     ids, bad = [], []
     for w in words:
         toks = tokenizer(" " + w.strip(), add_special_tokens=False)["input_ids"]
         if len(toks) != 1:
             bad.append(f"{w!r} -> {tokenizer.convert_ids_to_tokens(toks)}")
+        elif toks[0] == tokenizer.unk_token_id:
+            bad.append(f"{w!r} is not in the vocabulary (unknown token)")
         else:
             ids.append(toks[0])
     if bad:

@@ -91,9 +91,9 @@ def injected_base_url(http_client: httpx.Client | httpx.AsyncClient | None) -> s
 
 def read_upload(path: str | os.PathLike[str] | None, data: bytes | None) -> bytes:
     """The adapter bytes to upload, from exactly one of a file path or in-memory data."""
-    if (path is None) == (data is None):
-        raise ValueError("pass exactly one of path or data=")
-    if data is not None:
+    if data is not None and path is None:
         return bytes(data)
-    with open(path, "rb") as f:  # type: ignore[arg-type]
+    if path is None or data is not None:
+        raise ValueError("pass exactly one of path or data=")
+    with open(path, "rb") as f:
         return f.read()

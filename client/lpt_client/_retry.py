@@ -64,7 +64,7 @@ class RetryPolicy:
         return self._backoff(attempt)
 
     def _backoff(self, attempt: int) -> float:
-        base = min(self.backoff_s * (2**attempt), self.max_backoff_s)
+        base = min(self.backoff_s * 2.0**attempt, self.max_backoff_s)
         return base * self.rng.uniform(0.5, 1.0)
 
 

@@ -29,11 +29,6 @@ ADAPTER = {
 }
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # The lead registers markers project-wide; registering here too keeps this folder warning-free.
-    config.addinivalue_line("markers", "unit: fast tests with no server and no model")
-
-
 def reply(
     status: int = 200,
     json_body: Any = None,

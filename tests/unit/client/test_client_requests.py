@@ -192,11 +192,13 @@ def test_delete_returns_none(client: Client) -> None:
 def test_probes_and_info(client: Client, server) -> None:
     assert client.health() == Probe(ok=True, status_code=200, body={"status": "ok"})
     assert client.ready()
-    server.on("GET", "/ready", server.reply(503, {"error": {"type": "unavailable", "message": "loading"}}))
+    loading = {"error": {"type": "unavailable", "message": "loading"}}
+    server.on("GET", "/ready", server.reply(503, loading))
     not_ready = client.ready()
     assert not not_ready and not_ready.status_code == 503
     info = client.info()
-    assert isinstance(info, ServerInfo) and info.model_extra == {"model": "minilm", "max_inputs": 64}
+    assert isinstance(info, ServerInfo)
+    assert info.model_extra == {"model": "minilm", "max_inputs": 64}
 
 
 def test_adapter_names_are_escaped_in_the_path(client: Client, server) -> None:

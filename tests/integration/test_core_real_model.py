@@ -1,0 +1,61 @@
+"""The core equivalences on the real embedded model (all-MiniLM-L6-v2)."""
+import pytest
+import torch
+
+from lpt import Backbone, Engine, Row, load_adapter, new_adapter
+from lpt.adapter import adapter_bytes
+from lpt.forward import lower_pass, pad_tokens
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TEXTS = ["I loved this film, the actors were wonderful.", "Terrible service.",
+         "The central bank raised interest rates again on Thursday, surprising markets.", "ok",
+         "What a boring, long and pointless evening that was, I want my money back!!"]
+
+
+@pytest.fixture(scope="module")
+def bb():
+    return Backbone.load("minilm")
+
+
+def test_embedded_model_loads_offline(bb):
+    assert (bb.num_layers, bb.hidden_size, bb.has_lm_head) == (6, 384, False)
+    assert bb.fingerprint()["vocab_size"] == 30522
+
+
+def test_split_forward_equals_model_forward(bb):
+    encs = [bb.tokenizer(t) for t in TEXTS]
+    tokens = pad_tokens([tuple(e["input_ids"]) for e in encs], [tuple(e["token_type_ids"]) for e in encs],
+                        bb.tokenizer.pad_token_id, bb.device)
+    with torch.no_grad():
+        ref = bb.base(input_ids=tokens.input_ids, attention_mask=tokens.valid.long(),
+                      token_type_ids=tokens.token_type_ids).last_hidden_state
+        for k in (0, 3, 6):
+            h = lower_pass(bb, tokens, {k})[k]
+            out = bb.run_layers(h, bb.attention_bias(tokens.valid), k, bb.num_layers)
+            assert (out - ref)[tokens.valid].abs().max().item() < 1e-5
+
+
+def test_mixed_batch_equals_rows_alone_and_survives_a_file_round_trip(bb):
+    adapters = []
+    for i, (k, length, gen) in enumerate([(3, 5, "npg"), (2, 3, "max"), (4, 8, "avg"), (3, 5, "static")]):
+        torch.manual_seed(i)
+        a = new_adapter(bb, task=f"t{i}", labels=["a", "b", "c"], layer=k, prompt_length=length, generator=gen)
+        adapters.append(load_adapter(adapter_bytes(a), bb))
+    rows = [Row(a, t) for t in TEXTS for a in adapters]
+    engine = Engine(bb)
+    mixed = engine.logits(rows)
+    for row, got in zip(rows, mixed):
+        alone = Engine(bb, cache_entries=0).logits([row])[0]
+        assert (got - alone).abs().max().item() < 1e-5
+
+
+def test_bfloat16_runs_close_to_float32():
+    bb32 = Backbone.load("minilm")
+    bb16 = Backbone.load("minilm", dtype="bfloat16")
+    torch.manual_seed(0)
+    a = new_adapter(bb32, task="t", labels=["a", "b"], layer=3)
+    data = adapter_bytes(a)
+    p32 = Engine(bb32).predict([Row(load_adapter(data, bb32), TEXTS[0])])[0]
+    p16 = Engine(bb16).predict([Row(load_adapter(data, bb16), TEXTS[0])])[0]
+    assert abs(p32.scores["a"] - p16.scores["a"]) < 0.05
