@@ -66,24 +66,57 @@ class TextEncoder:
         return self.tok.decode(ids[:budget])
 
     def encode(self, text: str, text_pair: str | None = None) -> Encoded:
+        out = self.encode_many([(text, text_pair)])[0]
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    def encode_many(self, items: list[tuple[str, str | None]]) -> list[Encoded | Exception]:
+        """Batch-tokenize (much faster than one call per text); a text that cannot be encoded
+        gets its exception in its place and fails alone."""
+        out: list[Encoded | Exception | None] = [None] * len(items)
         if self.template is None:
-            enc = self.tok(text, text_pair, truncation=True, max_length=self.max_length)
-        else:
-            budget = self.max_length - self.overhead
-            if text_pair and "{text_pair}" not in self.template:
-                raise ValueError("this task's template has no {text_pair}: it takes single texts, not pairs")
-            if text_pair:
-                pair_budget = budget // 2
-                text_pair = self._truncate(text_pair, pair_budget)
-                budget -= len(self.tok(text_pair, add_special_tokens=False)["input_ids"])
-            enc = self.tok(self._fill(self._truncate(text, budget), text_pair))
-            if len(enc["input_ids"]) > self.max_length:  # decode/re-encode drift: cut the end
-                enc = self.tok(self._fill(self._truncate(text, max(budget - 8, 0)), text_pair))
-        ids = tuple(enc["input_ids"])
+            for with_pair in (False, True):
+                idx = [i for i, (_, p) in enumerate(items) if bool(p) == with_pair]
+                if idx:
+                    enc = self.tok([items[i][0] for i in idx], [items[i][1] for i in idx] if with_pair else None,
+                                   truncation=True, max_length=self.max_length)
+                    for j, i in enumerate(idx):
+                        out[i] = self._finish(enc, j)
+            return out
+        idx = []
+        for i, (text, pair) in enumerate(items):
+            if pair and "{text_pair}" not in self.template:
+                out[i] = ValueError("this task's template has no {text_pair}: it takes single texts, not pairs")
+            else:
+                idx.append(i)
+        if idx:
+            enc = self.tok([self._fill(*items[i]) for i in idx])
+            for j, i in enumerate(idx):
+                fits = len(enc["input_ids"][j]) <= self.max_length
+                out[i] = self._finish(enc, j) if fits else self._encode_truncated(*items[i])
+        return out
+
+    def _encode_truncated(self, text: str, text_pair: str | None) -> Encoded | Exception:
+        """Cut the text (and the pair to at most half the budget), never the template."""
+        budget = self.max_length - self.overhead
+        if text_pair:
+            text_pair = self._truncate(text_pair, budget // 2)
+            budget -= len(self.tok(text_pair, add_special_tokens=False)["input_ids"])
+        enc = self.tok([self._fill(self._truncate(text, budget), text_pair)])
+        if len(enc["input_ids"][0]) > self.max_length:  # decode/re-encode drift: cut a little more
+            enc = self.tok([self._fill(self._truncate(text, max(budget - 8, 0)), text_pair)])
+        return self._finish(enc, 0)
+
+    def _finish(self, enc, j: int) -> Encoded | Exception:
+        ids = tuple(enc["input_ids"][j])
         if not ids:
-            raise ValueError("text encodes to no tokens")
-        types = tuple(enc["token_type_ids"]) if "token_type_ids" in enc else None
-        return Encoded(ids, types, self._readout(ids))
+            return ValueError("text encodes to no tokens")
+        types = tuple(enc["token_type_ids"][j]) if "token_type_ids" in enc else None
+        try:
+            return Encoded(ids, types, self._readout(ids))
+        except ValueError as e:
+            return e
 
     def _readout(self, ids: tuple[int, ...]) -> int:
         if self.head_kind == "mlm":

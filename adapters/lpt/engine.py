@@ -98,12 +98,19 @@ class Engine:
 
     # ---- stages -----------------------------------------------------------------------------
     def encode(self, rows: list[Row]) -> tuple[list[_Encoded], dict[int, Exception]]:
-        ok, failed = [], {}
+        """Tokenize with each adapter's template, one batched call per adapter."""
+        by_adapter: dict[int, list[int]] = defaultdict(list)
         for i, r in enumerate(rows):
-            try:
-                ok.append(_Encoded(i, r.adapter, r.adapter.encoder.encode(r.text, r.text_pair)))
-            except Exception as e:   # one bad text fails its row, not the batch
-                failed[i] = RowError(str(e))
+            by_adapter[id(r.adapter)].append(i)
+        ok, failed = [], {}
+        for idx in by_adapter.values():
+            adapter = rows[idx[0]].adapter
+            encs = adapter.encoder.encode_many([(rows[i].text, rows[i].text_pair) for i in idx])
+            for i, enc in zip(idx, encs):
+                if isinstance(enc, Exception):   # one bad text fails its row, not the batch
+                    failed[i] = RowError(str(enc))
+                else:
+                    ok.append(_Encoded(i, adapter, enc))
         return ok, failed
 
     def lower(self, items: list[_Encoded]) -> None:

@@ -1,0 +1,168 @@
+"""Engine benchmark: one mixed-task pass vs the alternatives, on the embedded model.
+
+    python bench/engine.py [--rows 64] [--tasks 8] [--repeats 9]
+
+A batch of `rows` tweets spread over `tasks` adapters, timed as:
+  plain      the backbone's own forward of the same rows (tokenize + model, no prompt, no head)
+  mixed      lpt Engine: one pass for every task (layer-k cache off: every call runs all layers)
+  per_task   lpt Engine called once per task on that task's rows (8 passes)
+  copies     8 separately fine-tuned model copies (a model per task), each on its own rows
+  cached     lpt Engine with the layer-k cache warm (the same texts asked again)
+Each repeat times every method once, in turn, so that machine noise hits them alike; the
+figures are medians with the interquartile range. Writes bench/results/engine.json and .png.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data import load_tweets  # noqa: E402
+
+from lpt import Backbone, Engine, Row, new_adapter  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _timer(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="minilm")
+    ap.add_argument("--rows", type=int, default=64)
+    ap.add_argument("--tasks", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--layer", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--out", default=str(RESULTS / "engine.json"))
+    args = ap.parse_args(argv)
+
+    bb = Backbone.load(args.model, device=args.device, dtype=args.dtype)
+    texts = [t for t, _ in load_tweets(args.rows, seed=0)]
+    adapters = []
+    for i in range(args.tasks):
+        torch.manual_seed(i)
+        a = new_adapter(bb, task=f"task{i}", labels=["negative", "positive"], layer=args.layer)
+        adapters.append(a.to(bb.dtype).eval())
+    rows = [Row(adapters[i % args.tasks], t) for i, t in enumerate(texts)]
+    by_task = [[r for r in rows if r.adapter is a] for a in adapters]
+
+    tok = bb.tokenizer
+    heads = [torch.nn.Linear(bb.hidden_size, 2).to(bb.device, bb.dtype) for _ in adapters]
+    copies = [copy.deepcopy(bb.base) for _ in adapters]   # stand-ins for 8 fine-tuned models
+
+    def sync():
+        if bb.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def plain():
+        enc = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt").to(bb.device)
+        bb.base(**enc)
+        sync()
+
+    def mixed():
+        Engine(bb, cache_entries=0).logits(rows)
+        sync()
+
+    def per_task():
+        e = Engine(bb, cache_entries=0)
+        for task_rows in by_task:
+            e.logits(task_rows)
+        sync()
+
+    def model_copies():
+        for model, head, task_rows in zip(copies, heads, by_task):
+            enc = tok([r.text for r in task_rows], padding=True, truncation=True, max_length=256,
+                      return_tensors="pt").to(bb.device)
+            head(model(**enc).last_hidden_state[:, 0])
+        sync()
+
+    warm = Engine(bb, cache_entries=10 * args.rows)
+    warm.logits(rows)
+
+    def cached():
+        warm.logits(rows)
+        sync()
+
+    methods = {"plain": plain, "mixed": mixed, "per_task": per_task, "copies": model_copies, "cached": cached}
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    with torch.inference_mode():
+        for fn in methods.values():   # warm-up
+            fn()
+        for _ in tqdm(range(args.repeats), desc="repeats", file=sys.stderr):
+            for name, fn in methods.items():
+                times[name].append(_timer(fn))
+
+    def q(xs, p):
+        return statistics.quantiles(xs, n=4)[p] if len(xs) > 1 else xs[0]
+
+    med = {m: statistics.median(v) for m, v in times.items()}
+    lengths = [len(tok(t)["input_ids"]) for t in texts]
+    adapter_bytes = sum(p.numel() * p.element_size() for p in adapters[0].parameters())
+    backbone_bytes = sum(p.numel() * p.element_size() for p in bb.base.parameters())
+    result = {
+        "model": args.model, "device": args.device, "dtype": args.dtype, "rows": args.rows, "tasks": args.tasks,
+        "layer": args.layer, "prompt_length": adapters[0].length, "repeats": args.repeats,
+        "threads": torch.get_num_threads(), "tokens_min_max": [min(lengths), max(lengths)],
+        "median_ms": {m: round(v * 1e3, 2) for m, v in med.items()},
+        "iqr_ms": {m: [round(q(v, 0) * 1e3, 2), round(q(v, 2) * 1e3, 2)] for m, v in times.items()},
+        "mixed_over_plain": round(med["mixed"] / med["plain"], 3),
+        "mixed_over_per_task": round(med["mixed"] / med["per_task"], 3),
+        "mixed_over_copies": round(med["mixed"] / med["copies"], 3),
+        "cached_over_mixed": round(med["cached"] / med["mixed"], 3),
+        "memory_mb": {"one_backbone_plus_adapters": round((backbone_bytes + args.tasks * adapter_bytes) / 2**20, 1),
+                      "model_copies": round(args.tasks * backbone_bytes / 2**20, 1),
+                      "per_adapter": round(adapter_bytes / 2**20, 2)},
+        "command": "python bench/engine.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    print(f"{args.rows} rows over {args.tasks} tasks, {args.model} {args.dtype} on {args.device}, "
+          f"{result['threads']} threads, median of {args.repeats}")
+    print(f"{'method':10} {'median ms':>10} {'IQR ms':>18} {'/ plain':>8}")
+    for m in methods:
+        lo, hi = result["iqr_ms"][m]
+        print(f"{m:10} {med[m] * 1e3:10.1f} {f'{lo:.1f}-{hi:.1f}':>18} {med[m] / med['plain']:8.3f}")
+    for key in ("mixed_over_plain", "mixed_over_per_task", "mixed_over_copies", "cached_over_mixed"):
+        print(f"{key:22} {result[key]}")
+    print(f"target mixed_over_plain <= 1.15: {'met' if result['mixed_over_plain'] <= 1.15 else 'MISSED'}; "
+          f"mixed beats per-task: {'yes' if result['mixed_over_per_task'] < 1 else 'NO'}")
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    _plot(result, times, out.with_suffix(".png"))
+    return 0
+
+
+def _plot(result, times, path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    names = list(times)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.boxplot([[t * 1e3 for t in times[n]] for n in names], tick_labels=names)
+    ax.set_ylabel("ms per batch")
+    ax.set_title(f"{result['rows']} rows, {result['tasks']} tasks, {result['model']} ({result['device']}, "
+                 f"{result['dtype']})\nmixed/plain {result['mixed_over_plain']}, "
+                 f"mixed/per-task {result['mixed_over_per_task']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
