@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data import load_tweets  # noqa: E402
+from data import splits  # noqa: E402
 
 from lpt import Backbone, Engine, Row, new_adapter  # noqa: E402
 
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     bb = Backbone.load(args.model, device=args.device, dtype=args.dtype)
-    texts = [t for t, _ in load_tweets(args.rows, seed=0)]
+    texts = [t for t, _ in splits("sentiment")["test"][:args.rows]]
     adapters = []
     for i in range(args.tasks):
         torch.manual_seed(i)
