@@ -15,27 +15,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data import splits  # noqa: E402
+from timing import command_line, interleaved, median_iqr_ms, pyplot, write_json  # noqa: E402
 
 from lpt import Backbone, Engine, Row, new_adapter  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _timer(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def main(argv=None) -> int:
@@ -47,7 +36,6 @@ def main(argv=None) -> int:
     ap.add_argument("--layer", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--out", default=str(RESULTS / "engine.json"))
     args = ap.parse_args(argv)
 
     bb = Backbone.load(args.model, device=args.device, dtype=args.dtype)
@@ -98,18 +86,10 @@ def main(argv=None) -> int:
         sync()
 
     methods = {"plain": plain, "mixed": mixed, "per_task": per_task, "copies": model_copies, "cached": cached}
-    times: dict[str, list[float]] = {m: [] for m in methods}
     with torch.inference_mode():
-        for fn in methods.values():   # warm-up
-            fn()
-        for _ in tqdm(range(args.repeats), desc="repeats", file=sys.stderr):
-            for name, fn in methods.items():
-                times[name].append(_timer(fn))
-
-    def q(xs, p):
-        return statistics.quantiles(xs, n=4)[p] if len(xs) > 1 else xs[0]
-
-    med = {m: statistics.median(v) for m, v in times.items()}
+        times = interleaved(methods, args.repeats)
+    stats = {m: median_iqr_ms(v) for m, v in times.items()}
+    med = {m: s["median"] / 1e3 for m, s in stats.items()}
     lengths = [len(tok(t)["input_ids"]) for t in texts]
     adapter_bytes = sum(p.numel() * p.element_size() for p in adapters[0].parameters())
     backbone_bytes = sum(p.numel() * p.element_size() for p in bb.base.parameters())
@@ -117,8 +97,7 @@ def main(argv=None) -> int:
         "model": args.model, "device": args.device, "dtype": args.dtype, "rows": args.rows, "tasks": args.tasks,
         "layer": args.layer, "prompt_length": adapters[0].length, "repeats": args.repeats,
         "threads": torch.get_num_threads(), "tokens_min_max": [min(lengths), max(lengths)],
-        "median_ms": {m: round(v * 1e3, 2) for m, v in med.items()},
-        "iqr_ms": {m: [round(q(v, 0) * 1e3, 2), round(q(v, 2) * 1e3, 2)] for m, v in times.items()},
+        "ms": stats,
         "mixed_over_plain": round(med["mixed"] / med["plain"], 3),
         "mixed_over_per_task": round(med["mixed"] / med["per_task"], 3),
         "mixed_over_copies": round(med["mixed"] / med["copies"], 3),
@@ -126,32 +105,27 @@ def main(argv=None) -> int:
         "memory_mb": {"one_backbone_plus_adapters": round((backbone_bytes + args.tasks * adapter_bytes) / 2**20, 1),
                       "model_copies": round(args.tasks * backbone_bytes / 2**20, 1),
                       "per_adapter": round(adapter_bytes / 2**20, 2)},
-        "command": "python bench/engine.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line(),
     }
     print(f"{args.rows} rows over {args.tasks} tasks, {args.model} {args.dtype} on {args.device}, "
           f"{result['threads']} threads, median of {args.repeats}")
     print(f"{'method':10} {'median ms':>10} {'IQR ms':>18} {'/ plain':>8}")
     for m in methods:
-        lo, hi = result["iqr_ms"][m]
+        lo, hi = stats[m]["q1"], stats[m]["q3"]
         print(f"{m:10} {med[m] * 1e3:10.1f} {f'{lo:.1f}-{hi:.1f}':>18} {med[m] / med['plain']:8.3f}")
     for key in ("mixed_over_plain", "mixed_over_per_task", "mixed_over_copies", "cached_over_mixed"):
         print(f"{key:22} {result[key]}")
     print(f"target mixed_over_plain <= 1.15: {'met' if result['mixed_over_plain'] <= 1.15 else 'MISSED'}; "
           f"mixed beats per-task: {'yes' if result['mixed_over_per_task'] < 1 else 'NO'}")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_json("engine" if args.device == "cpu" else f"engine-{args.device}-{args.dtype}", result)
     _plot(result, times, out.with_suffix(".png"))
     return 0
 
 
 def _plot(result, times, path: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     names = list(times)
     fig, ax = plt.subplots(figsize=(7, 3.5))
