@@ -125,7 +125,11 @@ class AdapterFile:
 
 
 def _header(data: bytes) -> tuple[dict | None, list[str]]:
-    if data[:1] == b"\x80" or data[:2] == b"PK":
+    # A safetensors file is <u64 header length><JSON header "{...">. Its first byte is the low
+    # byte of that length and can be 0x80 (a pickle's first byte) by chance: only call it a
+    # pickle when it does not look like safetensors.
+    looks_safetensors = len(data) >= 9 and data[8:9] == b"{" and 8 + struct.unpack("<Q", data[:8])[0] <= len(data)
+    if not looks_safetensors and (data[:1] == b"\x80" or data[:2] == b"PK"):
         return None, ["this is a pickle / torch.save file, not safetensors: only safetensors files are accepted"]
     if len(data) < 8:
         return None, [f"not a safetensors file: {len(data)} bytes is too short for a header"]

@@ -1,0 +1,292 @@
+"""HTTP load benchmark: batched mixed-task serving vs the same server unbatched.
+
+    python bench/http.py                          # 300 requests per config, concurrency 32
+    python bench/http.py --requests 600 --concurrency 64 --tasks 1 8 64
+
+Starts `lpt serve` twice on loopback (a temp store, the real model): once with the default
+batching, once with `--max-batch-rows 1` (every request its own forward pass: the baseline).
+For 1, 8 and 64 tasks it runs a closed loop (each of `concurrency` clients sends its next
+request when the last one is answered; one text and one task per request, tasks round-robin,
+every text distinct so the layer-k cache cannot help), bounded by a request count and a time
+limit. Reports req/s, latency p50/p95/p99 and the server's peak RSS; writes
+bench/results/http.json. Not a test: numbers depend on the machine.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+# This file is named http.py: run as a script, its folder comes first on sys.path and would
+# shadow the standard library's `http` package (which httpx imports). Drop that entry.
+if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
+    sys.path.pop(0)
+
+import argparse  # noqa: E402
+import asyncio
+import json
+import platform
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx  # noqa: E402
+
+ADMIN = "bench-admin"
+WORDS = ("the film was long slow and yet strangely moving great acting terrible plot service food market bank "
+         "rates rose again on thursday team won the match late goal new phone battery lasts all day I would "
+         "not recommend it to anyone loved every minute of this bad weather ruined our trip").split()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_adapters(model: str, n: int) -> dict[str, bytes]:
+    import torch
+
+    from lpt import Backbone, new_adapter
+    from lpt.adapter import adapter_bytes
+
+    bb = Backbone.load(model)
+    out = {}
+    for i in range(n):
+        torch.manual_seed(i)
+        labels = [f"label{j}" for j in range(2 + i % 4)]
+        out[f"task{i:02d}"] = adapter_bytes(new_adapter(bb, task=f"task{i:02d}", labels=labels,
+                                                        layer=3, prompt_length=5))
+    return out
+
+
+class Server:
+    def __init__(self, model: str, store: Path, log: Path, extra: list[str]):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        lpt = shutil.which("lpt")
+        cmd = ([lpt] if lpt else [sys.executable, "-m", "lpt_server"]) + [
+            "serve", "--model", model, "--port", str(self.port), "--store", str(store), "--no-demo-adapters",
+            "--admin-key", ADMIN, "--log-level", "warning", *extra]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LPT_")}
+        self.log = open(log, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, timeout=180):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit("server not ready in time")
+
+    def peak_rss_mb(self) -> float:
+        """VmHWM: the process's peak resident set since it started (Linux)."""
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return float("nan")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self.log.close()
+
+
+def texts(n: int, seed: int, words: tuple[int, int] = (4, 40)) -> list[str]:
+    """Distinct texts of words[0]..words[1] words (about 1.2 tokens per word, plus 2 special)."""
+    rng = random.Random(seed)
+    return [f"{i}: " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(*words))) for i in range(n)]
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection, hand-rolled. The load generator shares the server's
+    cores, so its cost per request must be small: httpx spends several ms of CPU per request
+    here, about what the server itself spends; this costs a few hundred microseconds."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post_json(self, path: str, obj) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        body = json.dumps(obj).encode()
+        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status, length = int(head[9:12]), 0
+        for line in head.split(b"\r\n")[1:]:
+            key, _, value = line.partition(b":")
+            if key.strip().lower() == b"content-length":
+                length = int(value)
+        return status, await self.reader.readexactly(length)
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def warm_up(url: str, tasks: list[str]) -> None:
+    """Every adapter loaded (and the model's first-call costs paid) before any clock starts."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = Connection(host, int(port))
+    try:
+        for t in tasks:
+            status, data = await conn.post_json("/v1/classify", {"inputs": "warm up", "task": t})
+            assert status == 200, data
+    finally:
+        conn.close()
+
+
+async def closed_loop(url: str, tasks: list[str], bodies: list[str], concurrency: int, time_limit: float) -> dict:
+    host, port = url.removeprefix("http://").split(":")
+    conns = [Connection(host, int(port)) for _ in range(concurrency)]
+    latencies, errors, next_i = [], 0, 0
+    try:
+        deadline = time.monotonic() + time_limit
+
+        async def one_client(conn: Connection):
+            nonlocal next_i, errors
+            while next_i < len(bodies) and time.monotonic() < deadline:
+                i = next_i
+                next_i += 1
+                t0 = time.perf_counter()
+                status, _ = await conn.post_json("/v1/classify", {"inputs": bodies[i], "task": tasks[i % len(tasks)]})
+                if status == 200:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one_client(c) for c in conns))
+        elapsed = time.perf_counter() - t0
+    finally:
+        for c in conns:
+            c.close()
+    return {"requests": len(latencies), "errors": errors, "seconds": round(elapsed, 3),
+            "req_per_s": round(len(latencies) / elapsed, 2),
+            "p50_ms": round(pct(latencies, 50) * 1000, 1), "p95_ms": round(pct(latencies, 95) * 1000, 1),
+            "p99_ms": round(pct(latencies, 99) * 1000, 1)}
+
+
+def start_servers(args, adapters: dict[str, bytes], workdir: Path) -> dict[str, Server]:
+    """Both servers up and loaded with every adapter before any clock starts."""
+    modes = {"batched": [], "unbatched": ["--max-batch-rows", "1"]}
+    servers = {name: Server(args.model, workdir / f"store-{name}", workdir / f"server-{name}.log", extra)
+               for name, extra in modes.items()}
+    for name, server in servers.items():
+        server.wait_ready()
+        print(f"{name}: lpt serve {' '.join(modes[name]) or '(default batching)'} on {server.url}", flush=True)
+        for task, data in adapters.items():
+            r = httpx.put(f"{server.url}/v1/adapters/{task}", content=data,
+                          headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60)
+            r.raise_for_status()
+    return servers
+
+
+def batch_stats(server: Server) -> dict:
+    metrics = httpx.get(server.url + "/metrics").text
+    stats = {x.split()[0]: float(x.split()[1]) for x in metrics.splitlines()
+             if x.startswith(("lpt_batch_rows_sum", "lpt_batch_rows_count", "lpt_batch_tasks_sum",
+                              "lpt_batch_tasks_count"))}
+    if not stats.get("lpt_batch_rows_count"):
+        return {}
+    return {"batch_rows_sum": stats["lpt_batch_rows_sum"], "batches": stats["lpt_batch_rows_count"],
+            "batch_tasks_sum": stats["lpt_batch_tasks_sum"]}
+
+
+def run(args, adapters: dict[str, bytes], workdir: Path) -> dict:
+    """For each task count, the batched and the unbatched server back to back (the machine's
+    load drifts; interleaving keeps each pair of numbers comparable)."""
+    servers = start_servers(args, adapters, workdir)
+    results = {name: {} for name in servers}
+    names = sorted(adapters)
+    try:
+        for n_tasks in args.tasks:
+            bodies = texts(args.requests, seed=n_tasks, words=tuple(args.words))
+            for name, server in servers.items():
+                asyncio.run(warm_up(server.url, names[:n_tasks]))
+                before = batch_stats(server)
+                res = asyncio.run(closed_loop(server.url, names[:n_tasks], bodies, args.concurrency,
+                                              args.time_limit))
+                after = batch_stats(server)
+                if after and after["batches"] > before.get("batches", 0):
+                    n = after["batches"] - before.get("batches", 0)
+                    res["mean_batch_rows"] = round((after["batch_rows_sum"] - before.get("batch_rows_sum", 0)) / n, 2)
+                    res["mean_batch_tasks"] = round((after["batch_tasks_sum"] - before.get("batch_tasks_sum", 0)) / n, 2)
+                res["server_peak_rss_mb"] = round(server.peak_rss_mb(), 1)
+                res["load_avg_1m"] = round(os.getloadavg()[0], 2)
+                results[name][str(n_tasks)] = res
+                print(f"  {name:9s} tasks={n_tasks:<3d} {res['req_per_s']:8.1f} req/s  p50 {res['p50_ms']:7.1f} ms  "
+                      f"p95 {res['p95_ms']:7.1f}  p99 {res['p99_ms']:7.1f}  batch {res.get('mean_batch_rows', 0):5.1f} rows "
+                      f"/ {res.get('mean_batch_tasks', 0):4.1f} tasks  rss {res['server_peak_rss_mb']:.0f} MB  "
+                      f"({res['requests']} ok, {res['errors']} errors, load {res['load_avg_1m']})", flush=True)
+    finally:
+        for name, server in servers.items():
+            results[name]["exit_code"] = server.stop()
+    return results
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="minilm")
+    p.add_argument("--requests", type=int, default=300, help="requests per config (upper bound)")
+    p.add_argument("--time-limit", type=float, default=30.0, help="seconds per config (upper bound)")
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--tasks", type=int, nargs="+", default=[1, 8, 64])
+    p.add_argument("--words", type=int, nargs=2, default=[4, 40], metavar=("MIN", "MAX"),
+                   help="words per text (uniform); shorter texts favour batching more")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "http.json")
+    args = p.parse_args(argv)
+
+    print(f"making {max(args.tasks)} adapters on {args.model} ...", flush=True)
+    adapters = make_adapters(args.model, max(args.tasks))
+    with tempfile.TemporaryDirectory() as tmp:
+        results = run(args, adapters, Path(tmp))
+
+    print(f"\n{'tasks':>5} | {'batched req/s':>13} | {'unbatched req/s':>15} | {'ratio':>5} | "
+          f"{'p50 b/u ms':>15} | {'p99 b/u ms':>15}")
+    ratios = {}
+    for n in map(str, args.tasks):
+        b, u = results["batched"][n], results["unbatched"][n]
+        ratios[n] = round(b["req_per_s"] / u["req_per_s"], 2) if u["req_per_s"] else None
+        print(f"{n:>5} | {b['req_per_s']:13.1f} | {u['req_per_s']:15.1f} | {ratios[n]:5.2f} | "
+              f"{b['p50_ms']:6.1f} / {u['p50_ms']:6.1f} | {b['p99_ms']:6.1f} / {u['p99_ms']:6.1f}")
+    out = {"model": args.model, "concurrency": args.concurrency, "requests_per_config": args.requests,
+           "words_per_text": args.words, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+           "time_limit_s": args.time_limit, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                                        "python": platform.python_version()},
+           "results": results, "throughput_ratio_batched_over_unbatched": ratios,
+           "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""The app factory: `create_app(settings)` builds a complete, independent server.
+
+    app = create_app(Settings(store="/tmp/s"))                                    # the real model
+    app = create_app(Settings(store=tmp), engine_factory=lambda s: Engine(tiny))  # tests
+
+No globals: two apps in one process share nothing (each has its own runtime and metrics).
+The model loads in the lifespan startup, so a server only accepts connections once it can
+answer; shutdown drains the batcher before the worker thread stops.
+"""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from . import __version__, docs, errors
+from .routes import adapters, classify, ops
+from .runtime import EngineFactory, Runtime
+from .settings import Settings
+
+DEMO_DIR = Path(__file__).parent / "demo_adapters"
+
+
+def create_app(settings: Settings | None = None, engine_factory: EngineFactory | None = None,
+               demo_dir: Path | None = DEMO_DIR) -> FastAPI:
+    settings = settings or Settings()
+    runtime = Runtime(settings, engine_factory, demo_dir)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title="lpt-serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Many Late-Prompt-Tuning task adapters on one frozen transformer; "
+                              "requests for different tasks share each forward pass.")
+    app.state.runtime = runtime
+    errors.install(app)
+    app.include_router(classify.router)
+    app.include_router(adapters.router)
+    app.include_router(ops.router)
+    app.state.docs_mode = docs.install(app, docs.swagger_assets())
+    return app

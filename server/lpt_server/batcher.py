@@ -1,0 +1,216 @@
+"""The batcher: an asyncio queue of opaque rows that closes batches for one executor.
+
+    batcher = Batcher(worker.run, max_rows=64, max_tokens=8192, max_wait_s=0.005, queue_limit=1024)
+    batcher.start()
+    items = batcher.submit([(row, cost), ...])        # QueueFull when the queue is full
+    results = await asyncio.gather(*(it.future for it in items))
+
+It knows nothing of tensors or tasks: a row is any object, its cost an int (its token count),
+and the executor an async function that runs a list of items and resolves their futures.
+
+Batching is *pull*-driven: one batch is in the executor at a time, and the next one is
+closed when the executor is free. Under load rows pile up while a batch runs, so batches grow
+by themselves; when idle a row waits at most `max_wait_s` for company.
+
+Rows are grouped by cost (length), whatever their task: padding, not the prompt, is what a
+mixed batch pays for. The oldest row anchors each batch (no row starves) and the rows nearest
+to it in length fill the rest, up to `max_rows` rows and `max_tokens` padded tokens
+(rows x longest row).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+
+class QueueFull(Exception):
+    """Accepting these rows would exceed the queue limit (-> 429)."""
+
+
+class BatcherClosed(Exception):
+    """The batcher is shutting down or its executor died (-> 503)."""
+
+
+@dataclass(eq=False)
+class Item:
+    """One row waiting for the executor. `future` gets the row's result or exception."""
+
+    payload: Any
+    cost: int
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.monotonic)
+    queue_s: float = 0.0          # time from submit to the batch closing
+    inference_s: float = 0.0      # the batch's time in the executor
+    seq: int = 0
+
+    @property
+    def dropped(self) -> bool:
+        """Its caller gave up (timeout, disconnect): do not run it."""
+        return self.future.done()
+
+
+Executor = Callable[[list[Item]], Awaitable[None]]
+
+
+@dataclass
+class BatchStats:
+    """What the batcher reports per closed batch (for metrics)."""
+
+    rows: int
+    padded_tokens: int
+    queue_s: list[float]
+
+
+class Batcher:
+    def __init__(self, execute: Executor, *, max_rows: int, max_tokens: int, max_wait_s: float,
+                 queue_limit: int, on_batch: Callable[[BatchStats], None] | None = None):
+        self.execute = execute
+        self.max_rows = max_rows
+        self.max_tokens = max_tokens
+        self.max_wait_s = max_wait_s
+        self.queue_limit = queue_limit
+        self.on_batch = on_batch
+        self._pending: dict[int, Item] = {}      # seq -> item, in arrival order
+        self._seq = itertools.count()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self._failed: BaseException | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="lpt-batcher")
+        # a dead loop is reported through `alive` (-> /ready 503); retrieve its exception so
+        # asyncio does not also log "Task exception was never retrieved"
+        self._task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done() and self._failed is None
+
+    async def close(self, drain: bool = True) -> None:
+        """Stop taking rows; with drain, run the ones already queued first."""
+        self._closing = True
+        if not drain:
+            self._fail_pending(BatcherClosed("the server is shutting down"))
+        if self._task is not None:
+            self._wake.set()
+            try:
+                await self._task
+            except BaseException:      # already recorded in self._failed
+                pass
+        self._fail_pending(BatcherClosed("the server is shutting down"))
+
+    # ---- the queue ------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def submit(self, rows: list[tuple[Any, int]]) -> list[Item]:
+        """Queue all rows of one request, or none of them."""
+        if self._closing or not self.alive:
+            raise BatcherClosed("the server is shutting down" if self._closing else
+                                f"the inference worker is not running: {self._failed!r}")
+        if len(self._pending) + len(rows) > self.queue_limit:
+            raise QueueFull(f"the queue holds {len(self._pending)} rows, the limit is {self.queue_limit}; "
+                            f"this request needs {len(rows)} more: retry later")
+        loop = asyncio.get_running_loop()
+        items = []
+        for payload, cost in rows:
+            it = Item(payload, max(int(cost), 1), loop.create_future(), seq=next(self._seq))
+            self._pending[it.seq] = it
+            items.append(it)
+        self._wake.set()
+        return items
+
+    def discard(self, items: list[Item]) -> None:
+        """The caller gave up on these rows: cancel them and free their queue slots now."""
+        for it in items:
+            if not it.future.done():
+                it.future.cancel()
+            self._pending.pop(it.seq, None)
+
+    # ---- closing batches ------------------------------------------------------------------
+    def _full(self) -> bool:
+        if len(self._pending) >= self.max_rows:
+            return True
+        return sum(it.cost for it in self._pending.values()) >= self.max_tokens
+
+    def take_batch(self) -> list[Item]:
+        """The oldest live row plus the rows nearest to it in cost, within both budgets."""
+        for seq in [s for s, it in self._pending.items() if it.dropped]:
+            del self._pending[seq]
+        if not self._pending:
+            return []
+        anchor = next(iter(self._pending.values()))
+        others = sorted(itertools.islice(self._pending.values(), 1, None),
+                        key=lambda it: (abs(it.cost - anchor.cost), it.seq))
+        batch, longest = [anchor], anchor.cost
+        for it in others:
+            if len(batch) >= self.max_rows:
+                break
+            width = max(longest, it.cost)
+            if width * (len(batch) + 1) > self.max_tokens:
+                continue      # a shorter row further on may still fit
+            batch.append(it)
+            longest = width
+        for it in batch:
+            del self._pending[it.seq]
+        batch.sort(key=lambda it: it.seq)
+        return batch
+
+    async def _next_batch(self) -> list[Item]:
+        while True:
+            while not self._pending:
+                if self._closing:
+                    return []
+                self._wake.clear()
+                await self._wake.wait()
+            oldest = next(iter(self._pending.values()))
+            wait = oldest.enqueued + self.max_wait_s - time.monotonic()
+            if wait > 0 and not self._full() and not self._closing:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
+                continue      # re-check: more rows came, or the wait is over
+            batch = self.take_batch()
+            if batch:
+                return batch
+
+    async def _loop(self) -> None:
+        try:
+            while True:
+                batch = await self._next_batch()
+                if not batch:
+                    return                       # closing and drained
+                now = time.monotonic()
+                for it in batch:
+                    it.queue_s = now - it.enqueued
+                if self.on_batch is not None:
+                    self.on_batch(BatchStats(len(batch), len(batch) * max(it.cost for it in batch),
+                                             [it.queue_s for it in batch]))
+                try:
+                    await self.execute(batch)
+                except Exception as e:           # the executor is gone: fail these rows, stop
+                    for it in batch:
+                        if not it.future.done():
+                            it.future.set_exception(BatcherClosed(f"the inference worker failed: {e!r}"))
+                    raise
+                for it in batch:                 # an executor that forgot a row must not hang it
+                    if not it.future.done():
+                        it.future.set_exception(RuntimeError("the executor returned no result for this row"))
+        except BaseException as e:
+            self._failed = e if not isinstance(e, asyncio.CancelledError) else None
+            self._fail_pending(BatcherClosed(f"the batcher stopped: {e!r}"))
+            raise
+
+    def _fail_pending(self, exc: Exception) -> None:
+        for it in self._pending.values():
+            if not it.future.done():
+                it.future.set_exception(exc)
+        self._pending.clear()

@@ -1,0 +1,211 @@
+"""Every error becomes HTTP here, and only here.
+
+Body: `{"error": {"type": ..., "message": ...}}` (an invalid adapter adds `"problems": [...]`).
+Other modules raise their own exceptions (the batcher's QueueFull, the registry's
+UnknownAdapter, lpt's AdapterError, ...) or an ApiError; `describe` maps each to a status.
+A 500 is a bug: it is logged with its traceback and the client sees only its type.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lpt import AdapterError, RowError
+
+from .batcher import BatcherClosed, QueueFull
+from .registry import UnknownAdapter
+from .store import InvalidName
+from .worker import BatchFailed, WorkerDead
+
+log = logging.getLogger("lpt_server.errors")
+
+
+class ApiError(Exception):
+    status = 500
+    type = "internal_error"
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.headers = headers
+
+
+class BadRequest(ApiError):
+    status, type = 400, "bad_request"
+
+
+class Unauthorized(ApiError):
+    status, type = 401, "unauthorized"
+
+    def __init__(self, message: str):
+        super().__init__(message, {"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(ApiError):
+    status, type = 403, "forbidden"
+
+
+class NotFound(ApiError):
+    status, type = 404, "not_found"
+
+
+class Unprocessable(ApiError):
+    status, type = 422, "validation_error"
+
+
+class ClientClosed(ApiError):
+    """The client went away before its answer (nginx's 499); nobody reads this response."""
+
+    status, type = 499, "client_closed_request"
+
+
+class PayloadTooLarge(ApiError):
+    status, type = 413, "payload_too_large"
+
+
+class Overloaded(ApiError):
+    status, type = 429, "overloaded"
+
+
+class Unavailable(ApiError):
+    status, type = 503, "unavailable"
+
+
+class GatewayTimeout(ApiError):
+    status, type = 504, "timeout"
+
+
+_STATUS_TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
+                 422: "validation_error", 429: "overloaded", 503: "unavailable", 504: "timeout"}
+
+
+def describe(exc: BaseException) -> tuple[int, str, str, dict]:
+    """exception -> (status, type, message, extra body fields)."""
+    if isinstance(exc, ApiError):
+        return exc.status, exc.type, exc.message, {}
+    if isinstance(exc, UnknownAdapter):
+        return 404, "not_found", str(exc), {}
+    if isinstance(exc, InvalidName):
+        return 400, "invalid_name", str(exc), {}
+    if isinstance(exc, AdapterError):
+        return 400, "invalid_adapter", "invalid adapter file: " + "; ".join(exc.problems), {"problems": exc.problems}
+    if isinstance(exc, RowError):
+        return 400, "invalid_input", f"an input cannot be classified: {exc}", {}
+    if isinstance(exc, QueueFull):
+        return 429, "overloaded", str(exc), {}
+    if isinstance(exc, BatchFailed):
+        return 500, "engine_error", f"{exc} (logged on the server; other requests are unaffected)", {}
+    if isinstance(exc, (BatcherClosed, WorkerDead)):
+        return 503, "unavailable", str(exc), {}
+    if isinstance(exc, asyncio.TimeoutError):
+        return 504, "timeout", "the request was not answered in time", {}
+    if isinstance(exc, StarletteHTTPException):
+        return exc.status_code, _STATUS_TYPES.get(exc.status_code, "http_error"), str(exc.detail), {}
+    return 500, "internal_error", f"internal error ({type(exc).__name__}); this is a bug, see the server log", {}
+
+
+def status_of(exc: BaseException) -> int:
+    return describe(exc)[0]
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    status, typ, message, extra = describe(exc)
+    headers = dict(getattr(exc, "headers", None) or {})
+    if status == 429:
+        headers.setdefault("Retry-After", "1")
+    return JSONResponse({"error": {"type": typ, "message": message, **extra}}, status_code=status,
+                        headers=headers or None)
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+BODY_SHAPE = ('{"inputs": "text" | ["text", ...] | [["text", "text_pair"], ...], '
+              '"task": "name" (or "tasks": ["a", "b"]), "raw_scores": false}')
+FIELD_HINTS = {
+    ("inputs",): "must be a string, a list of strings, or a list of [text, text_pair] pairs",
+    ("inputs", 0): "each input must be a string or a [text, text_pair] list of two strings",
+    ("task",): "must be one task name (a string)",
+    ("tasks",): "must be a list of task names (strings)",
+    ("raw_scores",): "must be true or false",
+}
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    """('body', 'inputs', 'list[union[...]]', 0, 'str') -> ('inputs', 0): drop union branch tags."""
+    return tuple(p for p in loc[1:] if isinstance(p, int) or (p not in _TYPE_TAGS and "[" not in p
+                                                             and not p.startswith("function-")))
+
+
+def _show_loc(loc: tuple) -> str:
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
+    return out or "body"
+
+
+def _shown(value) -> str:
+    r = repr(value)
+    return r if len(r) <= 60 else type(value).__name__
+
+
+def validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
+    """Pydantic's errors as one message that says what to fix."""
+    errors = exc.errors()
+    for e in errors:
+        if e.get("type") == "json_invalid":
+            detail = (e.get("ctx") or {}).get("error", "")
+            return 400, "invalid_json", f"the request body is not valid JSON ({detail}): send a JSON object {BODY_SHAPE}"
+    found: dict[tuple, str] = {}
+    for e in errors:
+        loc, typ = _clean_loc(tuple(e.get("loc", ()))), e.get("type")
+        if not loc and typ in ("model_attributes_type", "dict_type", "missing"):
+            hint = " with Content-Type: application/json" if isinstance(e.get("input"), bytes) else ""
+            found[loc] = f"the body must be a JSON object{hint}: {BODY_SHAPE}"
+        elif typ == "missing":
+            found.setdefault(loc, f"{_show_loc(loc)}: field required")
+        elif typ == "extra_forbidden":
+            found.setdefault(loc, f"{_show_loc(loc)}: unknown field (check the spelling; the body is {BODY_SHAPE})")
+        elif typ == "value_error":
+            msg = str((e.get("ctx") or {}).get("error", e.get("msg", "")))
+            found.setdefault(loc, msg if not loc else f"{_show_loc(loc)}: {msg}")
+        else:
+            key = tuple(0 if isinstance(p, int) else p for p in loc)
+            hint = FIELD_HINTS.get(key, e.get("msg", "invalid"))
+            found.setdefault(loc, f"{_show_loc(loc)}: {hint} (got {_shown(e.get('input'))})")
+    # a union reports each of its branches: keep the most specific location of each problem
+    locs = [loc for loc in found if not any(o != loc and o[:len(loc)] == loc for o in found)]
+    parts = [found[loc] for loc in locs]
+    if len(parts) > 6:
+        parts = parts[:6] + [f"... and {len(parts) - 6} more"]
+    return 422, "validation_error", "invalid request: " + "; ".join(parts)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        status, typ, message = validation_message(exc)
+        return JSONResponse({"error": {"type": typ, "message": message}}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return error_response(exc)
+
+    async def _known(request: Request, exc: Exception):
+        return error_response(exc)
+
+    # Known exceptions get their own handlers (Starlette's ExceptionMiddleware answers them);
+    # a handler for Exception itself sits in ServerErrorMiddleware, which answers and then
+    # re-raises so the server logs it: right for bugs only.
+    for cls in (ApiError, UnknownAdapter, InvalidName, AdapterError, RowError, QueueFull, BatcherClosed,
+                WorkerDead, BatchFailed, asyncio.TimeoutError):
+        app.add_exception_handler(cls, _known)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception):
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(exc)

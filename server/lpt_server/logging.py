@@ -1,0 +1,45 @@
+"""Log setup: plain text for people, one JSON object per line for log collectors.
+
+    configure("json", "info")
+
+Everything goes through the root logger (uvicorn's loggers included: `lpt serve` runs
+uvicorn with log_config=None so they propagate), so one format covers the whole process.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+# LogRecord's own attributes; uvicorn adds color_message (the message with ANSI colours)
+_STD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+               "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+        for k, v in vars(record).items():       # fields passed with extra={...}
+            if k not in _STD and not k.startswith("_"):
+                out[k] = v if isinstance(v, (str, int, float, bool, type(None))) else repr(v)
+        if record.exc_info:
+            out["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+TEXT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def configure(log_format: str = "text", level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        lg = logging.getLogger(name)
+        lg.handlers.clear()
+        lg.propagate = True

@@ -1,0 +1,99 @@
+"""Prometheus metrics, one CollectorRegistry per app (two apps in one process never collide).
+
+Names start with `lpt_`. Gauges that mirror other objects (queue size, adapters, the layer-k
+cache) are read at scrape time, so nothing has to remember to update them.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from .batcher import BatchStats
+from .worker import BatchReport
+
+LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+TASKS = (1, 2, 3, 4, 8, 16, 32, 64)
+
+
+class _CacheCollector(Collector):
+    """The engine's layer-k state cache counters, read when scraped."""
+
+    def __init__(self, stats: Callable[[], object | None]):
+        self.stats = stats
+
+    def collect(self):
+        s = self.stats()
+        hits = CounterMetricFamily("lpt_layer_cache_hits", "layer-k state cache hits")
+        misses = CounterMetricFamily("lpt_layer_cache_misses", "layer-k state cache misses")
+        hits.add_metric([], getattr(s, "hits", 0) if s is not None else 0)
+        misses.add_metric([], getattr(s, "misses", 0) if s is not None else 0)
+        yield hits
+        yield misses
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("lpt_requests", "classify requests, by task and HTTP status",
+                                ["task", "status"], registry=r)
+        self.request_seconds = Histogram("lpt_request_duration_seconds", "classify request duration",
+                                         ["task", "status"], buckets=LATENCY, registry=r)
+        self.in_flight = Gauge("lpt_requests_in_flight", "classify requests being served", registry=r)
+        self.queue_size = Gauge("lpt_queue_size", "rows waiting for a batch", registry=r)
+        self.queue_wait = Histogram("lpt_queue_wait_seconds", "time a row waited before its batch closed",
+                                    buckets=LATENCY, registry=r)
+        self.batch_rows = Histogram("lpt_batch_rows", "rows per batch run by the engine", buckets=ROWS, registry=r)
+        self.batch_tasks = Histogram("lpt_batch_tasks", "distinct tasks (adapters) per batch", buckets=TASKS,
+                                     registry=r)
+        self.batch_padded_tokens = Histogram("lpt_batch_padded_tokens", "rows x longest row, per batch closed",
+                                             buckets=(64, 256, 1024, 2048, 4096, 8192, 16384), registry=r)
+        self.rows_dropped = Counter("lpt_rows_dropped", "rows dropped before the engine ran them "
+                                    "(client gone or timed out)", registry=r)
+        self.batches_failed = Counter("lpt_batches_failed", "batches whose engine call raised", registry=r)
+        self.inference_seconds = Histogram("lpt_inference_duration_seconds", "engine time per batch",
+                                           buckets=LATENCY, registry=r)
+        self.adapters_resident = Gauge("lpt_adapters_resident", "adapters loaded in memory", registry=r)
+        self.adapters_registered = Gauge("lpt_adapters_registered", "usable adapters known", registry=r)
+        self.adapter_load_seconds = Histogram("lpt_adapter_load_duration_seconds", "time to load one adapter",
+                                              buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1), registry=r)
+        self.worker_alive = Gauge("lpt_worker_alive", "1 while the engine worker thread runs", registry=r)
+        self._cache_stats: Callable[[], object | None] = lambda: None
+        r.register(_CacheCollector(lambda: self._cache_stats()))
+
+    def bind(self, *, queue_size: Callable[[], int], resident: Callable[[], int], registered: Callable[[], int],
+             worker_alive: Callable[[], bool], cache_stats: Callable[[], object | None]) -> None:
+        """Point the scrape-time gauges at the live objects (once they exist)."""
+        self.queue_size.set_function(queue_size)
+        self.adapters_resident.set_function(resident)
+        self.adapters_registered.set_function(registered)
+        self.worker_alive.set_function(lambda: float(worker_alive()))
+        self._cache_stats = cache_stats
+
+    # ---- observers (called by the batcher, the worker thread, the registry, the routes) ------
+    def observe_closed_batch(self, s: BatchStats) -> None:
+        self.batch_padded_tokens.observe(s.padded_tokens)
+        for q in s.queue_s:
+            self.queue_wait.observe(q)
+
+    def observe_engine_batch(self, r: BatchReport) -> None:
+        if r.rows:
+            self.batch_rows.observe(r.rows)
+            self.batch_tasks.observe(r.tasks)
+            self.inference_seconds.observe(r.seconds)
+        if r.dropped:
+            self.rows_dropped.inc(r.dropped)
+        if r.failed:
+            self.batches_failed.inc()
+
+    def observe_request(self, tasks: list[str], status: int, seconds: float) -> None:
+        for t in tasks or ["-"]:
+            self.requests.labels(t, str(status)).inc()
+            self.request_seconds.labels(t, str(status)).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

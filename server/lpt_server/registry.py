@@ -1,0 +1,258 @@
+"""The registry: adapter name -> current version, and a bounded LRU of loaded adapters.
+
+    registry = Registry(store, backbone, max_resident=256, max_bytes=64 << 20)
+    registry.scan()                      # at start: every stored adapter checked, bad ones skipped
+    module = registry.lookup("sentiment") or registry.get("sentiment")   # fast path, then I/O path
+    info, created = registry.put("sentiment", data)                      # validate, store, register
+
+A small allocator in the spirit of vLLM's LoRA manager: names map to versions, at most
+`max_resident` modules stay loaded, the least recently used is dropped first. Dropping is safe
+while requests are in flight: rows hold the module object itself, so a replaced or evicted
+adapter finishes the rows that already hold it (each request is answered by the old version or
+the new one, never an error).
+
+Replicas share the store, not memory: each lookup re-reads the small `current` pointer at most
+once per `recheck_s` per name, so an upload or delete through another replica is seen within
+that time without a restart.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from lpt import AdapterError, Backbone, LatePrompt, load_adapter, read_adapter, validate
+
+from .store import Store, check_name
+
+log = logging.getLogger("lpt_server.registry")
+
+
+class UnknownAdapter(LookupError):
+    """No adapter of that name (-> 404)."""
+
+
+@dataclass
+class Entry:
+    """What the registry knows of one name's current version (no tensors)."""
+
+    name: str
+    version: str
+    size_bytes: int
+    config: dict
+    checked_at: float = field(default_factory=time.monotonic)
+    problems: list[str] = field(default_factory=list)   # non-empty: stored but unusable here
+
+    def describe(self, resident: bool) -> dict:
+        c = self.config
+        return {"name": self.name, "task": c.get("task"), "version": self.version, "labels": c.get("labels"),
+                "layer": c.get("layer"), "prompt_length": c.get("prompt_length"),
+                "generator": c.get("generator"), "head_kind": c.get("head_kind"),
+                "base_model": (c.get("base_model") or {}).get("id"),
+                "size_bytes": self.size_bytes, "resident": resident}
+
+
+class Registry:
+    def __init__(self, store: Store, backbone: Backbone, *, max_resident: int = 256,
+                 max_bytes: int | None = None, recheck_s: float = 0.5,
+                 on_load: Callable[[float], None] | None = None):
+        self.store = store
+        self.backbone = backbone
+        self.max_resident = max_resident
+        self.max_bytes = max_bytes
+        self.recheck_s = recheck_s
+        self.on_load = on_load
+        self._entries: dict[str, Entry] = {}
+        self._resident: OrderedDict[str, LatePrompt] = OrderedDict()
+        self._lock = threading.Lock()                 # guards the two dicts; never held during I/O
+        self._name_locks: dict[str, threading.Lock] = {}
+
+    # ---- sizes ----------------------------------------------------------------------------
+    @property
+    def registered(self) -> int:
+        return sum(1 for e in self._entries.values() if not e.problems)
+
+    @property
+    def resident_count(self) -> int:
+        return len(self._resident)
+
+    def problems(self) -> dict[str, list[str]]:
+        """Stored adapters that cannot serve on this model, with every reason."""
+        return {n: e.problems for n, e in sorted(self._entries.items()) if e.problems}
+
+    # ---- reading the store ------------------------------------------------------------------
+    def scan(self) -> dict[str, list[str]]:
+        """Check every stored adapter against the model (at start). Bad ones are logged, kept
+        out of service and listed in problems(); they stay in the store untouched."""
+        for name in self.store.names():
+            with self._name_lock(name):
+                self._refresh(name, force=True)
+        for name, problems in self.problems().items():
+            log.warning("adapter %r in the store is unusable and skipped: %s", name, "; ".join(problems))
+        return self.problems()
+
+    def _name_lock(self, name: str) -> threading.Lock:
+        with self._lock:
+            return self._name_locks.setdefault(name, threading.Lock())
+
+    def _refresh(self, name: str, force: bool = False) -> Entry | None:
+        """Re-read the pointer if due; re-read the file's config if the version changed.
+        Call with the name's lock held."""
+        now = time.monotonic()
+        e = self._entries.get(name)
+        if e is not None and not force and now - e.checked_at < self.recheck_s:
+            return e
+        version = self.store.current(name)
+        if version is None:                       # deleted (maybe by another replica)
+            self._forget(name)
+            return None
+        if e is not None and e.version == version:
+            e.checked_at = now
+            return e
+        for attempt in range(2):
+            try:
+                data = self.store.read(name, version)
+                break
+            except FileNotFoundError:             # replaced twice meanwhile: follow the pointer again
+                version = self.store.current(name)
+                if version is None or attempt:
+                    self._forget(name)
+                    return None
+        try:
+            af = read_adapter(data)
+            problems = validate(af, self.backbone, self.max_bytes)
+            config = asdict(af.config) if af.config else {}
+        except AdapterError as err:
+            problems, config = err.problems, {}
+        new = Entry(name, version, len(data), config, now, problems)
+        with self._lock:
+            self._entries[name] = new
+            m = self._resident.get(name)
+            if m is not None and m.version != version:
+                del self._resident[name]
+        return new
+
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            self._entries.pop(name, None)
+            self._resident.pop(name, None)
+
+    # ---- lookups ------------------------------------------------------------------------------
+    def lookup(self, name: str) -> LatePrompt | None:
+        """The loaded module if it is resident and its pointer was checked recently; no I/O.
+        None means: call get() (off the event loop)."""
+        with self._lock:
+            e = self._entries.get(name)
+            if e is None or time.monotonic() - e.checked_at >= self.recheck_s:
+                return None
+            m = self._resident.get(name)
+            if m is None or m.version != e.version:
+                return None
+            self._resident.move_to_end(name)
+            return m
+
+    def get(self, name: str) -> LatePrompt:
+        """The current version of `name`, loaded on first use. Raises UnknownAdapter."""
+        check_name(name)
+        with self._name_lock(name):
+            e = self._refresh(name)
+            if e is None:
+                raise UnknownAdapter(f"unknown task {name!r}: no adapter of that name (GET /v1/adapters lists them)")
+            if e.problems:
+                raise UnknownAdapter(f"adapter {name!r} is in the store but cannot serve on this model: "
+                                     + "; ".join(e.problems))
+            with self._lock:
+                m = self._resident.get(name)
+                if m is not None and m.version == e.version:
+                    self._resident.move_to_end(name)
+                    return m
+            t0 = time.perf_counter()
+            try:
+                m = load_adapter(self.store.read(name, e.version), self.backbone, self.max_bytes)
+            except FileNotFoundError:
+                e.checked_at = 0.0                # stale: the next call follows the pointer again
+                raise UnknownAdapter(f"adapter {name!r} changed while loading: retry") from None
+            if self.on_load is not None:
+                self.on_load(time.perf_counter() - t0)
+            self._insert(name, m)
+            return m
+
+    def _insert(self, name: str, module: LatePrompt) -> None:
+        with self._lock:
+            self._resident[name] = module
+            self._resident.move_to_end(name)
+            while len(self._resident) > self.max_resident:
+                old, _ = self._resident.popitem(last=False)
+                log.debug("adapter %r evicted (LRU, max_resident=%d)", old, self.max_resident)
+
+    def describe(self, name: str) -> dict:
+        check_name(name)
+        with self._name_lock(name):
+            e = self._refresh(name)
+        if e is None or e.problems:
+            raise UnknownAdapter(f"no adapter named {name!r}")
+        return e.describe(name in self._resident)
+
+    def list(self) -> list[dict]:
+        """Every usable adapter in the store, including ones other replicas wrote."""
+        names = set(self.store.names()) | set(self._entries)
+        out = []
+        for name in sorted(names):
+            with self._name_lock(name):
+                e = self._refresh(name)
+            if e is not None and not e.problems:
+                out.append(e.describe(name in self._resident))
+        return out
+
+    # ---- writes ---------------------------------------------------------------------------------
+    def put(self, name: str, data: bytes) -> tuple[dict, bool]:
+        """Validate fully, then store atomically, then serve. Raises AdapterError (nothing stored)."""
+        check_name(name)
+        af = read_adapter(data)
+        problems = validate(af, self.backbone, self.max_bytes)
+        if problems:
+            raise AdapterError(problems)
+        t0 = time.perf_counter()
+        module = load_adapter(af, self.backbone, self.max_bytes)
+        if self.on_load is not None:
+            self.on_load(time.perf_counter() - t0)
+        with self._name_lock(name):
+            stored = self.store.put(name, data)
+            entry = Entry(name, stored.version, len(data), asdict(af.config))
+            with self._lock:
+                self._entries[name] = entry
+            self._insert(name, module)
+        log.info("adapter %r stored: version %s (%s)", name, stored.version[:12], "new" if stored.created else "replaced")
+        return entry.describe(True), stored.created
+
+    def delete(self, name: str) -> bool:
+        check_name(name)
+        with self._name_lock(name):
+            existed = self.store.delete(name)
+            self._forget(name)
+        return existed
+
+
+def seed_demo_adapters(registry: Registry, directory: Path) -> list[str]:
+    """Store each `<directory>/<name>.safetensors` whose name is not in the store yet.
+    Demo adapters that do not fit this model (another base model) are skipped with a warning."""
+    seeded = []
+    if not directory.is_dir():
+        return seeded
+    for path in sorted(directory.glob("*.safetensors")):
+        name = path.stem
+        try:
+            check_name(name)
+            if registry.store.current(name) is not None:
+                continue
+            registry.put(name, path.read_bytes())
+            seeded.append(name)
+        except (AdapterError, ValueError, OSError) as e:
+            log.warning("demo adapter %s skipped: %s", path.name, e)
+    if seeded:
+        log.info("seeded %d demo adapter(s): %s", len(seeded), ", ".join(seeded))
+    return seeded

@@ -1,0 +1,175 @@
+"""POST /v1/classify and POST /v1/tasks/{task}/classify.
+
+Stages: parse (validate, resolve tasks to adapters, measure texts) -> schedule (one row per
+(input, task) into the batcher, wait) -> the engine, on its thread -> respond (results back in
+request order). Rows of one request share their texts, so the engine runs the lower layers
+once per input whatever the number of tasks.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from lpt import Row
+
+from ..auth import require_api_key
+from ..batcher import Item
+from ..errors import ClientClosed, GatewayTimeout, NotFound, PayloadTooLarge, Unavailable, Unprocessable, status_of
+from ..runtime import Runtime
+from ..schemas import ClassifyRequest, ClassifyResponse, ErrorResponse, TaskClassifyRequest
+from ..store import InvalidName
+from ..texts import InputTooLong, Measured
+
+router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[Depends(require_api_key)])
+
+ERRORS = {c: {"model": ErrorResponse} for c in (400, 401, 404, 413, 422, 429, 503, 504)}
+
+
+@dataclass
+class Job:
+    """A parsed request: texts measured, tasks resolved to adapter modules (opaque here)."""
+
+    tasks: list[str]
+    adapters: list          # lpt.LatePrompt per task, held for the whole request
+    inputs: list[Measured]
+
+
+# ---- parse -----------------------------------------------------------------------------------
+def _normalize(inputs) -> list[tuple[str, str | None]]:
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not inputs:
+        raise Unprocessable('invalid request: inputs is an empty list: send at least one text')
+    out = []
+    for i, x in enumerate(inputs):
+        text, pair = (x, None) if isinstance(x, str) else (x[0], x[1])
+        if not text.strip() or (pair is not None and not pair.strip()):
+            raise Unprocessable(f"invalid request: inputs[{i}] is empty: every text must have some non-space characters")
+        out.append((text, pair))
+    return out
+
+
+async def _resolve(rt: Runtime, name: str):
+    module = rt.registry.lookup(name)          # resident and fresh: no I/O
+    if module is None:
+        module = await asyncio.to_thread(rt.registry.get, name)   # pointer check or load: off the loop
+    return module
+
+
+async def parse(rt: Runtime, inputs, tasks: list[str]) -> Job:
+    s = rt.settings
+    pairs = _normalize(inputs)
+    if len(pairs) > s.max_inputs:
+        raise PayloadTooLarge(f"{len(pairs)} inputs in one request, the limit is {s.max_inputs} "
+                              "(LPT_MAX_INPUTS): split the request")
+    if len(pairs) * len(tasks) > s.queue_limit:
+        raise PayloadTooLarge(f"{len(pairs)} inputs x {len(tasks)} tasks = {len(pairs) * len(tasks)} rows, "
+                              f"more than the queue holds ({s.queue_limit}): split the request")
+    adapters = []
+    for name in tasks:
+        try:
+            adapters.append(await _resolve(rt, name))
+        except InvalidName:
+            raise NotFound(f"unknown task {name!r}: not a valid adapter name") from None
+    try:
+        measured = rt.meter.measure(pairs)
+    except InputTooLong as e:
+        raise PayloadTooLarge(str(e)) from None
+    return Job(tasks, adapters, measured)
+
+
+# ---- schedule --------------------------------------------------------------------------------
+async def _disconnected(request: Request) -> None:
+    """Returns when the client hangs up (the body has been read: only a disconnect comes now)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def schedule(rt: Runtime, request: Request, job: Job) -> list[Item]:
+    rows = [(Row(adapter, m.text, m.pair), m.cost) for m in job.inputs for adapter in job.adapters]
+    items = rt.batcher.submit(rows)               # QueueFull -> 429, closed -> 503
+    answers = asyncio.ensure_future(asyncio.gather(*(it.future for it in items)))
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({answers, gone}, timeout=rt.settings.request_timeout_s,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if answers in done:
+            if answers.cancelled():               # a row was dropped under us (shutdown)
+                raise Unavailable("the request's rows were dropped: the server is shutting down")
+            answers.result()                      # a failed row raises its error here
+            return items
+        if gone in done:
+            raise ClientClosed("the client disconnected")
+        raise GatewayTimeout(f"no answer within {rt.settings.request_timeout_s:g} s "
+                             "(LPT_REQUEST_TIMEOUT_S): the server is overloaded")
+    finally:
+        gone.cancel()
+        if not answers.done():
+            answers.cancel()
+        elif not answers.cancelled():
+            answers.exception()                   # retrieved: no "never retrieved" warning
+        rt.batcher.discard(items)                 # rows not run yet are dropped before the engine
+
+
+# ---- respond ---------------------------------------------------------------------------------
+def respond(job: Job, items: list[Item], raw_scores: bool) -> JSONResponse:
+    n_tasks = len(job.tasks)
+    results = []
+    for i in range(len(job.inputs)):
+        row = []
+        for j, task in enumerate(job.tasks):
+            p = items[i * n_tasks + j].future.result()
+            r = {"task": task, "label": p.label, "score": p.score}
+            if raw_scores:
+                r["scores"] = p.scores
+            row.append(r)
+        results.append(row)
+    headers = {"x-queue-time-ms": f"{max(it.queue_s for it in items) * 1000:.2f}",
+               "x-inference-time-ms": f"{max(it.inference_s for it in items) * 1000:.2f}"}
+    truncated = sum(m.truncated for m in job.inputs)
+    if truncated:
+        headers["x-truncated-inputs"] = str(truncated)
+    return JSONResponse({"results": results}, headers=headers)
+
+
+async def classify(request: Request, inputs, tasks: list[str], raw_scores: bool) -> JSONResponse:
+    rt: Runtime = request.app.state.runtime
+    t0 = time.perf_counter()
+    status, known_tasks = 500, []
+    rt.metrics.in_flight.inc()
+    try:
+        job = await parse(rt, inputs, tasks)
+        known_tasks = job.tasks
+        items = await schedule(rt, request, job)
+        response = respond(job, items, raw_scores)
+        status = 200
+        return response
+    except asyncio.CancelledError:
+        status = 499
+        raise
+    except Exception as e:
+        status = status_of(e)
+        raise
+    finally:
+        rt.metrics.in_flight.dec()
+        rt.metrics.observe_request(known_tasks, status, time.perf_counter() - t0)
+
+
+@router.post("/classify", response_model=ClassifyResponse, responses=ERRORS,
+             summary="Classify inputs with one or more tasks")
+async def classify_route(body: ClassifyRequest, request: Request):
+    """One list per input, one item per task. Each (input, task) is one row of a mixed batch."""
+    return await classify(request, body.inputs, body.task_names(), body.raw_scores)
+
+
+@router.post("/tasks/{task}/classify", response_model=ClassifyResponse, responses=ERRORS,
+             summary="Classify inputs with the task named in the URL")
+async def task_classify_route(task: str, body: TaskClassifyRequest, request: Request):
+    return await classify(request, body.inputs, [task], body.raw_scores)
+

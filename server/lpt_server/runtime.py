@@ -1,0 +1,97 @@
+"""The serving runtime: engine, worker thread, batcher, adapter registry, wired together.
+
+One per app, built by create_app and started/stopped by its lifespan. Routes reach it as
+`request.app.state.runtime`; they call its parts, never the model directly.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .batcher import Batcher
+from .metrics import Metrics
+from .registry import Registry, seed_demo_adapters
+from .settings import Settings
+from .store import Store
+from .texts import InputMeter
+from .worker import EngineWorker
+
+log = logging.getLogger("lpt_server")
+
+EngineFactory = Callable[[Settings], Any]   # returns an lpt.Engine (or anything with .backbone and .predict)
+
+
+def default_engine(settings: Settings):
+    """The real model: `settings.model` on `settings.device` in `settings.dtype`."""
+    from lpt import Backbone, Engine
+
+    return Engine(Backbone.load(settings.model, settings.device, settings.dtype), settings.cache_entries)
+
+
+class Runtime:
+    def __init__(self, settings: Settings, engine_factory: EngineFactory | None = None,
+                 demo_dir: Path | None = None):
+        self.settings = settings
+        self.engine_factory = engine_factory or default_engine
+        self.demo_dir = demo_dir
+        self.metrics = Metrics()
+        self.engine = None
+        self.registry: Registry | None = None
+        self.worker: EngineWorker | None = None
+        self.batcher: Batcher | None = None
+        self.meter: InputMeter | None = None
+        self.started_at = time.time()
+        self.load_seconds: float | None = None
+        self.seeded: list[str] = []
+        self.draining = False      # set on SIGTERM: /ready says 503 while in-flight requests finish
+
+    async def start(self) -> None:
+        s = self.settings
+        t0 = time.perf_counter()
+        self.engine = await asyncio.to_thread(self.engine_factory, s)
+        self.load_seconds = time.perf_counter() - t0
+        backbone = self.engine.backbone
+        log.info("model %r loaded in %.1f s (%s, %s)", getattr(backbone, "model_id", s.model),
+                 self.load_seconds, s.device, s.dtype)
+        self.registry = Registry(Store(s.store), backbone, max_resident=s.max_resident_adapters,
+                                 max_bytes=s.max_adapter_bytes, on_load=self.metrics.adapter_load_seconds.observe)
+        if s.demo_adapters and self.demo_dir is not None:
+            self.seeded = await asyncio.to_thread(seed_demo_adapters, self.registry, self.demo_dir)
+        await asyncio.to_thread(self.registry.scan)
+        log.info("adapter store %s: %d adapter(s) usable, %d skipped", s.store, self.registry.registered,
+                 len(self.registry.problems()))
+        self.meter = InputMeter(backbone.tokenizer, s.max_input_tokens, s.truncate)
+        self.worker = EngineWorker(self.engine, on_batch=self.metrics.observe_engine_batch)
+        self.worker.start()
+        self.batcher = Batcher(self.worker.run, max_rows=s.max_batch_rows, max_tokens=s.max_batch_tokens,
+                               max_wait_s=s.max_wait_ms / 1000, queue_limit=s.queue_limit,
+                               on_batch=self.metrics.observe_closed_batch)
+        self.batcher.start()
+        cache = getattr(self.engine, "cache", None)
+        self.metrics.bind(queue_size=lambda: len(self.batcher), resident=lambda: self.registry.resident_count,
+                          registered=lambda: self.registry.registered, worker_alive=lambda: self.worker.alive,
+                          cache_stats=lambda: getattr(cache, "stats", None))
+
+    async def stop(self) -> None:
+        """Finish what was accepted, then stop the worker."""
+        self.draining = True
+        if self.batcher is not None:
+            await self.batcher.close(drain=True)
+        if self.worker is not None:
+            await asyncio.to_thread(self.worker.stop, 30)
+        log.info("stopped")
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.engine is None:
+            return False, "the model is not loaded yet"
+        if self.draining:
+            return False, "the server is shutting down"
+        if self.worker is None or not self.worker.alive:
+            return False, f"the engine worker is not running ({self.worker.error!r})" if self.worker else \
+                "the engine worker has not started"
+        if self.batcher is None or not self.batcher.alive:
+            return False, "the batcher is not running"
+        return True, "ready"

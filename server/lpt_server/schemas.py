@@ -1,0 +1,88 @@
+"""Request and response bodies of the HTTP API (v1), as pydantic models.
+
+These define the OpenAPI schema shown at /docs, and parse requests strictly: a number where
+a string belongs is an error, not silently turned into "1".
+"""
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
+
+TextPair = Annotated[list[StrictStr], Field(min_length=2, max_length=2)]
+Input = Union[StrictStr, TextPair]
+
+
+class ClassifyRequest(BaseModel):
+    """`inputs`: one text, a list of texts, or a list of [text, text_pair]; `task` or `tasks`."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"inputs": ["I loved this film", "the plot was a mess"], "tasks": ["sentiment", "topic"]},
+        {"inputs": [["A man is eating.", "Someone eats."]], "task": "nli", "raw_scores": True}]})
+
+    inputs: Union[StrictStr, list[Input]] = Field(
+        description="a text, a list of texts, or a list of [text, text_pair] pairs")
+    task: StrictStr | None = Field(None, description="the adapter to run (or use `tasks`)")
+    tasks: list[StrictStr] | None = Field(None, description="several adapters, each run on every input")
+    raw_scores: StrictBool = Field(False, description="also return every label's probability")
+
+    @model_validator(mode="after")
+    def _one_of_task_or_tasks(self):
+        if (self.task is None) == (self.tasks is None):
+            raise ValueError('name the adapter(s) with exactly one of "task": "name" or "tasks": ["a", "b"]')
+        if self.tasks is not None:
+            if not self.tasks:
+                raise ValueError('"tasks" must name at least one task')
+            if len(set(self.tasks)) != len(self.tasks):
+                raise ValueError('"tasks" names a task more than once')
+        return self
+
+    def task_names(self) -> list[str]:
+        return [self.task] if self.task is not None else list(self.tasks)
+
+
+class TaskClassifyRequest(BaseModel):
+    """Body of `POST /v1/tasks/{task}/classify`: the task is in the URL."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": "I loved this film"}]})
+
+    inputs: Union[StrictStr, list[Input]]
+    raw_scores: StrictBool = False
+
+
+class TaskResult(BaseModel):
+    task: str
+    label: str
+    score: float
+    scores: dict[str, float] | None = None
+
+
+class ClassifyResponse(BaseModel):
+    results: list[list[TaskResult]] = Field(description="one list per input, one item per task, in request order")
+
+
+class AdapterInfo(BaseModel):
+    name: str
+    task: str | None = Field(None, description="the task name the adapter was trained under")
+    version: str = Field(description="sha256 of the adapter file")
+    labels: list[str]
+    layer: int = Field(description="insertion layer k")
+    prompt_length: int = Field(description="prompt length L")
+    generator: str | None = None
+    head_kind: str | None = None
+    base_model: str | None = None
+    size_bytes: int
+    resident: bool = Field(description="loaded in memory now")
+
+
+class AdapterList(BaseModel):
+    adapters: list[AdapterInfo]
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,67 @@
+"""Every server setting in one frozen object, read once at start (env `LPT_*`, then flags).
+
+    settings = Settings()                       # env only
+    settings = Settings(port=9000, store="/s")  # explicit values win over env (what `lpt serve` does)
+
+Nothing reads the environment at import time: `create_app(settings)` gets this object.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1 << 20
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LPT_", frozen=True, extra="forbid")
+
+    # the model
+    model: str = Field("minilm", description="model id, local path, or 'minilm' (the embedded all-MiniLM-L6-v2)")
+    device: str = Field("cpu", description="cpu, cuda, cuda:1, ...")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="model dtype")
+
+    # where
+    host: str = Field("127.0.0.1", description="bind address")
+    port: int = Field(8080, ge=0, le=65535, description="bind port")
+    store: Path = Field(Path(".store"), description="adapter store directory (shared by replicas)")
+    demo_adapters: bool = Field(True, description="seed the store with the shipped demo adapters")
+
+    # batching and backpressure
+    max_batch_rows: int = Field(64, ge=1, description="a batch closes at this many rows")
+    max_batch_tokens: int = Field(8192, ge=1, description="... or at this many padded tokens (rows x longest)")
+    max_wait_ms: float = Field(5.0, ge=0, description="... or when its oldest row has waited this long")
+    queue_limit: int = Field(1024, ge=1, description="rows waiting at most; more: 429")
+    request_timeout_s: float = Field(30.0, gt=0, description="a request not answered by then: 504")
+
+    # request and upload limits
+    max_input_tokens: int = Field(256, ge=1, description="tokens per input (text + pair, no special tokens)")
+    truncate: bool = Field(True, description="cut longer inputs to max_input_tokens; false: 413")
+    max_inputs: int = Field(256, ge=1, description="inputs per request; more: 413")
+    max_adapter_bytes: int = Field(64 * MiB, ge=1, description="largest adapter file accepted")
+
+    # memory
+    max_resident_adapters: int = Field(256, ge=1, description="adapters kept loaded (LRU)")
+    cache_entries: int = Field(4096, ge=0, description="layer-k hidden-state cache entries (0: off)")
+
+    # auth and logs
+    api_key: str | None = Field(None, description="Bearer key for inference (unset: open)")
+    admin_key: str | None = Field(None, description="Bearer key for adapter writes (unset: writes refused)")
+    log_format: Literal["text", "json"] = Field("text", description="log line format")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+
+    @field_validator("api_key", "admin_key", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v):
+        # LPT_ADMIN_KEY= (empty) in a compose file means "no key", not "the empty key"
+        return None if isinstance(v, str) and not v.strip() else v
+
+    def public(self) -> dict:
+        """The settings as /info shows them: keys only say whether they are set."""
+        out = self.model_dump(mode="json")
+        for k in ("api_key", "admin_key"):
+            out[k] = "set" if out[k] else None
+        return out

@@ -1,0 +1,159 @@
+"""The one engine worker thread: the only place that calls the engine.
+
+    worker = EngineWorker(engine, on_batch=metrics.observe_batch)
+    worker.start(loop)
+    await worker.run(items)        # the batcher's executor: resolves every item's future
+
+The engine is not thread-safe and PyTorch runs best with one caller, so every batch goes
+through this thread, one at a time, while the event loop keeps parsing and answering.
+A batch whose engine call raises fails only its own rows; the thread lives on. If the thread
+itself dies (a BaseException, a bug here), `alive` turns False and /ready says 503.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .batcher import Item
+
+log = logging.getLogger("lpt_server.worker")
+
+
+class WorkerDead(Exception):
+    """The engine worker thread is not running (-> 503)."""
+
+
+class BatchFailed(Exception):
+    """The engine raised for a whole batch; every row of that batch gets this (-> 500, logged)."""
+
+
+@dataclass
+class BatchReport:
+    """One batch as the engine ran it (for metrics)."""
+
+    rows: int          # rows run (dropped ones excluded)
+    dropped: int       # rows whose caller gave up before the engine ran them
+    tasks: int         # distinct adapters in the batch
+    seconds: float     # engine time
+    failed: bool       # the engine raised for the whole batch
+
+
+@dataclass
+class _Job:
+    items: list[Item]
+    done: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+
+class EngineWorker:
+    def __init__(self, engine: Any, on_batch: Callable[[BatchReport], None] | None = None):
+        self.engine = engine
+        self.on_batch = on_batch
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.batches = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name="lpt-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self.error is None
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Let the thread finish its current batch and exit."""
+        if self.alive:
+            self._jobs.put(None)
+            self._thread.join(timeout)
+
+    async def run(self, items: list[Item]) -> None:
+        """Run one batch on the thread; returns when every item's future is resolved."""
+        if not self.alive:
+            raise WorkerDead(f"the engine worker is not running ({self.error!r})")
+        loop = asyncio.get_running_loop()
+        job = _Job(items, loop.create_future(), loop)
+        self._jobs.put(job)
+        await job.done
+
+    # ---- the thread ---------------------------------------------------------------------
+    def _main(self) -> None:
+        job = None
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                self._run_job(job)
+                job = None
+        except BaseException as e:  # the thread is dying: say why, and release its waiters
+            self.error = e
+            log.critical("engine worker thread died: %r", e, exc_info=True)
+            dead = WorkerDead(f"the engine worker died: {e!r}")
+            pending = [job] if job is not None else []
+            while True:
+                try:
+                    j = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if j is not None:
+                    pending.append(j)
+            for j in pending:
+                j.loop.call_soon_threadsafe(_fail_job, j, dead)
+            if not isinstance(e, Exception):
+                raise
+
+    def _run_job(self, job: _Job) -> None:
+        live = [it for it in job.items if not it.dropped]     # cancelled before the engine ran
+        t0 = time.perf_counter()
+        failed = False
+        try:
+            results = self.engine.predict([it.payload for it in live]) if live else []
+            if len(results) != len(live):
+                raise RuntimeError(f"engine returned {len(results)} results for {len(live)} rows")
+        except Exception as e:       # fails this batch's rows only; the thread lives on
+            log.exception("batch of %d rows failed", len(live))
+            err = BatchFailed(f"the engine failed on this request's batch: {e!r}")
+            err.__cause__ = e
+            results, failed = [err] * len(live), True
+        seconds = time.perf_counter() - t0
+        for it in live:
+            it.inference_s = seconds
+        self.batches += 1
+        job.loop.call_soon_threadsafe(_finish_job, job, live, results)
+        if self.on_batch is not None:
+            tasks = len({id(getattr(it.payload, "adapter", None)) for it in live})
+            try:
+                self.on_batch(BatchReport(len(live), len(job.items) - len(live), tasks, seconds, failed))
+            except Exception:  # metrics must never take the worker down
+                log.exception("on_batch callback failed")
+
+
+def _finish_job(job: _Job, live: list[Item], results: list) -> None:
+    """On the event loop: resolve each row's future (unless its caller gave up meanwhile)."""
+    for it, r in zip(live, results):
+        if it.future.done():
+            continue
+        if isinstance(r, BaseException):
+            it.future.set_exception(r)
+        else:
+            it.future.set_result(r)
+    for it in job.items:
+        if not it.future.done():
+            it.future.cancel()
+    if not job.done.done():
+        job.done.set_result(None)
+
+
+def _fail_job(job: _Job, exc: Exception) -> None:
+    for it in job.items:
+        if not it.future.done():
+            it.future.set_exception(exc)
+    if not job.done.done():
+        job.done.set_exception(exc)

@@ -1,0 +1,181 @@
+"""Real `lpt serve` processes on the real model: upload, mixed-task classify equal to the
+engine in this process, two replicas sharing one store, SIGTERM under load."""
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import torch
+
+from lpt import Backbone, Engine, Row, load_adapter, new_adapter, save_adapter
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+ADMIN = "e2e-admin"
+TEXTS = ["I loved this film, the actors were wonderful.", "Terrible service, never again.",
+         "The central bank raised interest rates again on Thursday.", "ok"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One `lpt serve` process on a free port, logging to a file."""
+
+    def __init__(self, store, log_path, *args):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        lpt = shutil.which("lpt")
+        cmd = [lpt] if lpt else [sys.executable, "-m", "lpt_server"]
+        cmd += ["serve", "--port", str(self.port), "--store", str(store), "--no-demo-adapters",
+                "--admin-key", ADMIN, "--log-format", "json", *args]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LPT_")}
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, timeout=120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"server not ready after {timeout} s:\n{self.tail()}")
+
+    def tail(self, n=4000):
+        self.log.flush()
+        return self.log_path.read_bytes()[-n:].decode(errors="replace")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def bb():
+    return Backbone.load("minilm")
+
+
+@pytest.fixture(scope="module")
+def adapters(bb, tmp_path_factory):
+    """Adapter files made with lpt.new_adapter on minilm and saved, as a user would."""
+    d = tmp_path_factory.mktemp("adapters")
+    out = {}
+    for i, (name, labels, k, length) in enumerate([("sentiment", ["negative", "positive"], 3, 5),
+                                                   ("topic", ["world", "sports", "business", "tech"], 2, 8),
+                                                   ("shared", ["a", "b", "c"], 4, 4)]):
+        torch.manual_seed(10 + i)
+        save_adapter(new_adapter(bb, task=name, labels=labels, layer=k, prompt_length=length), d / f"{name}.safetensors")
+        out[name] = (d / f"{name}.safetensors").read_bytes()
+    return out
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory):
+    """Two servers on one shared store, started together."""
+    root = tmp_path_factory.mktemp("e2e")
+    servers = [Server(root / "store", root / f"server{i}.log") for i in range(2)]
+    try:
+        for s in servers:
+            s.wait_ready()
+        yield servers
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def engine_answer(bb, data, text):
+    return Engine(bb, cache_entries=0).predict([Row(load_adapter(data, bb), text)])[0]
+
+
+def put(server, name, data):
+    return httpx.put(f"{server.url}/v1/adapters/{name}", content=data,
+                     headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60)
+
+
+def test_upload_then_mixed_classify_equals_the_engine(replicas, adapters, bb):
+    a, _ = replicas
+    assert put(a, "sentiment", adapters["sentiment"]).status_code == 201
+    assert put(a, "topic", adapters["topic"]).status_code == 201
+    r = httpx.post(f"{a.url}/v1/classify", json={"inputs": TEXTS, "tasks": ["sentiment", "topic"],
+                                                 "raw_scores": True}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert "x-queue-time-ms" in r.headers and "x-inference-time-ms" in r.headers
+    for text, per_input in zip(TEXTS, r.json()["results"]):
+        assert [x["task"] for x in per_input] == ["sentiment", "topic"]
+        for item in per_input:
+            want = engine_answer(bb, adapters[item["task"]], text)
+            assert item["label"] == want.label
+            for label, p in want.scores.items():
+                assert abs(item["scores"][label] - p) < 1e-4
+
+
+def test_two_replicas_share_one_store(replicas, adapters, bb):
+    a, b = replicas
+    assert httpx.post(f"{b.url}/v1/classify", json={"inputs": "x", "task": "shared"}).status_code == 404
+    assert put(a, "shared", adapters["shared"]).status_code == 201
+    r = httpx.post(f"{b.url}/v1/classify", json={"inputs": TEXTS[0], "task": "shared", "raw_scores": True},
+                   timeout=60)
+    assert r.status_code == 200, r.text
+    want = engine_answer(bb, adapters["shared"], TEXTS[0])
+    got = r.json()["results"][0][0]["scores"]
+    assert all(abs(got[k] - v) < 1e-4 for k, v in want.scores.items())
+    assert "shared" in [x["name"] for x in httpx.get(f"{b.url}/v1/adapters").json()["adapters"]]
+
+
+def _gauge(text, name):
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_sigterm_under_load_answers_every_accepted_request_and_exits_0(replicas, adapters):
+    _, b = replicas                      # runs last in this module: this replica is shut down
+    assert put(b, "sentiment", adapters["sentiment"]).status_code in (200, 201)
+    n = 24
+
+    async def load():
+        limits = httpx.Limits(max_connections=n + 4)
+        async with httpx.AsyncClient(base_url=b.url, timeout=120, limits=limits) as c:
+            bodies = [{"inputs": [f"request {i} text {j}: the film was long, slow and yet strangely moving"
+                                  for j in range(16)], "task": "sentiment"} for i in range(n)]
+            calls = [asyncio.create_task(c.post("/v1/classify", json=body)) for body in bodies]
+            async with httpx.AsyncClient(base_url=b.url, timeout=10) as probe:
+                for _ in range(400):        # every request accepted (in flight or done), some still in flight
+                    text = (await probe.get("/metrics")).text
+                    in_flight = _gauge(text, "lpt_requests_in_flight")
+                    done = _gauge(text, 'lpt_requests_total{status="200",task="sentiment"}') - 1   # minus warm-up
+                    if in_flight + max(done, 0) >= n and in_flight > 0:
+                        break
+                    await asyncio.sleep(0.02)
+                else:
+                    raise AssertionError(f"requests never all in flight:\n{text[-2000:]}")
+            b.proc.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    assert httpx.post(f"{b.url}/v1/classify", json={"inputs": "warm up", "task": "sentiment"}).status_code == 200
+    answers = asyncio.run(load())
+    statuses = [a.status_code if isinstance(a, httpx.Response) else repr(a) for a in answers]
+    assert statuses == [200] * n, f"{statuses}\n{b.tail()}"
+    assert all(len(a.json()["results"]) == 16 for a in answers)
+    assert b.proc.wait(60) == 0, b.tail()

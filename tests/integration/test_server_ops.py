@@ -1,0 +1,132 @@
+"""Probes, /info, /metrics, /docs offline, the error body for unknown routes, the CLI, logs."""
+import json
+import logging
+import re
+
+import httpx
+import pytest
+
+from conftest import adapter_file, running, upload
+from lpt import Engine
+from lpt_server import Settings, cli, create_app, docs
+from lpt_server.logging import JsonFormatter
+
+pytestmark = pytest.mark.integration
+
+METRICS = ["lpt_requests_total", "lpt_request_duration_seconds_bucket", "lpt_queue_size", "lpt_queue_wait_seconds",
+           "lpt_batch_rows_bucket", "lpt_batch_tasks_bucket", "lpt_inference_duration_seconds",
+           "lpt_adapters_resident", "lpt_adapters_registered", "lpt_adapter_load_duration_seconds",
+           "lpt_layer_cache_hits_total", "lpt_layer_cache_misses_total", "lpt_worker_alive"]
+
+
+@pytest.mark.asyncio
+async def test_probes_info_and_metrics(tmp_path, tiny_bb):
+    async with running(tmp_path, tiny_bb, api_key="k") as (app, c):
+        assert (await c.get("/health")).json() == {"status": "ok"}
+        assert (await c.get("/ready")).json() == {"status": "ready"}
+        await upload(c, "sent", adapter_file(tiny_bb, "sent"))
+        auth = {"Authorization": "Bearer k"}
+        for _ in range(2):   # the second time hits the layer-k cache
+            assert (await c.post("/v1/classify", json={"inputs": "great film", "task": "sent"},
+                                 headers=auth)).status_code == 200
+        info = (await c.get("/info")).json()
+        assert info["model"]["id"] == "tiny-bert" and info["model"]["layers"] == 4
+        assert info["settings"]["api_key"] == "set" and info["settings"]["admin_key"] == "set"
+        assert "k" not in json.dumps(info["settings"]).replace('"', " ").split()    # no key values
+        assert info["adapters"]["registered"] == 1 and info["ready"] is True
+        r = await c.get("/metrics")
+        assert r.headers["content-type"].startswith("text/plain")
+        for name in METRICS:
+            assert re.search(rf"^{name}", r.text, re.M), name
+        assert 'lpt_requests_total{status="200",task="sent"} 2.0' in r.text
+        assert "lpt_layer_cache_hits_total 1.0" in r.text
+
+
+@pytest.mark.asyncio
+async def test_unknown_routes_and_methods_use_the_error_body(tmp_path, tiny_bb):
+    async with running(tmp_path, tiny_bb) as (app, c):
+        r = await c.get("/v2/nothing")
+        assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
+        r = await c.get("/v1/classify")
+        assert r.status_code == 405 and r.json()["error"]["type"] == "method_not_allowed"
+
+
+@pytest.mark.asyncio
+async def test_ready_is_503_before_start_and_while_draining(tmp_path, tiny_bb):
+    app = create_app(Settings(store=tmp_path, demo_adapters=False), engine_factory=lambda s: Engine(tiny_bb))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        r = await c.get("/ready")                                 # lifespan not run: no model
+        assert r.status_code == 503 and "not loaded" in r.json()["error"]["message"]
+    async with running(tmp_path, tiny_bb) as (app, c):
+        app.state.runtime.draining = True
+        assert (await c.get("/ready")).status_code == 503
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("swagger", [True, False])
+async def test_docs_work_offline(tmp_path, tiny_bb, monkeypatch, swagger):
+    if swagger and docs.swagger_assets() is None:
+        pytest.skip("fastapi-offline is not installed")
+    if not swagger:
+        monkeypatch.setattr(docs, "swagger_assets", lambda: None)
+    async with running(tmp_path, tiny_bb) as (app, c):
+        page = (await c.get("/docs")).text
+        assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), "the page loads something remote"
+        for url in re.findall(r"""(?:src|href)=["']([^"']+)["']""", page):
+            assert (await c.get(url)).status_code == 200, url
+        assert "/openapi.json" in page
+        spec = (await c.get("/openapi.json")).json()
+        for path in ("/v1/classify", "/v1/tasks/{task}/classify", "/v1/adapters", "/v1/adapters/{name}",
+                     "/health", "/ready", "/info", "/metrics"):
+            assert path in spec["paths"], path
+        mode = (await c.get("/info")).json()["docs"]
+        assert mode.startswith("swagger-ui") if swagger else mode == "builtin route list"
+
+
+def test_serve_flags_override_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("LPT_PORT", "9001")
+    monkeypatch.setenv("LPT_MAX_BATCH_ROWS", "7")
+    monkeypatch.setenv("LPT_DEMO_ADAPTERS", "true")
+    monkeypatch.setenv("LPT_URL", "http://elsewhere")      # the client's variable: ignored here
+    s = cli.settings_from_args(["--port", "1234", "--no-demo-adapters", "--store", str(tmp_path),
+                                "--log-format", "json", "--no-truncate", "--max-wait-ms", "2.5"])
+    assert (s.port, s.max_batch_rows, s.demo_adapters, s.store, s.log_format, s.truncate, s.max_wait_ms) == \
+        (1234, 7, False, tmp_path, "json", False, 2.5)
+    # every setting has a flag
+    flags = cli.serve_parser().format_help()
+    for name in Settings.model_fields:
+        assert "--" + name.replace("_", "-") in flags, name
+    with pytest.raises(SystemExit):
+        cli.settings_from_args(["--dtype", "int8"])
+
+
+def test_settings_are_frozen_and_empty_keys_mean_none(monkeypatch):
+    monkeypatch.setenv("LPT_ADMIN_KEY", "")
+    s = Settings()
+    assert s.admin_key is None
+    with pytest.raises(Exception):
+        s.port = 1
+
+
+def test_lpt_command_dispatch(capsys, monkeypatch):
+    assert cli.main([]) == 2
+    assert cli.main(["nope"]) == 2
+    import builtins
+    real_import = builtins.__import__
+
+    def fake_import(name, *a, **kw):
+        if name == "lpt_client.cli":
+            raise ImportError("No module named 'lpt_client.cli'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: fake_import(name))
+    assert cli.main(["classify", "x"]) == 2
+    assert "needs lpt_client.cli" in capsys.readouterr().err
+
+
+def test_json_log_lines():
+    rec = logging.LogRecord("lpt_server", logging.INFO, __file__, 1, "hello %s", ("world",), None)
+    rec.task = "sent"
+    line = json.loads(JsonFormatter().format(rec))
+    assert line["message"] == "hello world" and line["level"] == "info" and line["task"] == "sent"
