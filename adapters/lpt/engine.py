@@ -89,9 +89,15 @@ class _Encoded:
 
 
 class Engine:
-    def __init__(self, backbone: Backbone, cache_entries: int = 2048):
+    def __init__(self, backbone: Backbone, cache_entries: int = 2048, max_padding: float | None = 1.3,
+                 min_bucket_rows: int = 8):
+        """max_padding: a batch is cut into length buckets so that padded tokens stay within this
+        factor of the real tokens (None: one bucket); a bucket keeps at least min_bucket_rows rows,
+        since tiny batches waste more in per-call overhead than padding costs."""
         self.backbone = backbone
         self.cache = StateCache(cache_entries)
+        self.max_padding = max_padding
+        self.min_bucket_rows = min_bucket_rows
         self.pad_id = backbone.tokenizer.pad_token_id
         if self.pad_id is None:  # GPT-2 has none; padded positions are masked anyway
             self.pad_id = backbone.tokenizer.eos_token_id or 0
@@ -134,6 +140,23 @@ class Engine:
                 if it.states is None:
                     it.states = fresh[(it.adapter.layer, it.enc.key)]
 
+    def buckets(self, items: list[_Encoded]) -> list[list[_Encoded]]:
+        """Rows sorted by length, cut where padding to the bucket's longest row would cost more
+        than max_padding times the real tokens. Padding, not the prompt, is what a batch pays
+        for; a mixed-task engine may group rows of similar length whatever their task."""
+        items = sorted(items, key=lambda it: len(it.enc.input_ids))
+        if self.max_padding is None:
+            return [items]
+        out, cur, real = [], [], 0
+        for it in items:
+            n = len(it.enc.input_ids)                       # ascending: n is the bucket's new longest
+            if len(cur) >= self.min_bucket_rows and (len(cur) + 1) * n > self.max_padding * (real + n):
+                out.append(cur)
+                cur, real = [], 0
+            cur.append(it)
+            real += n
+        return out + [cur]
+
     def upper(self, items: list[_Encoded]) -> dict[int, torch.Tensor]:
         """One late_forward over every adapter present -> {row index: logits [C]}."""
         by_adapter: dict[int, list[_Encoded]] = defaultdict(list)
@@ -157,12 +180,11 @@ class Engine:
         if not rows:
             return []
         items, failed = self.encode(rows)
+        done: dict[int, torch.Tensor] = {}
         with torch.inference_mode():
-            if items:
-                self.lower(items)
-                done = self.upper(items)
-            else:
-                done = {}
+            for bucket in self.buckets(items) if items else []:
+                self.lower(bucket)
+                done.update(self.upper(bucket))
         return [failed[i] if i in failed else done[i] for i in range(len(rows))]
 
     def predict(self, rows: list[Row]) -> list[Prediction | Exception]:

@@ -124,3 +124,19 @@ def test_predict_scores_are_probabilities_and_label_is_argmax():
     for p in preds:
         assert abs(sum(p.scores.values()) - 1) < 1e-5
         assert p.label == max(p.scores, key=p.scores.get) and p.score == p.scores[p.label]
+
+
+def test_length_buckets_bound_padding_and_change_no_answer():
+    bb = make_backbone("bert")
+    adapters = _adapters(bb, MIXED)
+    rows = _rows(adapters, random_texts(40, seed=8, lo=1, hi=60))
+    bucketed = Engine(bb, cache_entries=0, max_padding=1.2, min_bucket_rows=4)
+    items, _ = bucketed.encode(rows)
+    buckets = bucketed.buckets(items)
+    assert len(buckets) > 1 and sum(map(len, buckets)) == len(rows)
+    for b in buckets:
+        lengths = [len(it.enc.input_ids) for it in b]
+        assert len(b) <= 4 or len(b) * max(lengths) <= 1.2 * sum(lengths)   # padded tokens <= 1.2x real ones
+    one = Engine(bb, cache_entries=0, max_padding=None).logits(rows)
+    for a, b in zip(one, bucketed.logits(rows)):
+        assert (a - b).abs().max().item() < TOL
