@@ -67,7 +67,10 @@ class Unauthorized(AuthError):
 
 
 class Forbidden(AuthError):
-    """The key is valid but may not do this, e.g. an adapter write without the admin key (403)."""
+    """Not allowed (403): a wrong admin key, or adapter writes disabled on the server.
+
+    A request with no key at all where one is needed is `Unauthorized` (401).
+    """
 
 
 class NotFound(LptError):

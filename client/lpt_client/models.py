@@ -45,6 +45,10 @@ class AdapterInfo(BaseModel):
     prompt_length: int = Field(validation_alias=AliasChoices("prompt_length", "L"))
     size_bytes: int = Field(validation_alias=AliasChoices("size_bytes", "size"))
     resident: bool = Field(validation_alias=AliasChoices("resident", "residency"))
+    task: str | None = None  # the task name the adapter was trained under
+    generator: str | None = None  # prompt generator kind, e.g. "npg"
+    head_kind: str | None = None  # classification head kind, e.g. "linear"
+    base_model: str | None = None  # id of the model the adapter was made for
 
 
 class UploadResult(BaseModel):

@@ -28,7 +28,8 @@ class Client(ClientCore):
 
     Args:
         base_url: server URL, e.g. "http://127.0.0.1:8080".
-        api_key: Bearer key for inference and reads.
+        api_key: Bearer key for inference and reads; without one, the admin key (which the
+            server also takes there) is sent.
         admin_key: Bearer key for adapter uploads and deletes.
         timeout: seconds (or an `httpx.Timeout`) for the httpx client this client creates.
         max_retries, backoff_s: retry bounds; or pass a whole `RetryPolicy` as `retry`.

@@ -104,6 +104,8 @@ def _dispatch(command: str, argv: Sequence[str]) -> int:
         print(f"lpt {command}: this command needs {module}, which cannot be imported here ({e}). "
               "Install the full lpt-serve package (scripts/install.sh).", file=sys.stderr)
         return 2
+    if module == "lpt_client.cli":      # the client also ships alone as `lpt-client`: name it `lpt` here
+        return int(mod.main([command, *argv], prog="lpt") or 0)
     return int(mod.main([command, *argv]) or 0)
 
 

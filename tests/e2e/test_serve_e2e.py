@@ -1,75 +1,20 @@
 """Real `lpt serve` processes on the real model: upload, mixed-task classify equal to the
 engine in this process, two replicas sharing one store, SIGTERM under load."""
 import asyncio
-import os
 import re
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 import torch
+from serve_process import ADMIN, Server
 
 from lpt import Backbone, Engine, Row, load_adapter, new_adapter, save_adapter
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-ADMIN = "e2e-admin"
 TEXTS = ["I loved this film, the actors were wonderful.", "Terrible service, never again.",
          "The central bank raised interest rates again on Thursday.", "ok"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """One `lpt serve` process on a free port, logging to a file."""
-
-    def __init__(self, store, log_path, *args):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        lpt = shutil.which("lpt")
-        cmd = [lpt] if lpt else [sys.executable, "-m", "lpt_server"]
-        cmd += ["serve", "--port", str(self.port), "--store", str(store), "--no-demo-adapters",
-                "--admin-key", ADMIN, "--log-format", "json", *args]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LPT_")}
-        self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-
-    def wait_ready(self, timeout=120):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"server not ready after {timeout} s:\n{self.tail()}")
-
-    def tail(self, n=4000):
-        self.log.flush()
-        return self.log_path.read_bytes()[-n:].decode(errors="replace")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")

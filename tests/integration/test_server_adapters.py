@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from conftest import HookedEngine, adapter_file, admin, running, upload
+from tiny_server import HookedEngine, adapter_file, admin, running, upload
 from lpt import Engine, Row, load_adapter
 from lpt_server.store import Store
 

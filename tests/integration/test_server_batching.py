@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import HookedEngine, adapter_file, running, upload
+from tiny_server import HookedEngine, adapter_file, running, upload
 from lpt import Engine
 from lpt_server.batcher import Batcher, QueueFull
 from tiny import WORDS

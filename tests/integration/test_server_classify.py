@@ -1,7 +1,7 @@
 """POST /v1/classify and /v1/tasks/{task}/classify: answers, request validation, limits, auth."""
 import pytest
 
-from conftest import adapter_file, running, upload
+from tiny_server import adapter_file, running, upload
 from lpt import Engine, Row, load_adapter
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import running, upload
+from tiny_server import running, upload
 from lpt import Backbone, Engine, Row, load_adapter, new_adapter
 from lpt.adapter import adapter_bytes
 

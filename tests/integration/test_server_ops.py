@@ -6,7 +6,7 @@ import re
 import httpx
 import pytest
 
-from conftest import adapter_file, running, upload
+from tiny_server import adapter_file, running, upload
 from lpt import Engine
 from lpt_server import Settings, cli, create_app, docs
 from lpt_server.logging import JsonFormatter
