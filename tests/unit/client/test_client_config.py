@@ -54,6 +54,16 @@ def test_writes_send_no_api_key_when_admin_key_missing(server) -> None:
     assert "authorization" not in server.last.headers
 
 
+def test_reads_send_the_admin_key_when_no_api_key(server) -> None:
+    # the server takes the admin key wherever it takes the API key
+    with Client("http://lpt.test", admin_key="adm", transport=server.transport) as client:
+        client.list_adapters()
+        assert server.last.headers["authorization"] == "Bearer adm"
+    with Client("http://lpt.test", api_key="api", admin_key="adm", transport=server.transport) as c:
+        c.list_adapters()
+        assert server.last.headers["authorization"] == "Bearer api"
+
+
 def test_base_url_path_prefix_is_kept(server) -> None:
     server.on("GET", "/lpt/health", server.reply(200, {"status": "ok"}))
     with Client("http://lb.test/lpt/", transport=server.transport) as client:
