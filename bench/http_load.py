@@ -1,7 +1,7 @@
 """HTTP load benchmark: batched mixed-task serving vs the same server unbatched.
 
-    python bench/http.py                          # 300 requests per config, concurrency 32
-    python bench/http.py --requests 600 --concurrency 64 --tasks 1 8 64
+    python bench/http_load.py                          # 300 requests per config, concurrency 32
+    python bench/http_load.py --requests 600 --concurrency 64 --tasks 1 8 64
 
 Starts `lpt serve` twice on loopback (a temp store, the real model): once with the default
 batching, once with `--max-batch-rows 1` (every request its own forward pass: the baseline).
@@ -13,39 +13,27 @@ bench/results/http.json. Not a test: numbers depend on the machine.
 """
 from __future__ import annotations
 
-import os
-import sys
-
-# This file is named http.py: run as a script, its folder comes first on sys.path and would
-# shadow the standard library's `http` package (which httpx imports). Drop that entry.
-if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
-
-import argparse  # noqa: E402
+import argparse
 import asyncio
 import json
+import os
 import platform
 import random
 import shutil
-import signal
-import socket
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx  # noqa: E402
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import ServerProcess, closed_loop as _closed_loop, send_each  # noqa: E402
 
 ADMIN = "bench-admin"
 WORDS = ("the film was long slow and yet strangely moving great acting terrible plot service food market bank "
          "rates rose again on thursday team won the match late goal new phone battery lasts all day I would "
          "not recommend it to anyone loved every minute of this bad weather ruined our trip").split()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_adapters(model: str, n: int) -> dict[str, bytes]:
@@ -64,50 +52,26 @@ def make_adapters(model: str, n: int) -> dict[str, bytes]:
     return out
 
 
-class Server:
+def lpt_command(model: str, store: Path, extra: list[str]) -> list[str]:
+    """`lpt serve` on loopback with a fresh store, writes allowed with ADMIN; `{port}` filled in later."""
+    lpt = shutil.which("lpt")
+    return ([lpt] if lpt else [sys.executable, "-m", "lpt_server"]) + [
+        "serve", "--model", model, "--port", "{port}", "--store", str(store), "--no-demo-adapters",
+        "--admin-key", ADMIN, "--log-level", "warning", *extra]
+
+
+def lpt_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("LPT_")}
+
+
+class Server(ServerProcess):
+    """`lpt serve` with a fresh store (see lpt_command)."""
+
     def __init__(self, model: str, store: Path, log: Path, extra: list[str]):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        lpt = shutil.which("lpt")
-        cmd = ([lpt] if lpt else [sys.executable, "-m", "lpt_server"]) + [
-            "serve", "--model", model, "--port", str(self.port), "--store", str(store), "--no-demo-adapters",
-            "--admin-key", ADMIN, "--log-level", "warning", *extra]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LPT_")}
-        self.log = open(log, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        super().__init__(lpt_command(model, store, extra), log, env=lpt_env())
 
-    def wait_ready(self, timeout=180):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"server exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise SystemExit("server not ready in time")
-
-    def peak_rss_mb(self) -> float:
-        """VmHWM: the process's peak resident set since it started (Linux)."""
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return float("nan")
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-        finally:
-            self.log.close()
+    def wait_ready(self, timeout=180) -> float:
+        return super().wait_ready("/ready", timeout)
 
 
 def texts(n: int, seed: int, words: tuple[int, int] = (4, 40)) -> list[str]:
@@ -116,81 +80,23 @@ def texts(n: int, seed: int, words: tuple[int, int] = (4, 40)) -> list[str]:
     return [f"{i}: " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(*words))) for i in range(n)]
 
 
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
-
-
-class Connection:
-    """One keep-alive HTTP/1.1 connection, hand-rolled. The load generator shares the server's
-    cores, so its cost per request must be small: httpx spends several ms of CPU per request
-    here, about what the server itself spends; this costs a few hundred microseconds."""
-
-    def __init__(self, host: str, port: int):
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def post_json(self, path: str, obj) -> tuple[int, bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        body = json.dumps(obj).encode()
-        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
-                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status, length = int(head[9:12]), 0
-        for line in head.split(b"\r\n")[1:]:
-            key, _, value = line.partition(b":")
-            if key.strip().lower() == b"content-length":
-                length = int(value)
-        return status, await self.reader.readexactly(length)
-
-    def close(self):
-        if self.writer is not None:
-            self.writer.close()
-
-
 async def warm_up(url: str, tasks: list[str]) -> None:
     """Every adapter loaded (and the model's first-call costs paid) before any clock starts."""
-    host, port = url.removeprefix("http://").split(":")
-    conn = Connection(host, int(port))
-    try:
-        for t in tasks:
-            status, data = await conn.post_json("/v1/classify", {"inputs": "warm up", "task": t})
-            assert status == 200, data
-    finally:
-        conn.close()
+    await send_each(url, [("/v1/classify", {"inputs": "warm up", "task": t}) for t in tasks])
 
 
 async def closed_loop(url: str, tasks: list[str], bodies: list[str], concurrency: int, time_limit: float) -> dict:
-    host, port = url.removeprefix("http://").split(":")
-    conns = [Connection(host, int(port)) for _ in range(concurrency)]
-    latencies, errors, next_i = [], 0, 0
-    try:
-        deadline = time.monotonic() + time_limit
+    """One text per request, tasks round-robin (loadgen.closed_loop does the rest)."""
+    requests = [("/v1/classify", {"inputs": b, "task": tasks[i % len(tasks)]}) for i, b in enumerate(bodies)]
+    return await _closed_loop(url, requests, concurrency, time_limit)
 
-        async def one_client(conn: Connection):
-            nonlocal next_i, errors
-            while next_i < len(bodies) and time.monotonic() < deadline:
-                i = next_i
-                next_i += 1
-                t0 = time.perf_counter()
-                status, _ = await conn.post_json("/v1/classify", {"inputs": bodies[i], "task": tasks[i % len(tasks)]})
-                if status == 200:
-                    latencies.append(time.perf_counter() - t0)
-                else:
-                    errors += 1
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one_client(c) for c in conns))
-        elapsed = time.perf_counter() - t0
-    finally:
-        for c in conns:
-            c.close()
-    return {"requests": len(latencies), "errors": errors, "seconds": round(elapsed, 3),
-            "req_per_s": round(len(latencies) / elapsed, 2),
-            "p50_ms": round(pct(latencies, 50) * 1000, 1), "p95_ms": round(pct(latencies, 95) * 1000, 1),
-            "p99_ms": round(pct(latencies, 99) * 1000, 1)}
+def upload_adapters(url: str, adapters: dict[str, bytes]) -> None:
+    """PUT /v1/adapters/{name} for each, as the admin."""
+    for task, data in adapters.items():
+        r = httpx.put(f"{url}/v1/adapters/{task}", content=data, headers={"Authorization": f"Bearer {ADMIN}"},
+                      timeout=60)
+        r.raise_for_status()
 
 
 def start_servers(args, adapters: dict[str, bytes], workdir: Path) -> dict[str, Server]:
@@ -201,10 +107,7 @@ def start_servers(args, adapters: dict[str, bytes], workdir: Path) -> dict[str, 
     for name, server in servers.items():
         server.wait_ready()
         print(f"{name}: lpt serve {' '.join(modes[name]) or '(default batching)'} on {server.url}", flush=True)
-        for task, data in adapters.items():
-            r = httpx.put(f"{server.url}/v1/adapters/{task}", content=data,
-                          headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60)
-            r.raise_for_status()
+        upload_adapters(server.url, adapters)
     return servers
 
 
