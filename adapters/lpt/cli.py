@@ -1,0 +1,273 @@
+"""`lpt train` and `lpt eval`.
+
+    lpt train --task sentiment --data train.csv --dev dev.csv --out sentiment.safetensors
+    lpt eval --adapter sentiment.safetensors --data test.csv --plot confusion.png
+
+Exit codes: 0 done; 2 a problem the user can fix (bad data, bad flags, an adapter that does not
+fit the model), with a message saying what and where; nothing is written in that case.
+Also runnable as `python -m lpt.cli train ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .data import DataError, check_known_labels, holdout, label_set, read_examples
+from .methods import ADAPTER_METHODS, METHODS
+from .training import METHOD_DEFAULTS, TrainConfig
+
+DEV_FRACTION = 0.1
+HOLDOUT_SEED = 0     # the held-out dev split does not move with --seed
+
+
+class UsageError(Exception):
+    """Exit code 2 with this message."""
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---- arguments -------------------------------------------------------------------------------------
+def _data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data columns")
+    g.add_argument("--text-column", default="text", help="column (or JSONL key) with the text (default: text)")
+    g.add_argument("--text-pair-column", default=None, help="column with a second text, for pair tasks")
+    g.add_argument("--label-column", default="label", help="column with the label (default: label)")
+    g.add_argument("--format", choices=("csv", "tsv", "jsonl"), default=None,
+                   help="file format (default: from the extension: .csv, .tsv, .jsonl)")
+
+
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", help="float32 (training), bfloat16, float16")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lpt", description="Train and evaluate Late Prompt Tuning adapters.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train an adapter (or a comparison method) on a labelled file")
+    t.add_argument("--model", default="minilm", help="model id, local path, or minilm (the embedded default)")
+    t.add_argument("--task", required=True, help="task name stored in the adapter (what clients ask for)")
+    t.add_argument("--data", required=True, help="training file: .csv, .tsv or .jsonl")
+    t.add_argument("--dev", default=None,
+                   help=f"dev file for best-checkpoint selection (default: hold out {DEV_FRACTION:.0%}% of --data)")
+    t.add_argument("--test", default=None, help="also report metrics on this file with the chosen checkpoint")
+    _data_args(t)
+    t.add_argument("--labels", nargs="+", default=None,
+                   help="label order (default: sorted); --label-words follow this order")
+    m = t.add_argument_group("method")
+    m.add_argument("--method", choices=METHODS, default="lpt",
+                   help="lpt (NPG late prompt; default), static (static late prompt), prompt-tuning (k=0, static), "
+                        "probe (head on final states), finetune (all weights)")
+    m.add_argument("--layer", type=int, default=None, help="insertion layer k (default: num_layers // 2)")
+    m.add_argument("--prompt-length", type=int, default=5, help="L, prompt vectors (default: 5)")
+    m.add_argument("--generator", choices=("npg", "max", "avg", "static"), default="npg",
+                   help="prompt generator of --method lpt (default: npg)")
+    m.add_argument("--bottleneck", type=int, default=128, help="generator bottleneck r (default: 128)")
+    m.add_argument("--head", choices=("linear", "mlm", "lm"), default=None,
+                   help="head kind (default: mlm/lm when --label-words is given, else linear)")
+    m.add_argument("--pooling", choices=("cls", "mean", "last"), default="mean",
+                   help="what the linear head reads: mean of the final token states (default; all-MiniLM-L6-v2 "
+                        "was trained for mean pooling), the [CLS]/first token, or the last token")
+    m.add_argument("--template", default=None, help='e.g. "{text} . It was {mask} ."')
+    m.add_argument("--label-words", nargs="+", default=None, help="one word per label, in label order")
+    m.add_argument("--max-length", type=int, default=256, help="tokens per example, longer texts are cut (default: 256)")
+    o = t.add_argument_group("optimisation (defaults per method: " + "; ".join(
+        f"{k}: lr {v['lr']:g}, head {v['head_lr']:g}, {v['epochs']} epochs" for k, v in METHOD_DEFAULTS.items()) + ")")
+    o.add_argument("--epochs", type=int, default=None)
+    o.add_argument("--lr", type=float, default=None, help="generator lr (backbone lr for finetune)")
+    o.add_argument("--head-lr", type=float, default=None)
+    o.add_argument("--weight-decay", type=float, default=0.1, help="AdamW, not on biases or norms (default: 0.1)")
+    o.add_argument("--warmup", type=float, default=0.06, help="warmup fraction of all steps, then linear decay "
+                                                                "(default: 0.06)")
+    o.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
+    o.add_argument("--seed", type=int, default=0, help="initial weights, shuffling, dropout (default: 0)")
+    o.add_argument("--cache-states", action=argparse.BooleanOptionalAction, default=True,
+                   help="compute the frozen layers' states once and reuse them every epoch (default: on)")
+    o.add_argument("--cache-budget-mb", type=float, default=1024.0,
+                   help="cache only if train (+ dev) states fit in this many MB (default: 1024)")
+    out = t.add_argument_group("output")
+    out.add_argument("--out", default=None, help="adapter file to write (default: TASK.safetensors)")
+    out.add_argument("--no-save", action="store_true", help="write no adapter (report metrics only)")
+    out.add_argument("--metrics-json", default=None, help="write the run's numbers to this JSON file")
+    out.add_argument("--quiet", action="store_true", help="no progress bars")
+    _runtime_args(t)
+
+    e = sub.add_parser("eval", help="evaluate an adapter file on a labelled file")
+    e.add_argument("--adapter", required=True, help="adapter .safetensors file")
+    e.add_argument("--data", required=True, help="labelled file: .csv, .tsv or .jsonl")
+    e.add_argument("--model", default=None, help="base model (default: the one the adapter records)")
+    _data_args(e)
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    e.add_argument("--plot", default=None, metavar="FILE", help="write the confusion matrix as a PNG")
+    _runtime_args(e)
+    return parser
+
+
+# ---- shared steps -----------------------------------------------------------------------------------
+def _read(path: str, args):
+    return read_examples(path, args.text_column, args.label_column, args.text_pair_column, args.format,
+                         flag_prefix="--")
+
+
+def _load_backbone(name: str, args):
+    import torch
+
+    from .backbone import Backbone
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return Backbone.load(name, device=args.device, dtype=args.dtype)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise UsageError(f"cannot load model {name!r}: {e}") from None
+
+
+# ---- train ------------------------------------------------------------------------------------------
+def _check_train_args(args) -> Path | None:
+    if args.method in ADAPTER_METHODS:
+        if args.no_save:
+            return None
+        return Path(args.out or f"{args.task}.safetensors")
+    if args.out:
+        raise UsageError(f"--method {args.method} writes no adapter file (only lpt, static and prompt-tuning "
+                         f"make one): drop --out, or use --metrics-json FILE to keep the numbers")
+    return None
+
+
+def cmd_train(args) -> int:
+    from .adapter import AdapterError
+    from .metrics import classification_report, format_report
+    from .training import fit, predict, prepare, make_split
+
+    out = _check_train_args(args)
+    for name in ("epochs", "batch_size", "prompt_length", "bottleneck"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+    train_ex = _read(args.data, args)
+    labels = label_set(train_ex, args.data, args.labels)
+    if args.dev:
+        dev_ex = _read(args.dev, args)
+        check_known_labels(dev_ex, labels, args.dev)
+        dev_source = args.dev
+    elif len(train_ex) < 20:
+        dev_ex, dev_source = train_ex, f"{args.data} (too small to hold out a dev set: selecting on train)"
+    else:
+        train_ex, dev_ex = holdout(train_ex, DEV_FRACTION, HOLDOUT_SEED)
+        dev_source = f"{len(dev_ex)} examples held out of {args.data}"
+    test_ex = None
+    if args.test:
+        test_ex = _read(args.test, args)
+        check_known_labels(test_ex, labels, args.test)
+    if args.label_words and len(args.label_words) != len(labels):
+        raise UsageError(f"--label-words has {len(args.label_words)} words for {len(labels)} labels "
+                         f"({', '.join(labels)}): give one word per label, in that order")
+
+    bb = _load_backbone(args.model, args)
+    head = args.head or (("lm" if bb.causal else "mlm") if args.label_words else "linear")
+    cfg = TrainConfig(method=args.method, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
+                      weight_decay=args.weight_decay, warmup=args.warmup, batch_size=args.batch_size,
+                      seed=args.seed, cache_states=args.cache_states, cache_budget_mb=args.cache_budget_mb)
+    adapter_config = dict(prompt_length=args.prompt_length, generator=args.generator, bottleneck=args.bottleneck,
+                          head_kind=head, pooling=args.pooling, template=args.template,
+                          label_words=args.label_words, max_length=args.max_length)
+    try:
+        method, train_split, dev_split, result = prepare(bb, train_ex, dev_ex, labels, cfg, task=args.task,
+                                                         layer=args.layer, log=_log, **adapter_config)
+        test_split = make_split(method, test_ex, labels) if test_ex else None
+    except AdapterError as e:
+        raise UsageError("the adapter configuration is invalid:\n  - " + "\n  - ".join(e.problems)) from None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+    rc = result.config
+    _log(f"{args.method}: {len(train_ex)} train examples, dev: {dev_source}; labels: {', '.join(labels)}")
+    _log(f"k={method.layer} of {bb.num_layers} layers, {method.trainable_parameters():,} trainable parameters; "
+         f"lr {rc.lr:g}, head lr {rc.head_lr:g}, {rc.epochs} epochs, batch {rc.batch_size}, seed {rc.seed}; "
+         + (f"layer-{method.layer} states cached ({result.cache_mb:.0f} MB, {result.cache_seconds:.1f} s)"
+            if result.cached else "states not cached"))
+    fit(method, train_split, dev_split, cfg, result, progress=not args.quiet)
+    print(f"best dev accuracy {result.best_dev_accuracy:.4f} at epoch {result.best_epoch}/{rc.epochs}; "
+          f"{result.seconds_per_epoch:.1f} s per epoch")
+
+    summary = result.summary()
+    summary.update(task=args.task, model=args.model, train_examples=len(train_ex), dev_examples=len(dev_ex))
+    if test_split is not None:
+        report = classification_report(test_split.targets.tolist(), predict(method, test_split).argmax(-1).tolist(),
+                                        labels)
+        summary["test"] = report
+        print(f"test ({args.test}):\n" + format_report(report))
+    if out is not None:
+        version = method.save(out)
+        size = out.stat().st_size
+        summary.update(adapter=str(out), version=version, adapter_bytes=size)
+        print(f"wrote {out} ({size / 1024:.0f} KiB, sha256 {version[:12]})")
+    if args.metrics_json:
+        Path(args.metrics_json).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+# ---- eval -------------------------------------------------------------------------------------------
+def cmd_eval(args) -> int:
+    from .adapter import AdapterError, load_adapter, read_adapter
+    from .engine import Engine, Row
+    from .metrics import classification_report, format_report, plot_confusion
+
+    try:
+        adapter_file = read_adapter(args.adapter)
+    except FileNotFoundError:
+        raise UsageError(f"{args.adapter}: no such file") from None
+    except AdapterError as e:
+        raise UsageError(f"{args.adapter} is not a usable adapter:\n  - " + "\n  - ".join(e.problems)) from None
+    labels = adapter_file.config.labels
+    examples = _read(args.data, args)
+    check_known_labels(examples, labels, args.data)
+    bb = _load_backbone(args.model or adapter_file.config.base_model.get("id", "minilm"), args)
+    try:
+        adapter = load_adapter(adapter_file, bb)
+    except AdapterError as e:
+        raise UsageError(f"{args.adapter} does not fit model {bb.model_id!r}:\n  - " + "\n  - ".join(e.problems)) from None
+
+    # The serving engine computes the scores: what is measured here is what the server answers.
+    engine = Engine(bb, cache_entries=0)
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].text) - len(examples[i].text_pair or ""))
+    pred = [0] * len(examples)
+    for s in range(0, len(order), args.batch_size):
+        idx = order[s:s + args.batch_size]
+        for i, lg in zip(idx, engine.logits([Row(adapter, examples[i].text, examples[i].text_pair) for i in idx])):
+            if isinstance(lg, Exception):
+                raise UsageError(f"{args.data} line {examples[i].line}: {lg}")
+            pred[i] = int(lg.argmax())
+    index = {label: i for i, label in enumerate(labels)}
+    report = classification_report([index[e.label] for e in examples], pred, labels)
+    report.update(adapter=args.adapter, task=adapter_file.config.task, version=adapter_file.version, data=args.data)
+    if args.plot:
+        plot_confusion(report, args.plot, title=f"{adapter_file.config.task}: accuracy {report['accuracy']:.3f}")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"adapter {args.adapter} (task {adapter_file.config.task}, sha256 {adapter_file.version[:12]}) "
+              f"on {args.data}\n" + format_report(report))
+        if args.plot:
+            print(f"wrote {args.plot}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"train": cmd_train, "eval": cmd_eval}[args.command](args)
+    except (DataError, UsageError) as e:
+        print(f"lpt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

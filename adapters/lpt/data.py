@@ -1,0 +1,182 @@
+"""Labelled examples from CSV, TSV or JSONL files, checked before any training starts.
+
+    train = read_examples("train.csv", text_column="text", label_column="label")
+    labels = label_set(train, "train.csv")            # sorted; DataError if only one
+    check_known_labels(dev, labels, "dev.csv")        # DataError naming file and line
+
+Every problem a user can fix raises `DataError` with a message that says what is wrong, in which
+file and on which line, and what to do about it. The CLI turns it into exit code 2.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+
+
+class DataError(ValueError):
+    """Input data a user must fix; the message says what, where, and how."""
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: str
+    text_pair: str | None = None
+    line: int = 0            # line in the source file where the record starts (1-based), for messages
+
+
+def detect_format(path: str | Path, fmt: str | None = None) -> str:
+    if fmt:
+        if fmt not in ("csv", "tsv", "jsonl"):
+            raise DataError(f"--format must be csv, tsv or jsonl, got {fmt!r}")
+        return fmt
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise DataError(f"{path}: cannot tell the format from the extension {suffix or '(none)'!r}; "
+                        f"name it .csv, .tsv or .jsonl, or pass --format csv|tsv|jsonl")
+    return FORMATS[suffix]
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(
+            f"{path} line {line}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {col}). "
+            f"Re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path} > fixed.csv`") from None
+
+
+def _value(v, path: Path, line: int, column: str) -> str:
+    if v is None:
+        raise DataError(f"{path} line {line}: no value for column {column!r} (the row is shorter than the header)")
+    if isinstance(v, (dict, list)):
+        raise DataError(f"{path} line {line}: {column!r} holds a JSON {type(v).__name__}, expected a string")
+    return str(v)
+
+
+def _records(path: Path, text: str, fmt: str):
+    """Yield (line, record dict) and return the column names seen (for error messages)."""
+    if fmt == "jsonl":
+        for i, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path} line {i}: not valid JSON ({e.msg}); JSONL needs one object per line") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{path} line {i}: expected a JSON object per line, got {type(rec).__name__}")
+            yield i, rec
+        return
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if fmt == "tsv" else ",")
+    start = 2
+    for rec in reader:
+        if None in rec:   # extra fields beyond the header
+            raise DataError(f"{path} line {start}: the row has more fields than the header "
+                            f"({len(reader.fieldnames)}); quote text that contains the delimiter")
+        yield start, rec
+        start = reader.line_num + 1
+
+
+def read_examples(path: str | Path, text_column: str = "text", label_column: str = "label",
+                  text_pair_column: str | None = None, fmt: str | None = None,
+                  flag_prefix: str = "") -> list[Example]:
+    """Read every example of a CSV/TSV/JSONL file. Raises DataError for anything a user must fix.
+
+    flag_prefix names the flags in messages (the CLI passes "--" so users see `--text-column`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    fmt = detect_format(path, fmt)
+    text = _decode(path, path.read_bytes())
+    if not text.strip():
+        raise DataError(f"{path} is empty: it needs a header and at least one row" if fmt != "jsonl"
+                        else f"{path} is empty: it needs one JSON object per line")
+    columns = {"text": text_column, "label": label_column}
+    if text_pair_column:
+        columns["text-pair"] = text_pair_column
+
+    out: list[Example] = []
+    header_checked = False
+    for line, rec in _records(path, text, fmt):
+        if not header_checked or fmt == "jsonl":
+            missing = [(role, c) for role, c in columns.items() if c not in rec]
+            if missing:
+                role, c = missing[0]
+                where = "has no column" if fmt != "jsonl" else f"line {line} has no key"
+                have = ", ".join(repr(k) for k in rec) or "(none)"
+                raise DataError(f"{path} {where} {c!r} (available: {have}); "
+                                f"pass {flag_prefix}{role}-column with the right name")
+            header_checked = True
+        label = _value(rec[label_column], path, line, label_column).strip()
+        if not label:
+            raise DataError(f"{path} line {line}: empty label in column {label_column!r}; "
+                            f"every row needs a label")
+        pair = _value(rec[text_pair_column], path, line, text_pair_column) if text_pair_column else None
+        out.append(Example(_value(rec[text_column], path, line, text_column), label, pair, line))
+    if not out:
+        raise DataError(f"{path} has a header but no rows" if fmt != "jsonl"
+                        else f"{path} has no JSON objects")
+    return out
+
+
+def label_set(examples: list[Example], source: str, order: list[str] | None = None) -> list[str]:
+    """The task's labels: `order` if given (every train label must be in it), else sorted."""
+    counts = Counter(e.label for e in examples)
+    if order:
+        if len(set(order)) != len(order):
+            raise DataError(f"--labels has duplicates: {order}")
+        extra = sorted(set(counts) - set(order))
+        if extra:
+            first = next(e for e in examples if e.label in extra)
+            raise DataError(f"{source} line {first.line}: label {first.label!r} is not in --labels "
+                            f"({', '.join(order)}); add it to --labels or fix the data")
+        labels = list(order)
+    else:
+        labels = sorted(counts)
+    if len(counts) < 2:
+        only = next(iter(counts))
+        raise DataError(f"{source}: every row has the label {only!r}; a classifier needs at least 2 "
+                        f"labels: check --label-column or add examples of the other classes")
+    return labels
+
+
+def check_known_labels(examples: list[Example], labels: list[str], source: str) -> None:
+    """Every label in an evaluation file must be one the model was trained on."""
+    known = set(labels)
+    for e in examples:
+        if e.label not in known:
+            raise DataError(f"{source} line {e.line}: label {e.label!r} does not occur in the training "
+                            f"labels ({', '.join(labels)}); fix the label or add it to the training data")
+
+
+def holdout(examples: list[Example], fraction: float, seed: int = 0,
+            max_size: int = 2000) -> tuple[list[Example], list[Example]]:
+    """A fixed stratified split -> (train, dev). `seed` is fixed by the caller (not the training
+    seed), so runs with different seeds see the same split."""
+    by_label: dict[str, list[Example]] = {}
+    for e in examples:
+        by_label.setdefault(e.label, []).append(e)
+    rng = random.Random(seed)
+    n_dev = min(max_size, max(1, round(fraction * len(examples))))
+    train, dev = [], []
+    for label in sorted(by_label):
+        group = list(by_label[label])
+        rng.shuffle(group)
+        k = round(n_dev * len(group) / len(examples))
+        k = min(k, len(group) - 1)          # keep at least one example of each label to train on
+        dev += group[:k]
+        train += group[k:]
+    if not dev:
+        raise DataError(f"too few examples ({len(examples)}) to hold out a dev set: pass --dev FILE")
+    return train, dev
