@@ -13,14 +13,6 @@ pytestmark = pytest.mark.unit
 LABELS = ["neg", "pos"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny ops on a shared 2-core machine: one thread avoids oversubscription stalls.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_lpt_learns_a_separable_toy_task_to_full_train_accuracy():
     bb = make_backbone("bert", lm_head=False)

@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from lpt import read_adapter
 from lpt.cli import main
@@ -11,13 +10,6 @@ from training_helpers import save_tiny_model, toy_examples, write_rows, write_to
 
 pytestmark = pytest.mark.unit
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
