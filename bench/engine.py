@@ -15,7 +15,6 @@ figures are medians with the interquartile range. Writes bench/results/engine.js
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 from pathlib import Path
@@ -23,30 +22,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data import splits  # noqa: E402
+from common import load, make_adapters, parser, plain_forward  # noqa: E402
 from timing import command_line, interleaved, median_iqr_ms, pyplot, write_json  # noqa: E402
 
-from lpt import Backbone, Engine, Row, new_adapter  # noqa: E402
+from lpt import Engine, Row  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="minilm")
-    ap.add_argument("--rows", type=int, default=64)
+    ap = parser(__doc__, repeats=9)
     ap.add_argument("--tasks", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=9)
-    ap.add_argument("--layer", type=int, default=3)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32")
     args = ap.parse_args(argv)
 
-    bb = Backbone.load(args.model, device=args.device, dtype=args.dtype)
-    texts = [t for t, _ in splits("sentiment")["test"][:args.rows]]
-    adapters = []
-    for i in range(args.tasks):
-        torch.manual_seed(i)
-        a = new_adapter(bb, task=f"task{i}", labels=["negative", "positive"], layer=args.layer)
-        adapters.append(a.to(bb.dtype).eval())
+    bb, texts = load(args)
+    adapters = make_adapters(bb, args.tasks, args.layer)
     rows = [Row(adapters[i % args.tasks], t) for i, t in enumerate(texts)]
     by_task = [[r for r in rows if r.adapter is a] for a in adapters]
 
@@ -57,11 +45,6 @@ def main(argv=None) -> int:
     def sync():
         if bb.device.type == "cuda":
             torch.cuda.synchronize()
-
-    def plain():
-        enc = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt").to(bb.device)
-        bb.base(**enc)
-        sync()
 
     def mixed():
         Engine(bb, cache_entries=0).logits(rows)
@@ -91,7 +74,7 @@ def main(argv=None) -> int:
         warm.logits(rows)
         sync()
 
-    methods = {"plain": plain, "mixed": mixed, "mixed_one_bucket": mixed_one_bucket, "per_task": per_task, "copies": model_copies, "cached": cached}
+    methods = {"plain": plain_forward(bb, texts), "mixed": mixed, "mixed_one_bucket": mixed_one_bucket, "per_task": per_task, "copies": model_copies, "cached": cached}
     with torch.inference_mode():
         times = interleaved(methods, args.repeats)
     stats = {m: median_iqr_ms(v) for m, v in times.items()}

@@ -1,6 +1,6 @@
 """Lower-layer reuse: what sharing the layers below k saves.
 
-    python bench/reuse.py [--texts 16] [--tasks 8] [--repeats 7]
+    python bench/reuse.py [--rows 16] [--tasks 8] [--repeats 7]
 
 The same `texts` asked for `tasks` tasks:
   separate   one engine call per task (each recomputes the lower layers of every text)
@@ -10,31 +10,24 @@ Writes bench/results/reuse.json and reuse.png.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data import splits  # noqa: E402
-from scaling import make_adapters  # noqa: E402
+from common import load, make_adapters, parser  # noqa: E402
 from timing import command_line, interleaved, median_iqr_ms, pyplot, write_json  # noqa: E402
 
-from lpt import Backbone, Engine, Row  # noqa: E402
+from lpt import Engine, Row  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="minilm")
-    ap.add_argument("--texts", type=int, default=16)
+    ap = parser(__doc__, repeats=7, rows=16)
     ap.add_argument("--tasks", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--layer", type=int, default=3)
     args = ap.parse_args(argv)
 
-    bb = Backbone.load(args.model)
-    texts = [t for t, _ in splits("sentiment")["test"][:args.texts]]
+    bb, texts = load(args)
     adapters = make_adapters(bb, args.tasks, args.layer)
     rows = [Row(a, t) for t in texts for a in adapters]
     warm = Engine(bb, cache_entries=4 * len(rows))
@@ -47,14 +40,14 @@ def main(argv=None) -> int:
         times = interleaved(methods, args.repeats)
     stats = {m: median_iqr_ms(v) for m, v in times.items()}
     result = {
-        "model": args.model, "texts": args.texts, "tasks": args.tasks, "layer": args.layer,
+        "model": args.model, "texts": args.rows, "tasks": args.tasks, "layer": args.layer,
         "layers": bb.num_layers, "threads": torch.get_num_threads(), "ms": stats,
         "shared_speedup": round(stats["separate"]["median"] / stats["shared"]["median"], 2),
         "cached_speedup": round(stats["separate"]["median"] / stats["cached"]["median"], 2),
         "cache_hits": warm.cache.stats.hits, "cache_misses": warm.cache.stats.misses,
         "command": command_line(),
     }
-    print(f"{args.texts} texts x {args.tasks} tasks, k={args.layer} of {bb.num_layers} layers")
+    print(f"{args.rows} texts x {args.tasks} tasks, k={args.layer} of {bb.num_layers} layers")
     for m, s in stats.items():
         print(f"  {m:9} {s['median']:9.1f} ms (IQR {s['q1']:.1f}-{s['q3']:.1f})")
     print(f"  shared lower pass: {result['shared_speedup']}x faster than separate; "
@@ -65,7 +58,7 @@ def main(argv=None) -> int:
         fig, ax = plt.subplots(figsize=(5, 3.2))
         ax.bar(list(stats), [s["median"] for s in stats.values()])
         ax.set_ylabel("ms for all rows")
-        ax.set_title(f"{args.texts} texts x {args.tasks} tasks (k={args.layer}/{bb.num_layers})", fontsize=9)
+        ax.set_title(f"{args.rows} texts x {args.tasks} tasks (k={args.layer}/{bb.num_layers})", fontsize=9)
         fig.tight_layout()
         fig.savefig(out.with_suffix(".png"), dpi=100)
     return 0

@@ -11,7 +11,6 @@ Writes bench/results/scaling.json and scaling.png.
 """
 from __future__ import annotations
 
-import argparse
 import resource
 import sys
 import time
@@ -20,10 +19,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data import splits  # noqa: E402
+from common import load, make_adapters, parser, plain_forward  # noqa: E402
 from timing import command_line, interleaved, median_iqr_ms, pyplot, write_json  # noqa: E402
 
-from lpt import Backbone, Engine, Row, load_adapter, new_adapter  # noqa: E402
+from lpt import Engine, Row, load_adapter, new_adapter  # noqa: E402
 from lpt.adapter import adapter_bytes  # noqa: E402
 
 
@@ -33,32 +32,13 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def make_adapters(bb, n: int, layer: int, seed0: int = 0):
-    out = []
-    for i in range(n):
-        torch.manual_seed(seed0 + i)
-        out.append(load_adapter(adapter_bytes(new_adapter(bb, task=f"task{i}", labels=["a", "b"], layer=layer)), bb))
-    return out
-
-
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="minilm")
-    ap.add_argument("--rows", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--layer", type=int, default=3)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32")
+    ap = parser(__doc__, repeats=5)
     ap.add_argument("--registered", default="1,10,100,1000")
     args = ap.parse_args(argv)
 
-    bb = Backbone.load(args.model, device=args.device, dtype=args.dtype)
-    texts = [t for t, _ in splits("sentiment")["test"][:args.rows]]
-    tok = bb.tokenizer
-
-    def plain():
-        enc = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt").to(bb.device)
-        bb.base(**enc)
+    bb, texts = load(args)
+    plain = plain_forward(bb, texts)
 
     # 1. distinct tasks per batch
     pool = make_adapters(bb, 64, args.layer)
