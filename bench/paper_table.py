@@ -62,7 +62,8 @@ def run_one(task: str, method: str, seed: int, files: dict, epochs: int | None, 
             "trainable_parameters": m["trainable_parameters"], "seconds_per_epoch": m["seconds_per_epoch"],
             "cpu_seconds_per_epoch": m["cpu_seconds_per_epoch"], "cache_seconds": m["cache_seconds"],
             "peak_rss_mb": usage.ru_maxrss / 1024, "wall_seconds": time.perf_counter() - t0,
-            "lr": m["config"]["lr"], "head_lr": m["config"]["head_lr"]}
+            "lr": m["config"]["lr"], "head_lr": m["config"]["head_lr"],
+            "dev_curve": [round(h["dev_accuracy"], 4) for h in m["history"]]}
 
 
 def aggregate(runs: list[dict]) -> dict:
@@ -70,7 +71,8 @@ def aggregate(runs: list[dict]) -> dict:
     mean = lambda k: statistics.fmean(r[k] for r in runs)  # noqa: E731
     return {"runs": len(runs), "acc_mean": statistics.fmean(acc), "acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
             "acc_min": min(acc), "acc_max": max(acc), "macro_f1_mean": mean("test_macro_f1"),
-            "trainable_parameters": runs[0]["trainable_parameters"], "epochs": runs[0]["epochs"],
+            "trainable_parameters": runs[0]["trainable_parameters"],
+            "epochs": "/".join(str(e) for e in sorted({r["epochs"] for r in runs})),
             "seconds_per_epoch": mean("seconds_per_epoch"), "cpu_seconds_per_epoch": mean("cpu_seconds_per_epoch"),
             "cache_seconds": mean("cache_seconds"), "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
             "lr": runs[0]["lr"], "head_lr": runs[0]["head_lr"]}
@@ -170,6 +172,8 @@ def main(argv=None) -> None:
                    help="torch threads per run (default 1: on a shared machine two threads per process stall "
                         "on each other and make timings erratic; 0 = torch's choice)")
     p.add_argument("--out", default=str(HERE / "results" / "paper_table"), help="output path without extension")
+    p.add_argument("--update", action="store_true",
+                   help="merge into the existing OUT.json: these runs replace the same (task, method, seed) runs")
     args = p.parse_args(argv)
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
 
@@ -190,20 +194,31 @@ def main(argv=None) -> None:
                           f"{r['seconds_per_epoch']:.1f} s/epoch, peak RSS {r['peak_rss_mb']:.0f} MB, "
                           f"{r['wall_seconds']:.0f} s in all", flush=True)
 
-    table = {t: {m: aggregate([r for r in runs if r["task"] == t and r["method"] == m]) for m in args.methods}
-             for t in args.tasks}
+    out = Path(args.out)
+    command = "python bench/paper_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    minutes = (time.perf_counter() - t_start) / 60
+    previous = json.loads(out.with_suffix(".json").read_text()) if args.update and out.with_suffix(".json").exists() else None
+    if previous:
+        redone = {(r["task"], r["method"], r["seed"]) for r in runs}
+        runs = [r for r in previous["runs"] if (r["task"], r["method"], r["seed"]) not in redone] + runs
+        command = previous["meta"]["command"] + " && " + command
+        minutes += previous["meta"]["total_minutes"]
+        sizes = {**previous["sizes"], **sizes}
+        seeds = sorted({r["seed"] for r in runs})
+    tasks = [t for t in data.TASKS if any(r["task"] == t for r in runs)]
+    methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
+    table = {t: {m: aggregate([r for r in runs if r["task"] == t and r["method"] == m]) for m in methods}
+             for t in tasks}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=HERE).stdout.strip() or "unknown"
     result = {
-        "meta": {"command": "python bench/paper_table.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                 "seeds": seeds, "quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M"),
+        "meta": {"command": command, "seeds": seeds, "quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M"),
                  "commit": commit, "cpus": os.cpu_count(), "threads": args.threads or torch.get_num_threads(),
                  "python": platform.python_version(), "torch": torch.__version__,
-                 "total_minutes": (time.perf_counter() - t_start) / 60, "load_before": load_before,
+                 "total_minutes": minutes, "load_before": load_before,
                  "load_after": " ".join(f"{x:.1f}" for x in os.getloadavg())},
         "sizes": sizes, "table": table, "targets": targets(table), "runs": runs,
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     out.with_suffix(".md").write_text(markdown(result))
