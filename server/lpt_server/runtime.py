@@ -26,9 +26,14 @@ EngineFactory = Callable[[Settings], Any]   # returns an lpt.Engine (or anything
 
 def default_engine(settings: Settings):
     """The real model: `settings.model` on `settings.device` in `settings.dtype`."""
+    import torch
+
     from lpt import Backbone, Engine
 
-    return Engine(Backbone.load(settings.model, settings.device, settings.dtype), settings.cache_entries)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    return Engine(Backbone.load(settings.model, settings.device, settings.dtype), settings.cache_entries,
+                  max_padding=settings.max_padding)
 
 
 class Runtime:
@@ -57,7 +62,8 @@ class Runtime:
         log.info("model %r loaded in %.1f s (%s, %s)", getattr(backbone, "model_id", s.model),
                  self.load_seconds, s.device, s.dtype)
         self.registry = Registry(Store(s.store), backbone, max_resident=s.max_resident_adapters,
-                                 max_bytes=s.max_adapter_bytes, on_load=self.metrics.adapter_load_seconds.observe)
+                                 max_bytes=s.max_adapter_bytes,
+                                 recheck_s=s.store_recheck_ms / 1000, on_load=self.metrics.adapter_load_seconds.observe)
         if s.demo_adapters and self.demo_dir is not None:
             self.seeded = await asyncio.to_thread(seed_demo_adapters, self.registry, self.demo_dir)
         await asyncio.to_thread(self.registry.scan)

@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     model: str = Field("minilm", description="model id, local path, or 'minilm' (the embedded all-MiniLM-L6-v2)")
     device: str = Field("cpu", description="cpu, cuda, cuda:1, ...")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="model dtype")
+    threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default, one per core; "
+                         "1 is faster on a machine whose cores are busy with other work)")
 
     # where
     host: str = Field("127.0.0.1", description="bind address")
@@ -34,6 +36,8 @@ class Settings(BaseSettings):
     max_batch_rows: int = Field(64, ge=1, description="a batch closes at this many rows")
     max_batch_tokens: int = Field(8192, ge=1, description="... or at this many padded tokens (rows x longest)")
     max_wait_ms: float = Field(5.0, ge=0, description="... or when its oldest row has waited this long")
+    max_padding: float = Field(1.3, ge=1.0, description="a batch is cut into length buckets whose padded "
+                               "tokens stay within this factor of the real ones (a large value: one bucket)")
     queue_limit: int = Field(1024, ge=1, description="rows waiting at most; more: 429")
     request_timeout_s: float = Field(30.0, gt=0, description="a request not answered by then: 504")
 
@@ -46,6 +50,8 @@ class Settings(BaseSettings):
     # memory
     max_resident_adapters: int = Field(256, ge=1, description="adapters kept loaded (LRU)")
     cache_entries: int = Field(4096, ge=0, description="layer-k hidden-state cache entries (0: off)")
+    store_recheck_ms: float = Field(500.0, ge=0, description="how often a served adapter's store pointer is "
+                                    "re-read: an upload or delete through another replica is seen within this")
 
     # auth and logs
     api_key: str | None = Field(None, description="Bearer key for inference (unset: open)")

@@ -187,6 +187,22 @@ async def test_another_replica_sees_uploads_replacements_and_deletes(tmp_path, t
         assert (await two.get("/v1/adapters")).json() == {"adapters": []}
 
 
+async def test_store_recheck_setting_bounds_how_stale_another_replica_is(tmp_path, tiny_bb):
+    """LPT_STORE_RECHECK_MS: 0 re-reads the pointer on every request; a long one keeps serving the
+    version it has (until the interval passes)."""
+    v1, v2 = adapter_file(tiny_bb, "sent", labels=("a", "b"), seed=1), adapter_file(tiny_bb, "sent", labels=("c", "d"), seed=2)
+    body = {"inputs": "great film", "task": "sent"}
+    async with running(tmp_path, tiny_bb) as (_, one), \
+            running(tmp_path, tiny_bb, store_recheck_ms=0) as (_, eager), \
+            running(tmp_path, tiny_bb, store_recheck_ms=60_000) as (_, lazy):
+        await upload(one, "sent", v1)
+        for c in (eager, lazy):
+            assert (await c.post("/v1/classify", json=body)).json()["results"][0][0]["label"] in ("a", "b")
+        await upload(one, "sent", v2)
+        assert (await eager.post("/v1/classify", json=body)).json()["results"][0][0]["label"] in ("c", "d")
+        assert (await lazy.post("/v1/classify", json=body)).json()["results"][0][0]["label"] in ("a", "b")
+
+
 async def test_startup_scan_skips_and_reports_bad_files(tmp_path, tiny_bb, other_bb):
     store = Store(tmp_path / "store")
     store.put("good", adapter_file(tiny_bb, "good"))

@@ -100,6 +100,25 @@ def test_serve_flags_override_env(monkeypatch, tmp_path):
         cli.settings_from_args(["--dtype", "int8"])
 
 
+def test_default_engine_applies_threads_and_padding(tmp_path, tiny_bb):
+    """The real engine factory: the model from a local path, LPT_THREADS and LPT_MAX_PADDING applied."""
+    import torch
+
+    from lpt_server.runtime import default_engine
+
+    tiny_bb.model.save_pretrained(tmp_path / "m")
+    tiny_bb.tokenizer.save_pretrained(tmp_path / "m")
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)                          # so that 1 below cannot be the ambient value
+    try:
+        engine = default_engine(Settings(model=str(tmp_path / "m"), threads=1, max_padding=2.5))
+        assert torch.get_num_threads() == 1
+        assert engine.max_padding == 2.5
+        assert engine.backbone.fingerprint() == tiny_bb.fingerprint()
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_settings_are_frozen_and_empty_keys_mean_none(monkeypatch):
     monkeypatch.setenv("LPT_ADMIN_KEY", "")
     s = Settings()
