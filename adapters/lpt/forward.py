@@ -76,6 +76,19 @@ def _widen(x: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([x, pad], dim=1)
 
 
+def _own_dtype(module: torch.nn.Module, default: torch.dtype) -> torch.dtype:
+    """The dtype of a module's weights: an fp32 adapter trained on a bf16 backbone reads its
+    inputs in fp32 (mixed precision), one loaded for serving has the backbone's dtype already."""
+    p = next(module.parameters(), None)
+    return default if p is None else p.dtype
+
+
+def read_head(bb: Backbone, adapter: "LatePrompt", h: torch.Tensor, valid: torch.Tensor,  # noqa: F821
+              readout: torch.Tensor) -> torch.Tensor:
+    """The adapter's head on final states [n, T, d] -> logits [n, C]."""
+    return adapter.head(h.to(_own_dtype(adapter.head, h.dtype)), valid, readout, bb)
+
+
 def late_forward(bb: Backbone, groups: list[Group]) -> list[torch.Tensor]:
     """Logits [n_g, C_g] for each group, all groups in one pass through the upper layers.
 
@@ -86,7 +99,8 @@ def late_forward(bb: Backbone, groups: list[Group]) -> list[torch.Tensor]:
     t_max = max(g.states.shape[1] for g in groups)
     parts = []
     for g in groups:
-        prompt = g.adapter.generator(g.states, g.valid).to(g.states.dtype)   # [n, L, d]
+        gen = g.adapter.generator
+        prompt = gen(g.states.to(_own_dtype(gen, g.states.dtype)), g.valid).to(g.states.dtype)   # [n, L, d]
         slot_valid = torch.ones(prompt.shape[:2], dtype=torch.bool, device=prompt.device)
         x = torch.cat([_widen(prompt, l_max), _widen(g.states, t_max)], dim=1)         # [n, L_max+T_max, d]
         key_valid = torch.cat([_widen(slot_valid, l_max), _widen(g.valid, t_max)], dim=1)
@@ -110,6 +124,6 @@ def late_forward(bb: Backbone, groups: list[Group]) -> list[torch.Tensor]:
         g = groups[j]
         n = g.states.shape[0]
         h = x[start:start + n, l_max:]                              # [n, T_max, d]
-        logits[j] = g.adapter.head(h, _widen(g.valid, t_max), g.readout, bb)
+        logits[j] = read_head(bb, g.adapter, h, _widen(g.valid, t_max), g.readout)
         start += n
     return logits

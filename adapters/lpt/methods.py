@@ -23,7 +23,7 @@ from torch import nn
 from .adapter import LatePrompt, new_adapter, save_adapter
 from .backbone import Backbone
 from .encoding import Encoded
-from .forward import Group, late_forward, lower_pass, pad_states, pad_tokens
+from .forward import Group, late_forward, lower_pass, pad_states, pad_tokens, read_head
 
 METHODS = ("lpt", "probe", "prompt-tuning", "static", "finetune")
 ADAPTER_METHODS = ("lpt", "static", "prompt-tuning")
@@ -168,7 +168,7 @@ class ProbeMethod(Method):
     name = "probe"
 
     def upper(self, h, valid, readout):
-        return self.adapter.head(self.bb.final_norm(h), valid, readout, self.bb)
+        return read_head(self.bb, self.adapter, self.bb.final_norm(h), valid, readout)
 
     def param_groups(self):
         return [("head_lr", list(self.adapter.head.named_parameters()))]

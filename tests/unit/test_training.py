@@ -26,6 +26,24 @@ def test_lpt_learns_a_separable_toy_task_to_full_train_accuracy():
     assert accuracy(result.method, train_split) == 1.0    # the best checkpoint is the one kept
 
 
+@pytest.mark.parametrize("method", ["lpt", "static", "prompt-tuning", "probe", "finetune"])
+def test_every_method_trains_on_a_bfloat16_backbone_with_fp32_weights(method, tmp_path):
+    """`lpt train --dtype bfloat16`: the frozen backbone in bf16, the trained weights in fp32."""
+    bb = make_backbone("bert", lm_head=False)
+    fp32_fingerprint = bb.fingerprint()
+    bb.model.to(torch.bfloat16)
+    ex = toy_examples(24)
+    cfg = TrainConfig(method=method, epochs=15, lr=3e-3, head_lr=0.1, batch_size=8)
+    result = train(bb, ex, ex, LABELS, cfg, task="toy", progress=False, pooling="mean")
+    assert result.best_dev_accuracy == 1.0
+    assert {p.dtype for p in result.method.adapter.parameters()} == {torch.float32}
+    if result.method.saves_adapter:     # the file serves on the fp32 model it came from
+        result.method.save(tmp_path / "a.safetensors")
+        fp32 = make_backbone("bert", lm_head=False)
+        assert fp32.fingerprint() == fp32_fingerprint
+        load_adapter((tmp_path / "a.safetensors").read_bytes(), fp32)
+
+
 @pytest.mark.parametrize("method,generator,pooling", [
     ("lpt", "npg", "cls"), ("lpt", "max", "mean"), ("lpt", "avg", "cls"),
     ("static", "static", "mean"), ("prompt-tuning", "static", "cls"), ("probe", "npg", "mean")])
