@@ -108,12 +108,13 @@ def thread_env(env: dict[str, str], threads: int | None) -> dict[str, str]:
     return env if threads is None else {**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
-def lpt_contender(adapters: dict[str, bytes], threads: int | None) -> Contender:
+def lpt_contender(adapters: dict[str, bytes], threads: int | None, dtype: str) -> Contender:
     names = sorted(adapters)
     env = thread_env(lpt_env(), threads)
 
     def launch(n: int, run_dir: Path) -> ServerProcess:
-        return ServerProcess(lpt_command("minilm", run_dir / "store", []), run_dir / "server.log", env=env)
+        return ServerProcess(lpt_command("minilm", run_dir / "store", ["--dtype", dtype]), run_dir / "server.log",
+                             env=env)
 
     def setup(proc: ServerProcess, n: int) -> None:
         upload_adapters(proc.url, {t: adapters[t] for t in names[:n]})
@@ -122,14 +123,15 @@ def lpt_contender(adapters: dict[str, bytes], threads: int | None) -> Contender:
                      lambda i, text: ("/v1/classify", {"inputs": text, "task": names[i]}))
 
 
-def peer_contender(infinity_bin: str, model_dirs: list[Path], warmup: bool, threads: int | None) -> Contender:
+def peer_contender(infinity_bin: str, model_dirs: list[Path], warmup: bool, threads: int | None,
+                   dtype: str) -> Contender:
     names = [f"{d.parent.name}/{d.name}" for d in model_dirs]   # infinity: the last two path parts
     env = thread_env({**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0",
                       "DO_NOT_TRACK": "1"}, threads)
 
     def launch(n: int, run_dir: Path) -> ServerProcess:
         cmd = [infinity_bin, "v2", *(x for d in model_dirs[:n] for x in ("--model-id", str(d))),
-               "--engine", "torch", "--device", "cpu", "--no-compile",
+               "--engine", "torch", "--device", "cpu", "--dtype", dtype, "--no-compile",
                "--model-warmup" if warmup else "--no-model-warmup",
                "--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning"]
         return ServerProcess(cmd, run_dir / "server.log", env=env)
@@ -386,6 +388,8 @@ def main(argv=None) -> int:
                     help="keep infinity's own start-up warm-up (a 32 x 512-token batch per model; off by default)")
     ap.add_argument("--threads", type=int, default=None,
                     help="OMP_NUM_THREADS for both servers (default: unset, torch uses one per core)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="model dtype of both servers (bfloat16 is fast on CPUs with AMX)")
     ap.add_argument("--name", default=None, help="results file stem under bench/results/ [peer; --quick: peer-quick]")
     args = ap.parse_args(argv)
     if args.quick:
@@ -404,9 +408,9 @@ def main(argv=None) -> int:
         workdir = Path(tmp)
         n_max = max(args.tasks)
         print(f"making {n_max} model copies for the peer and {n_max} adapters for lpt ...", flush=True)
-        contenders = {"lpt": lpt_contender(make_lpt_adapters(n_max), args.threads),
+        contenders = {"lpt": lpt_contender(make_lpt_adapters(n_max), args.threads, args.dtype),
                       "peer": peer_contender(args.infinity_bin, make_peer_models(n_max, workdir), args.peer_warmup,
-                                             args.threads)}
+                                             args.threads, args.dtype)}
         runs = run_all(args, contenders, workdir)
     summary = summarize(runs)
     rat = ratios(runs, args)
@@ -422,10 +426,12 @@ def main(argv=None) -> int:
                    "time_limit_s": args.time_limit, "repeats": args.repeats, "quick": args.quick,
                    "texts": "sentiment tweets (bench/data.py), distinct within each server's life",
                    "skewed_mix_weights_16": [round(w, 3) for w in skewed_weights(16)],
-                   "lpt": {"command": "lpt serve --model minilm --no-demo-adapters --store TMP --admin-key K",
+                   "dtype": args.dtype,
+                   "lpt": {"command": f"lpt serve --model minilm --dtype {args.dtype} --no-demo-adapters --store TMP "
+                                      "--admin-key K",
                            "adapter": {"layer": 3, "prompt_length": 5, "labels": LABELS}},
                    "peer": {"command": "infinity_emb v2 --model-id DIR (x N) --engine torch --device cpu "
-                                       f"--no-compile --{'' if args.peer_warmup else 'no-'}model-warmup",
+                                       f"--dtype {args.dtype} --no-compile --{'' if args.peer_warmup else 'no-'}model-warmup",
                             "models": "BertForSequenceClassification copies of the embedded model, random "
                                       "(untrained) heads: the same inference cost as fine-tuned copies",
                             "versions": peer_versions(args.infinity_bin)},
