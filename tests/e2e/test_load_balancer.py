@@ -5,7 +5,9 @@ containers.
 - an adapter uploaded through the load balancer is served by both replicas;
 - a replica stopped (SIGTERM, as `docker stop` does) during a bounded load loses no request:
   every one gets a 200, the stopped replica exits 0 after finishing what it accepted, and the
-  rest go to the other replica.
+  rest go to the other replica;
+- a replica killed (SIGKILL, as an OOM kill does) during a bounded load loses no classify
+  request either: nginx resends the ones it had in flight to the other replica.
 """
 from __future__ import annotations
 
@@ -64,16 +66,20 @@ def wait_until(ok, timeout: float, what: str, proc: subprocess.Popen | None = No
 
 class Replica:
     def __init__(self, name: str, store: Path, logdir: Path):
-        self.name, self.port = name, free_port()
+        self.name, self.port, self.store = name, free_port(), store
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = logdir / f"{name}.log"
+        self.start()
+
+    def start(self):
+        """Launch (again, on the same port: nginx's upstream block names it)."""
         # two replicas and the test share the CPUs: one torch thread each
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lpt_server", "serve", "--model", "minilm", "--no-demo-adapters",
-             "--store", str(store), "--host", "127.0.0.1", "--port", str(self.port), "--admin-key", ADMIN,
+             "--store", str(self.store), "--host", "127.0.0.1", "--port", str(self.port), "--admin-key", ADMIN,
              "--max-wait-ms", "2"],
-            stdout=self.log.open("wb"), stderr=subprocess.STDOUT, env=env)
+            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=env)
 
     def wait_ready(self):
         wait_until(lambda: httpx.get(self.url + "/ready", timeout=2).status_code == 200, START_TIMEOUT,
@@ -175,31 +181,63 @@ def test_unknown_task_and_oversized_upload_keep_the_api_error_format(topology):
     assert r.status_code == 413 and r.json()["error"]["type"] == "payload_too_large", r.text
 
 
-def test_replica_stopped_under_load_loses_no_request(topology):
-    lb, (a, b) = topology["lb"], topology["replicas"]
-    total, stop_after, workers = 160, 40, 4
+def test_no_replica_up_is_a_503_in_the_api_format(tmp_path):
+    """Both replicas down: the client gets a 503 (which lpt_client retries), not nginx's 502."""
+    dead = [f"127.0.0.1:{free_port()}" for _ in range(2)]         # nothing listens there
+    port = free_port()
+    conf = write(dead, port, tmp_path, nginx=NGINX)
+    nginx = subprocess.Popen(nginx_args(NGINX, conf, tmp_path), stdout=subprocess.DEVNULL,
+                             stderr=(tmp_path / "stderr.log").open("wb"))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: httpx.get(url + "/health", timeout=2).status_code != 0, 20, "nginx", nginx)
+        for method, path in (("GET", "/ready"), ("POST", "/v1/classify")):
+            r = httpx.request(method, url + path, json={"inputs": "x", "task": TASK}, timeout=30)
+            assert r.status_code == 503, (method, path, r.status_code, r.text)
+            assert r.json()["error"]["type"] == "unavailable"
+    finally:
+        nginx.send_signal(signal.SIGQUIT)
+        nginx.wait(10)
+
+
+def load_with_signal(lb: str, total: int, after: int, workers: int, signal_replica) -> tuple[list, float]:
+    """`total` classify requests from `workers` threads; `signal_replica()` once `after` are answered.
+    Every request must get a 200. Returns the (status, body) results and the seconds taken."""
     results: list[tuple[int, str]] = []
     lock = threading.Lock()
-    stopped = threading.Event()
-    a_before = a.served()
+    fired = threading.Event()
 
     def one(i: int):
         with httpx.Client() as c:
             out = classify(c, lb, i)
         with lock:
             results.append(out)
-            if len(results) == stop_after and not stopped.is_set():
-                stopped.set()
-                b.proc.send_signal(signal.SIGTERM)    # what `docker stop` sends
+            if len(results) == after and not fired.is_set():
+                fired.set()
+                signal_replica()
 
     t0 = time.monotonic()
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(one, range(total)))
-    elapsed = time.monotonic() - t0
-
-    assert stopped.is_set()
+    assert fired.is_set()
     bad = [(s, t[:200]) for s, t in results if s != 200]
     assert len(results) == total and not bad, f"{len(bad)} of {total} requests failed: {bad[:5]}"
+    return results, time.monotonic() - t0
+
+
+def final_upstreams(topology, total: int) -> list[str]:
+    """Every replica each of the last `total` classify requests was sent to ("a" or "b, a"), from nginx's log."""
+    access = (topology["nginx_dir"] / "access.log").read_text().splitlines()
+    load = [ln for ln in access if "POST /v1/classify" in ln][-total:]
+    return [re.search(r"upstream=(.*?) upstream_status", ln).group(1) for ln in load]
+
+
+def test_replica_stopped_under_load_loses_no_request(topology):
+    lb, (a, b) = topology["lb"], topology["replicas"]
+    total, stop_after, workers = 160, 40, 4
+    a_before = a.served()
+    _, elapsed = load_with_signal(lb, total, stop_after, workers,
+                                  lambda: b.proc.send_signal(signal.SIGTERM))    # what `docker stop` sends
     # the stopped replica finished what it had accepted and exited cleanly
     # uvicorn re-raises the SIGTERM it handled once shut down: -15 is a clean exit too
     assert b.proc.wait(40) in (0, -signal.SIGTERM), b.log.read_text()[-2000:]
@@ -207,9 +245,8 @@ def test_replica_stopped_under_load_loses_no_request(topology):
     assert "draining" in b.log.read_text()
 
     # who answered what, from nginx's access log: the final upstream of each classify request
-    access = (topology["nginx_dir"] / "access.log").read_text().splitlines()
-    load = [ln for ln in access if "POST /v1/classify" in ln][-total:]
-    final = [re.search(r"upstream=(?:\S+, )*(\S+) ", ln).group(1) for ln in load]
+    tried = final_upstreams(topology, total)
+    final = [t.split(", ")[-1] for t in tried]
     on_a = sum(f == f"127.0.0.1:{a.port}" for f in final)
     on_b = sum(f == f"127.0.0.1:{b.port}" for f in final)
     assert on_a + on_b == total, final
@@ -218,6 +255,30 @@ def test_replica_stopped_under_load_loses_no_request(topology):
     # every request after the last one b answered went to a
     last_b = max(i for i, f in enumerate(final) if f == f"127.0.0.1:{b.port}")
     assert all(f == f"127.0.0.1:{a.port}" for f in final[last_b + 1:])
-    retried = sum(", " in re.search(r"upstream=(.*?) upstream_status", ln).group(1) for ln in load)
+    retried = sum(", " in t for t in tried)
     print(f"\n{total} requests in {elapsed:.1f} s: {on_a} on a, {on_b} on b (stopped after {stop_after}), "
           f"{retried} retried on a after b refused, 0 failed")
+
+
+def test_replica_killed_under_load_loses_no_classify_request(topology):
+    lb, (a, b) = topology["lb"], topology["replicas"]
+    if b.proc.poll() is not None:                  # stopped by the test above: bring it back
+        b.start()
+        b.wait_ready()
+    if httpx.get(f"{lb}/v1/adapters/{TASK}", timeout=10).status_code == 404:    # run alone (-k)
+        r = httpx.put(f"{lb}/v1/adapters/{TASK}", content=topology["adapter"].read_bytes(),
+                      headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60)
+        assert r.status_code in (200, 201), r.text
+    b_before = b.served()
+    with httpx.Client() as c:                      # nginx may still hold b as failed (fail_timeout 10 s)
+        wait_until(lambda: classify(c, lb, -1)[0] == 200 and b.served() > b_before, 30, "b back behind nginx")
+
+    total, kill_after, workers = 160, 40, 4
+    load_with_signal(lb, total, kill_after, workers, b.proc.kill)   # SIGKILL: no draining, in-flight cut off
+    assert b.proc.wait(10) == -signal.SIGKILL
+    upstreams = final_upstreams(topology, total)
+    a_addr, b_addr = f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"
+    assert any(u == b_addr for u in upstreams), "replica b answered nothing before it was killed"
+    assert upstreams[-1] == a_addr
+    resent = sum(u.startswith(b_addr + ", ") for u in upstreams)
+    print(f"\n{total} requests, replica b SIGKILLed after {kill_after}: {resent} sent to b and resent to a, 0 failed")
