@@ -1,0 +1,93 @@
+"""float32 vs bfloat16 serving on this machine: speed, and what it changes in the answers.
+
+    python bench/dtype.py [--repeats 5] [--rows 64]
+
+The two shipped demo adapters (sentiment, news-topic; trained in float32) on their fixed test
+splits (bench/data.py), run by the engine with the backbone in float32 and in bfloat16 (the
+adapter is cast to the backbone's dtype on load, as `lpt serve --dtype bfloat16` does):
+test accuracy in each dtype, the share of rows whose label changes, the largest change of a
+probability; then the time of one mixed-task batch of `rows` tweets (both adapters, layer-k cache
+off) in each dtype, interleaved repeats, medians with IQR. bfloat16 is fast on CPUs with AMX
+(Sapphire Rapids and later) and slow on CPUs without it. Writes bench/results/dtype.json.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data import splits  # noqa: E402
+from timing import command_line, interleaved, median_iqr_ms, write_json  # noqa: E402
+
+from lpt import Backbone, Engine, Row, load_adapter  # noqa: E402
+
+DEMO = Path(__file__).resolve().parents[1] / "server" / "lpt_server" / "demo_adapters"
+DTYPES = ("float32", "bfloat16")
+
+
+def cpu_flags() -> list[str]:
+    try:
+        flags = next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in flags if f.startswith(("amx", "avx512_bf16")))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rows", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=64, help="rows per engine call when scoring the test splits")
+    args = ap.parse_args(argv)
+
+    backbones = {d: Backbone.load("minilm", dtype=d) for d in DTYPES}
+    adapters = {d: {t: load_adapter((DEMO / f"{t}.safetensors").read_bytes(), bb) for t in ("sentiment", "news-topic")}
+                for d, bb in backbones.items()}
+    answers: dict = {}
+    for task in ("sentiment", "news-topic"):
+        test = splits(task)["test"]
+        probs = {}
+        for d in DTYPES:
+            engine = Engine(backbones[d], cache_entries=0)
+            out = []
+            for s in tqdm(range(0, len(test), args.batch), desc=f"{task} {d}", file=sys.stderr, leave=False):
+                out += engine.predict([Row(adapters[d][task], text) for text, _ in test[s:s + args.batch]])
+            probs[d] = out
+        labels = adapters["float32"][task].config.labels
+        acc = {d: sum(p.label == gold for p, (_, gold) in zip(probs[d], test)) / len(test) for d in DTYPES}
+        changed = sum(a.label != b.label for a, b in zip(probs["float32"], probs["bfloat16"]))
+        max_dp = max(abs(a.scores[lab] - b.scores[lab]) for a, b in zip(probs["float32"], probs["bfloat16"])
+                     for lab in labels)
+        answers[task] = {"test_rows": len(test), "accuracy": acc, "labels_changed": changed,
+                         "labels_changed_share": changed / len(test), "max_probability_change": max_dp}
+        print(f"{task:<10} accuracy fp32 {acc['float32']:.4f} bf16 {acc['bfloat16']:.4f}; "
+              f"{changed} of {len(test)} labels change; max |dp| {max_dp:.4f}", flush=True)
+
+    texts = [t for t, _ in splits("sentiment")["test"][:args.rows]]
+
+    def batch(d):
+        rows = [Row(adapters[d]["sentiment" if i % 2 else "news-topic"], t) for i, t in enumerate(texts)]
+        return lambda: Engine(backbones[d], cache_entries=0).logits(rows)
+
+    with torch.inference_mode():
+        times = interleaved({d: batch(d) for d in DTYPES}, args.repeats, desc="timing")
+    timing = {d: median_iqr_ms(v) for d, v in times.items()}
+    speedup = timing["float32"]["median"] / timing["bfloat16"]["median"]
+    print(f"{args.rows}-row mixed batch: fp32 {timing['float32']['median']:.0f} ms, "
+          f"bf16 {timing['bfloat16']['median']:.0f} ms: bf16 is {speedup:.2f}x as fast "
+          f"(torch threads {torch.get_num_threads()}, CPU flags {' '.join(cpu_flags()) or 'no AMX/avx512_bf16'})")
+    path = write_json("dtype", {"command": command_line(), "rows": args.rows, "repeats": args.repeats,
+                                "torch_threads": torch.get_num_threads(), "cpu_flags": cpu_flags(),
+                                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                                "answers": answers, "batch_ms": timing, "bf16_speedup": speedup})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
