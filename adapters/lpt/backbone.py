@@ -20,6 +20,28 @@ from torch import nn
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
+
+
+def cpu_has_amx() -> bool:
+    """Intel AMX (Sapphire Rapids and later): bfloat16 matrix units, where bf16 beats fp32 on a CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+    except OSError:
+        return False
+
+
+def resolve_dtype(dtype: str, device: str | torch.device = "cpu") -> str:
+    """"auto": bfloat16 on a GPU that supports it (else float16) and on a CPU with AMX; float32 on
+    other CPUs, where bfloat16 is emulated and slow. Any other name is returned as it is."""
+    if dtype != "auto":
+        return dtype
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "bfloat16" if kind == "cpu" and cpu_has_amx() else "float32"
+
+
 MINILM_ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 
@@ -116,12 +138,14 @@ class Backbone(nn.Module):
     # ---- construction -------------------------------------------------------------------
     @classmethod
     def load(cls, name_or_path: str = "minilm", device: str = "cpu", dtype: str = "float32") -> "Backbone":
-        """Load any model id or local path; `minilm` is the embedded default."""
+        """Load any model id or local path; `minilm` is the embedded default. dtype: a DTYPES
+        name, or "auto" (resolve_dtype)."""
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
-        path = resolve_model_path(name_or_path)
+        dtype = resolve_dtype(dtype, device)
         if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)} or auto, got {dtype!r}")
+        path = resolve_model_path(name_or_path)
         config = AutoConfig.from_pretrained(path)
         if config.model_type not in FAMILIES:
             raise ValueError(f"unsupported model type {config.model_type!r}; supported: {sorted(FAMILIES)}")

@@ -42,7 +42,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", help="float32 (training), bfloat16, float16")
+    p.add_argument("--dtype", default="float32",
+                   help="the backbone's dtype: float32 (default), bfloat16, float16, or auto (bfloat16 on a GPU and "
+                        "on a CPU with AMX); trained weights stay float32 whatever the backbone's dtype")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 

@@ -60,7 +60,7 @@ class Runtime:
         self.load_seconds = time.perf_counter() - t0
         backbone = self.engine.backbone
         log.info("model %r loaded in %.1f s (%s, %s)", getattr(backbone, "model_id", s.model),
-                 self.load_seconds, s.device, s.dtype)
+                 self.load_seconds, getattr(backbone, "device", s.device), getattr(backbone, "dtype", s.dtype))
         self.registry = Registry(Store(s.store), backbone, max_resident=s.max_resident_adapters,
                                  max_bytes=s.max_adapter_bytes,
                                  recheck_s=s.store_recheck_ms / 1000, on_load=self.metrics.adapter_load_seconds.observe)

@@ -22,7 +22,8 @@ class Settings(BaseSettings):
     # the model
     model: str = Field("minilm", description="model id, local path, or 'minilm' (the embedded all-MiniLM-L6-v2)")
     device: str = Field("cpu", description="cpu, cuda, cuda:1, ...")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="model dtype")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="model dtype; auto: bfloat16 on a GPU and on a CPU with AMX, else float32")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default, one per core; "
                          "1 is faster on a machine whose cores are busy with other work)")
 

@@ -74,3 +74,19 @@ def test_fingerprint_tells_weights_apart_and_tolerates_bf16():
     assert fingerprint_problems(a.fingerprint(), half.fingerprint()) == []
     other = make_backbone("bert", layers=3)
     assert any("num_layers" in p for p in fingerprint_problems(a.fingerprint(), other.fingerprint()))
+
+
+def test_auto_dtype_is_bf16_only_where_it_is_fast(monkeypatch):
+    from lpt import backbone
+
+    assert backbone.resolve_dtype("float16", "cuda") == "float16"       # explicit names pass through
+    monkeypatch.setattr(backbone, "cpu_has_amx", lambda: True)
+    assert backbone.resolve_dtype("auto", "cpu") == "bfloat16"
+    monkeypatch.setattr(backbone, "cpu_has_amx", lambda: False)
+    assert backbone.resolve_dtype("auto", "cpu") == "float32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert backbone.resolve_dtype("auto", "cuda:1") == "float16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert backbone.resolve_dtype("auto", "cuda") == "bfloat16"
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        backbone.Backbone.load("no/such-model", dtype="int8")     # checked before the model is looked for
