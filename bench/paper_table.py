@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -102,10 +103,11 @@ def targets(table: dict, floor_mb: float) -> list[dict]:
         m_ratio = lpt["peak_rss_mb"] / ft["peak_rss_mb"]
         above = (lpt["peak_rss_mb"] - floor_mb) / (ft["peak_rss_mb"] - floor_mb)
         out += [
-            {"task": task, "target": "LPT within 1.5 points of full fine-tuning", "value": f"{gap:+.1f} points behind",
+            {"task": task, "target": "LPT within 1.5 points of full fine-tuning",
+             "value": f"{gap:.2f} points behind" if gap > 0 else f"{-gap:.2f} points ahead",
              "met": gap <= 1.5},
             {"task": task, "target": "LPT above prompt tuning",
-             "value": f"{100 * (lpt['acc_mean'] - pt['acc_mean']):+.1f} points", "met": lpt["acc_mean"] > pt["acc_mean"]},
+             "value": f"{100 * (lpt['acc_mean'] - pt['acc_mean']):+.2f} points", "met": lpt["acc_mean"] > pt["acc_mean"]},
             {"task": task, "target": "LPT time per epoch <= 0.5x prompt tuning's",
              "value": f"{t_ratio:.2f}x wall, {c_ratio:.2f}x CPU", "met": t_ratio <= 0.5},
             {"task": task, "target": "LPT peak memory <= 0.7x full fine-tuning's",
@@ -122,7 +124,7 @@ def markdown(result: dict) -> str:
              f"{meta['threads']}), {meta['date']}, commit {meta['commit']}. Seeds {meta['seeds']}; "
              f"total {meta['total_minutes']:.1f} min; load average before/after {meta['load_before']} / "
              f"{meta['load_after']} (the machine is shared: wall times move with its load, CPU times less).", "",
-             f"Command: `{meta['command']}`", ""]
+             f"Command: `{meta['command']}`", ""] + ([meta["note"], ""] if meta.get("note") else [])
     for task, rows in result["table"].items():
         sizes = result["sizes"][task]
         lines += [f"## {task} ({sizes['train']} train / {sizes['dev']} dev / {sizes['test']} test, "
@@ -165,7 +167,7 @@ def plot(result: dict, path: Path) -> None:
                     yerr=[100 * a["acc_std"] for a in rows.values()], capsize=3, label=task)
         axes[1].bar(xs, [a["seconds_per_epoch"] for a in rows.values()], width, label=task)
         axes[2].bar(xs, [a["peak_rss_mb"] for a in rows.values()], width, label=task)
-    names = [LABELS[m].replace(" (", "\n(") for m in next(iter(result["table"].values()))]
+    names = [textwrap.fill(LABELS[m], 12) for m in next(iter(result["table"].values()))]
     lows = [100 * a["acc_min"] for rows in result["table"].values() for a in rows.values()]
     for ax, title in zip(axes, ("test accuracy (%)", "training time per epoch (s)", "peak RSS (MB)")):
         ax.set_xticks(range(len(names)), names, fontsize=8)
