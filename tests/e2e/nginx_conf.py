@@ -1,7 +1,7 @@
 """docker/nginx.conf made runnable by a real nginx on loopback, without root or containers.
 
-    text = render(replicas=["127.0.0.1:9001", "127.0.0.1:9002"], listen=9000, workdir=tmp)
-    nginx = start_nginx(conf_path, workdir)
+    conf = write(replicas=["127.0.0.1:9001", "127.0.0.1:9002"], listen=9000, workdir=tmp)
+    subprocess.Popen(nginx_args(find_nginx(), conf, tmp))
 
 The rendered file is the deployed one with only its addresses and paths changed: the upstream
 `server` lines (their parameters kept), the `listen` port, and pid/log/temp paths under `workdir`.

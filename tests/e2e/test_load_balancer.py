@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -100,12 +101,33 @@ class Replica:
             self.proc.wait(10)
 
 
+@contextmanager
+def nginx_in_front(upstreams: list[str], workdir: Path):
+    """A real nginx rendered from docker/nginx.conf, proxying to `upstreams` (host:port); yields its
+    URL once it answers, and stops it gracefully (SIGQUIT: master and workers) afterwards."""
+    port = free_port()
+    conf = write(upstreams, port, workdir, nginx=NGINX)
+    proc = subprocess.Popen(nginx_args(NGINX, conf, workdir), stdout=subprocess.DEVNULL,
+                            stderr=(workdir / "stderr.log").open("wb"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(url + "/health", timeout=2).status_code > 0, 20, "nginx",
+                   proc, workdir / "error.log")
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGQUIT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 @pytest.fixture(scope="module")
 def topology(tmp_path_factory):
     work = tmp_path_factory.mktemp("lb")
     store = work / "store"
     replicas = [Replica("a", store, work), Replica("b", store, work)]
-    nginx = None
     try:
         # the adapter is made while the replicas load their model
         import lpt
@@ -118,21 +140,10 @@ def topology(tmp_path_factory):
         for r in replicas:
             r.wait_ready()
         ngx_dir = work / "nginx"
-        lb_port = free_port()
-        conf = write([f"127.0.0.1:{r.port}" for r in replicas], lb_port, ngx_dir, nginx=NGINX)
-        nginx = subprocess.Popen(nginx_args(NGINX, conf, ngx_dir), stdout=subprocess.DEVNULL,
-                                 stderr=(ngx_dir / "stderr.log").open("wb"))
-        lb = f"http://127.0.0.1:{lb_port}"
-        wait_until(lambda: httpx.get(lb + "/ready", timeout=2).status_code == 200, 20, "nginx",
-                   nginx, ngx_dir / "error.log")
-        yield {"lb": lb, "replicas": replicas, "adapter": adapter, "nginx_dir": ngx_dir}
+        with nginx_in_front([f"127.0.0.1:{r.port}" for r in replicas], ngx_dir) as lb:
+            wait_until(lambda: httpx.get(lb + "/ready", timeout=2).status_code == 200, 20, "replicas behind nginx")
+            yield {"lb": lb, "replicas": replicas, "adapter": adapter, "nginx_dir": ngx_dir}
     finally:
-        if nginx is not None and nginx.poll() is None:
-            nginx.send_signal(signal.SIGQUIT)      # graceful stop of master and workers
-            try:
-                nginx.wait(10)
-            except subprocess.TimeoutExpired:
-                nginx.kill()
         for r in replicas:
             r.stop()
 
@@ -184,20 +195,11 @@ def test_unknown_task_and_oversized_upload_keep_the_api_error_format(topology):
 def test_no_replica_up_is_a_503_in_the_api_format(tmp_path):
     """Both replicas down: the client gets a 503 (which lpt_client retries), not nginx's 502."""
     dead = [f"127.0.0.1:{free_port()}" for _ in range(2)]         # nothing listens there
-    port = free_port()
-    conf = write(dead, port, tmp_path, nginx=NGINX)
-    nginx = subprocess.Popen(nginx_args(NGINX, conf, tmp_path), stdout=subprocess.DEVNULL,
-                             stderr=(tmp_path / "stderr.log").open("wb"))
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: httpx.get(url + "/health", timeout=2).status_code != 0, 20, "nginx", nginx)
+    with nginx_in_front(dead, tmp_path) as url:
         for method, path in (("GET", "/ready"), ("POST", "/v1/classify")):
             r = httpx.request(method, url + path, json={"inputs": "x", "task": TASK}, timeout=30)
             assert r.status_code == 503, (method, path, r.status_code, r.text)
             assert r.json()["error"]["type"] == "unavailable"
-    finally:
-        nginx.send_signal(signal.SIGQUIT)
-        nginx.wait(10)
 
 
 def load_with_signal(lb: str, total: int, after: int, workers: int, signal_replica) -> tuple[list, float]:
