@@ -27,13 +27,15 @@ def load(args) -> tuple[Backbone, list[str]]:
     return bb, [t for t, _ in splits("sentiment")["test"][:args.rows]]
 
 
+def adapter_file(bb: Backbone, task: str, seed: int, labels=("a", "b"), layer: int = 3, prompt_length: int = 5) -> bytes:
+    """A seeded, untrained adapter as file bytes: it costs what a trained one costs to serve."""
+    torch.manual_seed(seed)
+    return adapter_bytes(new_adapter(bb, task=task, labels=list(labels), layer=layer, prompt_length=prompt_length))
+
+
 def make_adapters(bb: Backbone, n: int, layer: int, seed0: int = 0) -> list:
-    """n seeded (untrained: the cost is the same) adapters, through the file format as a server loads them."""
-    out = []
-    for i in range(n):
-        torch.manual_seed(seed0 + i)
-        out.append(load_adapter(adapter_bytes(new_adapter(bb, task=f"task{i}", labels=["a", "b"], layer=layer)), bb))
-    return out
+    """n seeded adapters, through the file format as a server loads them."""
+    return [load_adapter(adapter_file(bb, f"task{i}", seed0 + i, layer=layer), bb) for i in range(n)]
 
 
 def plain_forward(bb: Backbone, texts: list[str]):

@@ -37,19 +37,14 @@ WORDS = ("the film was long slow and yet strangely moving great acting terrible 
 
 
 def make_adapters(model: str, n: int) -> dict[str, bytes]:
-    import torch
+    """n seeded adapter files, task00..., with 2 to 5 labels."""
+    from common import adapter_file
 
-    from lpt import Backbone, new_adapter
-    from lpt.adapter import adapter_bytes
+    from lpt import Backbone
 
     bb = Backbone.load(model)
-    out = {}
-    for i in range(n):
-        torch.manual_seed(i)
-        labels = [f"label{j}" for j in range(2 + i % 4)]
-        out[f"task{i:02d}"] = adapter_bytes(new_adapter(bb, task=f"task{i:02d}", labels=labels,
-                                                        layer=3, prompt_length=5))
-    return out
+    return {f"task{i:02d}": adapter_file(bb, f"task{i:02d}", i, [f"label{j}" for j in range(2 + i % 4)])
+            for i in range(n)}
 
 
 def lpt_command(model: str, store: Path, extra: list[str]) -> list[str]:

@@ -90,17 +90,12 @@ def make_peer_models(n: int, root: Path, seed: int = 1000) -> list[Path]:
 
 
 def make_lpt_adapters(n: int) -> dict[str, bytes]:
-    import torch
+    from common import adapter_file
 
-    from lpt import Backbone, new_adapter
-    from lpt.adapter import adapter_bytes
+    from lpt import Backbone
 
     bb = Backbone.load("minilm")
-    out = {}
-    for i in range(n):
-        torch.manual_seed(i)
-        out[f"task{i:02d}"] = adapter_bytes(new_adapter(bb, task=f"task{i:02d}", labels=LABELS, layer=3))
-    return out
+    return {f"task{i:02d}": adapter_file(bb, f"task{i:02d}", i, LABELS) for i in range(n)}
 
 
 def thread_env(env: dict[str, str], threads: int | None) -> dict[str, str]:

@@ -67,17 +67,12 @@ class Client:
 
 def adapter_factory(model: str):
     """fn(name, seed, label_prefix) -> adapter bytes (k=3, L=5, 2 labels, random weights)."""
-    import torch
+    from common import adapter_file
 
-    from lpt import Backbone, new_adapter
-    from lpt.adapter import adapter_bytes
+    from lpt import Backbone
 
     bb = Backbone.load(model)
-
-    def make(name: str, seed: int, prefix: str = "label") -> bytes:
-        torch.manual_seed(seed)
-        return adapter_bytes(new_adapter(bb, task=name, labels=[f"{prefix}0", f"{prefix}1"], layer=3, prompt_length=5))
-    return make
+    return lambda name, seed, prefix="label": adapter_file(bb, name, seed, [f"{prefix}0", f"{prefix}1"])
 
 
 def ms_since(t0: float) -> float:
