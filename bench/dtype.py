@@ -25,17 +25,14 @@ from data import splits  # noqa: E402
 from timing import command_line, interleaved, median_iqr_ms, write_json  # noqa: E402
 
 from lpt import Backbone, Engine, Row, load_adapter  # noqa: E402
+from lpt.backbone import cpu_flags  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "server" / "lpt_server" / "demo_adapters"
 DTYPES = ("float32", "bfloat16")
 
 
-def cpu_flags() -> list[str]:
-    try:
-        flags = next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return []
-    return sorted(f for f in flags if f.startswith(("amx", "avx512_bf16")))
+def bf16_flags() -> list[str]:
+    return sorted(f for f in cpu_flags() if f.startswith(("amx", "avx512_bf16")))
 
 
 def main(argv=None) -> int:
@@ -80,9 +77,9 @@ def main(argv=None) -> int:
     speedup = timing["float32"]["median"] / timing["bfloat16"]["median"]
     print(f"{args.rows}-row mixed batch: fp32 {timing['float32']['median']:.0f} ms, "
           f"bf16 {timing['bfloat16']['median']:.0f} ms: bf16 is {speedup:.2f}x as fast "
-          f"(torch threads {torch.get_num_threads()}, CPU flags {' '.join(cpu_flags()) or 'no AMX/avx512_bf16'})")
+          f"(torch threads {torch.get_num_threads()}, CPU flags {' '.join(bf16_flags()) or 'no AMX/avx512_bf16'})")
     path = write_json("dtype", {"command": command_line(), "rows": args.rows, "repeats": args.repeats,
-                                "torch_threads": torch.get_num_threads(), "cpu_flags": cpu_flags(),
+                                "torch_threads": torch.get_num_threads(), "cpu_flags": bf16_flags(),
                                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                                 "answers": answers, "batch_ms": timing, "bf16_speedup": speedup})
     print(f"wrote {path}")

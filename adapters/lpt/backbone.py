@@ -21,14 +21,18 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
 
 def cpu_has_amx() -> bool:
     """Intel AMX (Sapphire Rapids and later): bfloat16 matrix units, where bf16 beats fp32 on a CPU."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
-    except OSError:
-        return False
+    return "amx_bf16" in cpu_flags()
 
 
 def resolve_dtype(dtype: str, device: str | torch.device = "cpu") -> str:
