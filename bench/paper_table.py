@@ -38,6 +38,18 @@ TASK_ARGS = {"sentiment": ["--max-length", "64"], "news-topic": ["--max-length",
 QUICK_EPOCHS = {"probe": 3, "prompt-tuning": 2, "static": 2, "lpt": 2, "finetune": 1}
 
 
+def run_child(cmd: list[str]) -> float:
+    """Run cmd to the end; its own peak RSS in MB (os.wait4: this child's rusage, not all children's).
+    A failure stops the table with the child's output."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd)}\nfailed with exit code {code}:\n{out}")
+    return usage.ru_maxrss / 1024
+
+
 def run_one(task: str, method: str, seed: int, files: dict, epochs: int | None, workdir: Path,
             threads: int | None) -> dict:
     """One `lpt train` in a subprocess -> its metrics, plus its peak RSS and wall time."""
@@ -50,19 +62,14 @@ def run_one(task: str, method: str, seed: int, files: dict, epochs: int | None, 
     if threads:
         cmd += ["--threads", str(threads)]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)         # this child's own rusage, not all children's
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)}\nfailed with exit code {proc.returncode}:\n{out}")
+    peak_rss_mb = run_child(cmd)
     m = json.loads(metrics.read_text())
     return {"task": task, "method": method, "seed": seed, "test_accuracy": m["test"]["accuracy"],
             "test_macro_f1": m["test"]["macro_f1"], "best_dev_accuracy": m["best_dev_accuracy"],
             "best_epoch": m["best_epoch"], "epochs": m["config"]["epochs"],
             "trainable_parameters": m["trainable_parameters"], "seconds_per_epoch": m["seconds_per_epoch"],
             "cpu_seconds_per_epoch": m["cpu_seconds_per_epoch"], "cache_seconds": m["cache_seconds"],
-            "peak_rss_mb": usage.ru_maxrss / 1024, "wall_seconds": time.perf_counter() - t0,
+            "peak_rss_mb": peak_rss_mb, "wall_seconds": time.perf_counter() - t0,
             "lr": m["config"]["lr"], "head_lr": m["config"]["head_lr"],
             "dev_curve": [round(h["dev_accuracy"], 4) for h in m["history"]]}
 
@@ -70,12 +77,7 @@ def run_one(task: str, method: str, seed: int, files: dict, epochs: int | None, 
 def model_floor_mb() -> float:
     """Peak RSS of a process that loads the model and does nothing else: the part of every
     method's peak that training does not add (Python, torch, transformers, the weights)."""
-    proc = subprocess.Popen([sys.executable, "-c", "from lpt import Backbone; Backbone.load('minilm')"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit("loading the model in a subprocess failed")
-    return usage.ru_maxrss / 1024
+    return run_child([sys.executable, "-c", "from lpt import Backbone; Backbone.load('minilm')"])
 
 
 def aggregate(runs: list[dict]) -> dict:
