@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     max_resident_adapters: int = Field(256, ge=1, description="adapters kept loaded (LRU)")
     cache_entries: int = Field(4096, ge=0, description="layer-k hidden-state cache entries (0: off)")
     store_recheck_ms: float = Field(500.0, ge=0, description="how often a served adapter's store pointer is "
-                                    "re-read: an upload or delete through another replica is seen within this")
+                                    "re-read: a replacement or delete through another replica is seen within "
+                                    "this (a new name is looked up at once)")
 
     # auth and logs
     api_key: str | None = Field(None, description="Bearer key for inference (unset: open)")
