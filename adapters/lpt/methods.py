@@ -60,6 +60,12 @@ class Split:
         return [len(e.input_ids) for e in self.encoded]
 
 
+def longest_first_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices in batches, longest examples first: each batch pads little (no-grad passes)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
 def pad_id(bb: Backbone) -> int:
     tok = bb.tokenizer
     if tok.pad_token_id is not None:
@@ -103,9 +109,7 @@ class Method:
         for e in encoded:
             offsets.append(offsets[-1] + len(e.input_ids))
         flat = torch.empty((offsets[-1], self.bb.hidden_size), dtype=self.bb.dtype, device=self.bb.device)
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
-        for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
+        for idx in longest_first_batches([len(e.input_ids) for e in encoded], batch_size):
             h = lower_pass(self.bb, self._tokens([encoded[i] for i in idx]), {self.layer})[self.layer]
             for j, i in enumerate(idx):
                 flat[offsets[i]:offsets[i + 1]] = h[j, :offsets[i + 1] - offsets[i]]

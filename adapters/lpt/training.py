@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .backbone import Backbone
 from .data import Example
-from .methods import METHODS, Method, Split, build_method
+from .methods import METHODS, Method, Split, build_method, longest_first_batches
 
 # Defaults per method, measured on all-MiniLM-L6-v2 with best-dev selection (docs/training.md):
 # LPT's dev accuracy peaks by epoch 3-5. Fine-tuning's was still rising after 2 epochs on both
@@ -123,11 +123,6 @@ def length_grouped_batches(lengths: list[int], batch_size: int, gen: torch.Gener
     return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
 
-def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-
-
 # ---- the loop ----------------------------------------------------------------------------------
 def make_split(method: Method, examples: list[Example], labels: list[str]) -> Split:
     index = {label: i for i, label in enumerate(labels)}
@@ -183,7 +178,7 @@ def predict(method: Method, split: Split, batch_size: int = 64) -> torch.Tensor:
     """Logits [N, C] in the split's order, in eval mode."""
     method.train(False)
     out = [None] * len(split)
-    for idx in eval_batches(split.lengths, batch_size):
+    for idx in longest_first_batches(split.lengths, batch_size):
         for i, row in zip(idx, method.logits(split, idx).float()):
             out[i] = row
     return torch.stack(out)
