@@ -220,6 +220,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from .adapter import AdapterError, load_adapter, read_adapter
     from .engine import Engine, Row
+    from .methods import longest_first_batches
     from .metrics import classification_report, format_report, plot_confusion
 
     try:
@@ -239,10 +240,9 @@ def cmd_eval(args) -> int:
 
     # The serving engine computes the scores: what is measured here is what the server answers.
     engine = Engine(bb, cache_entries=0)
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].text) - len(examples[i].text_pair or ""))
+    chars = [len(e.text) + len(e.text_pair or "") for e in examples]
     pred = [0] * len(examples)
-    for s in range(0, len(order), args.batch_size):
-        idx = order[s:s + args.batch_size]
+    for idx in longest_first_batches(chars, args.batch_size):
         for i, lg in zip(idx, engine.logits([Row(adapter, examples[i].text, examples[i].text_pair) for i in idx])):
             if isinstance(lg, Exception):
                 raise UsageError(f"{args.data} line {examples[i].line}: {lg}")
