@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU check for sessions that have a device: the engine and scaling benchmarks in fp32 and bf16,
-# in under 5 minutes on one H100/H200. Run from the repo root on the device machine:
+# GPU check: the engine and scaling benchmarks in fp32 and bf16, in under 5 minutes on one
+# H100/H200. Run from the repo root on a machine with a CUDA GPU:
 #   bash bench/gpu.sh            (results under bench/results/ and, if set, $OUT)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -93,7 +93,7 @@ def aggregate(runs: list[dict]) -> dict:
 
 
 def targets(table: dict, floor_mb: float) -> list[dict]:
-    """The issue's targets, checked per task."""
+    """The design targets, checked per task."""
     out = []
     for task, rows in table.items():
         if not all(m in rows for m in ("lpt", "finetune", "prompt-tuning")):

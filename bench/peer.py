@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -46,12 +47,12 @@ from http_load import lpt_command, lpt_env, upload_adapters  # noqa: E402
 from loadgen import Request, ServerProcess, closed_loop, http_get, send_each  # noqa: E402
 from timing import command_line, pyplot, write_json  # noqa: E402
 
-INFINITY_BIN = "/work/venvs/infinity/bin/infinity_emb"
+INFINITY_BIN = shutil.which("infinity_emb") or "infinity_emb"   # the peer's own venv: bench/README.md
 LABELS = ["negative", "positive"]
 SERVERS = ("lpt", "peer")
 METRICS = ("req_per_s", "p50_ms", "p95_ms", "p99_ms", "loadgen_cpu_share", "server_cpu_ms_per_req",
            "other_busy_cores", "load_avg_1m")
-# The targets, at 16 tasks with the uniform mix (lpt / peer).
+# The design targets, at 16 tasks with the uniform mix (lpt / peer).
 TARGET_N, TARGET_MIX = 16, "uniform"
 TARGETS = {"throughput": (">=", 2.0), "p99": ("<=", 1.0), "peak_rss": ("<=", 0.25)}
 

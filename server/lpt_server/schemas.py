@@ -17,8 +17,10 @@ class ClassifyRequest(BaseModel):
     """`inputs`: one text, a list of texts, or a list of [text, text_pair]; `task` or `tasks`."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"inputs": ["I loved this film", "the plot was a mess"], "tasks": ["sentiment", "topic"]},
-        {"inputs": [["A man is eating.", "Someone eats."]], "task": "nli", "raw_scores": True}]})
+        # the demo adapters, so that "Try it out" on a fresh server answers
+        {"inputs": ["I loved this film", "Shares of the maker rose 5% on Monday"],
+         "tasks": ["sentiment", "news-topic"]},
+        {"inputs": "The central bank raised interest rates again", "task": "news-topic", "raw_scores": True}]})
 
     inputs: Union[StrictStr, list[Input]] = Field(
         description="a text, a list of texts, or a list of [text, text_pair] pairs")
@@ -59,6 +61,8 @@ class TaskResult(BaseModel):
 
 class ClassifyResponse(BaseModel):
     results: list[list[TaskResult]] = Field(description="one list per input, one item per task, in request order")
+    truncated_inputs: list[int] | None = Field(
+        None, description="indices of the inputs that were cut to LPT_MAX_INPUT_TOKENS (absent when none was)")
 
 
 class AdapterInfo(BaseModel):

@@ -1,0 +1,93 @@
+"""What a new user tries first works on a fresh server: the Swagger examples, the tasks the READMEs
+name, and the server's bare address."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from readme_blocks import CLIENT_README, README, blocks, demo_adapter_names
+from tiny_server import adapter_file, running, upload
+
+pytestmark = pytest.mark.integration
+
+DEMO_LABELS = {"sentiment": ["negative", "positive"], "news-topic": ["world", "sports", "business", "sci/tech"]}
+
+
+def _names(value: str) -> list[str]:
+    """'"a"' or '["a", "b"]' (JSON or Python literal) -> names."""
+    return re.findall(r"""["']([^"']+)["']""", value)
+
+
+def tasks_used(code: str) -> set[str]:
+    """Tasks a code block sends requests for (not the ones it trains or uploads)."""
+    used = set()
+    for line in code.splitlines():
+        if "classify" in line:
+            used.update(re.findall(r"--task[ =](\S+)", line))
+    used.update(re.findall(r"/v1/tasks/([^/\s]+)/classify", code))
+    for value in re.findall(r"""["']?\btasks?["']?\s*[:=]\s*(\[[^\]]*\]|"[^"]*")""", code):
+        used.update(_names(value))
+    return used
+
+
+def tasks_uploaded(code: str) -> set[str]:
+    return set(re.findall(r"-X PUT \S*/v1/adapters/([\w.-]+)", code)
+               + re.findall(r"adapters upload (\S+)", code)
+               + re.findall(r"""upload_adapter\(\s*["']([^"']+)["']""", code))
+
+
+def test_the_demo_adapters_are_the_ones_named_here():
+    assert demo_adapter_names() == set(DEMO_LABELS)
+
+
+@pytest.mark.parametrize("doc", [README, CLIENT_README], ids=lambda p: p.name if p == README else "client/README.md")
+def test_every_task_a_readme_asks_for_is_a_demo_adapter_or_uploaded_there(doc):
+    code = "\n".join(b.code for b in blocks(doc))
+    used, uploaded = tasks_used(code), tasks_uploaded(code)
+    assert used & demo_adapter_names(), f"{doc}: the pattern above found no demo task; is it stale?"
+    unknown = used - demo_adapter_names() - uploaded
+    assert not unknown, f"{doc} classifies with {sorted(unknown)}: neither a demo adapter nor uploaded there"
+
+
+def test_the_task_finder_sees_each_way_of_naming_a_task():
+    code = """lpt classify --task a --task=b "text"
+curl localhost:8080/v1/tasks/c/classify -d '{"inputs": "x", "task": "d", "tasks": ["e", "f"]}'
+client.classify(texts, tasks=["g", "h"]); client.classify(texts, task="i")
+lpt train --task not-a-request --data x.csv"""
+    assert tasks_used(code) == set("abcdefghi")
+
+
+def openapi_examples(app) -> list[tuple[str, dict]]:
+    """(path, example body) for every JSON request example in the OpenAPI schema."""
+    out = []
+    for path, methods in app.openapi()["paths"].items():
+        for op in methods.values():
+            schema = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+            out += [(path, example) for example in schema.get("examples", [])]
+    return out
+
+
+@pytest.mark.asyncio
+async def test_every_openapi_example_answers_200_on_the_demo_adapters(tmp_path, tiny_bb):
+    async with running(tmp_path, tiny_bb) as (app, c):
+        for name, labels in DEMO_LABELS.items():
+            await upload(c, name, adapter_file(tiny_bb, name, labels))
+        examples = openapi_examples(app)
+        assert {path for path, _ in examples} == {"/v1/classify", "/v1/tasks/{task}/classify"}
+        for path, example in examples:
+            names = [example["task"]] if "task" in example else example.get("tasks", [])
+            assert set(names) <= demo_adapter_names(), f"{path} example names {names}: not demo adapters"
+            r = await c.post(path.replace("{task}", "sentiment"), json=example)
+            assert r.status_code == 200, (path, json.dumps(example), r.text)
+
+
+@pytest.mark.asyncio
+async def test_the_bare_address_leads_to_the_api_docs(tmp_path, tiny_bb):
+    async with running(tmp_path, tiny_bb) as (app, c):
+        r = await c.get("/")
+        assert r.status_code == 307 and r.headers["location"] == "docs"
+        r = await c.get("/", follow_redirects=True)
+        assert r.status_code == 200 and str(r.url) == "http://lpt.test/docs"
+        assert "text/html" in r.headers["content-type"] and "openapi.json" in r.text
+        assert "/" not in app.openapi()["paths"]          # a redirect, not an API route
