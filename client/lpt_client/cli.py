@@ -37,6 +37,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from ._config import resolve_settings
 from .errors import AuthError, BadRequest, LptError, NotFound
 from .models import AdapterInfo, ClassifyResult
 from .sync_client import Client
@@ -80,6 +81,9 @@ def main(
     except UsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except AuthError as exc:
+        print(f"{prog}: error: {auth_message(exc, args)}", file=sys.stderr)
+        return EXIT_AUTH
     except LptError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return exit_code(exc)
@@ -100,6 +104,21 @@ def exit_code(error: LptError) -> int:
     return EXIT_UNAVAILABLE  # Overloaded, ServerError, ConnectionFailed, a garbled answer
 
 
+def auth_message(error: AuthError, args: argparse.Namespace) -> str:
+    """A refused key, told as what to set here (the server's own message names an HTTP header)."""
+    settings = resolve_settings(args.url, args.api_key, args.admin_key)
+    if args.key == "admin":
+        which, variable, flag, sent = "admin key", "LPT_ADMIN_KEY", "--admin-key", settings.admin_key
+    else:  # the client sends the admin key for reads too when no API key is set
+        which, variable, flag = "API key", "LPT_API_KEY", "--api-key"
+        sent = settings.api_key or settings.admin_key
+    status = f"{error.status_code} {error.type}"
+    if not sent:
+        return f"{status}: no {which} given: set {variable} or pass {flag}"
+    return (f"{status}: the server refused the {which} given: set {variable} (or pass {flag}) to the "
+            f"key the server was started with (the server said: {error.message})")
+
+
 # -- parser ------------------------------------------------------------------------------------
 
 
@@ -114,6 +133,7 @@ def build_parser(prog: str = "lpt-client") -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print JSON")
 
     parser = argparse.ArgumentParser(prog=prog, description="Client for an lpt-serve server.")
+    parser.set_defaults(key="api")  # which key a command needs; upload and delete need the admin key
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     classify = commands.add_parser("classify", parents=[common], help="classify texts")
@@ -137,10 +157,10 @@ def build_parser(prog: str = "lpt-client") -> argparse.ArgumentParser:
     upload = actions.add_parser("upload", parents=[common], help="upload an adapter file")
     upload.add_argument("name")
     upload.add_argument("file")
-    upload.set_defaults(run=run_upload)
+    upload.set_defaults(run=run_upload, key="admin")
     delete = actions.add_parser("delete", parents=[common], help="delete an adapter")
     delete.add_argument("name")
-    delete.set_defaults(run=run_delete)
+    delete.set_defaults(run=run_delete, key="admin")
     return parser
 
 

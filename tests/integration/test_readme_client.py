@@ -8,16 +8,11 @@ adapters (the demo adapters' names), and `my-task.safetensors` is in the working
 from __future__ import annotations
 
 import re
-import socket
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
+from live_server import serving
 from tiny_server import adapter_file, tiny_app
 
 pytestmark = pytest.mark.integration
@@ -35,26 +30,6 @@ def readme_python(section: str = "## Python client") -> str:
     match = re.search(r"^```python\n(.*?)^```$", body, re.S | re.M)
     assert match, f"no python block under {section!r} in {README}"
     return match.group(1)
-
-
-@contextmanager
-def serving(app) -> Iterator[str]:
-    """`app` served by uvicorn on a free port in this process, lifespan included; yields its URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:                     # uvicorn installs no signal handlers off the main thread
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        yield "http://127.0.0.1:%d" % sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 def test_readme_python_client_example(tmp_path, tiny_bb, monkeypatch, capsys):

@@ -151,7 +151,8 @@ def test_help_exits_0(server, capsys) -> None:
 def test_server_errors_map_to_exit_codes(server, capsys, status: int, code: int) -> None:
     body = {"error": {"type": "some_type", "message": "what went wrong"}}
     server.on("POST", "/v1/classify", server.reply(status, body))
-    assert run(server, "classify", "--task", "s", "--max-retries", "0", *URL, "x") == code
+    argv = ["classify", "--task", "s", "--max-retries", "0", "--api-key", "k", *URL, "x"]
+    assert run(server, *argv) == code
     err = capsys.readouterr().err
     assert "some_type" in err and "what went wrong" in err
 
