@@ -217,6 +217,19 @@ def cmd_train(args) -> int:
 
 
 # ---- eval -------------------------------------------------------------------------------------------
+def _check_plot(path: str | None) -> None:
+    """What --plot needs, checked before any computing: a missing matplotlib must not cost the run."""
+    if path is None:
+        return
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("--plot needs matplotlib, which is not installed: `pip install matplotlib` (the `plot` "
+                         "extra of lpt-serve), or run without --plot") from None
+    if not Path(path).parent.is_dir():
+        raise UsageError(f"--plot {path}: the folder {Path(path).parent} does not exist")
+
+
 def cmd_eval(args) -> int:
     from .adapter import AdapterError, load_adapter, read_adapter
     from .engine import Engine, Row
@@ -230,6 +243,7 @@ def cmd_eval(args) -> int:
     except AdapterError as e:
         raise UsageError(f"{args.adapter} is not a usable adapter:\n  - " + "\n  - ".join(e.problems)) from None
     labels = adapter_file.config.labels
+    _check_plot(args.plot)
     examples = _read(args.data, args)
     check_known_labels(examples, labels, args.data)
     bb = _load_backbone(args.model or adapter_file.config.base_model.get("id", "minilm"), args)
@@ -250,15 +264,18 @@ def cmd_eval(args) -> int:
     index = {label: i for i, label in enumerate(labels)}
     report = classification_report([index[e.label] for e in examples], pred, labels)
     report.update(adapter=args.adapter, task=adapter_file.config.task, version=adapter_file.version, data=args.data)
-    if args.plot:
-        plot_confusion(report, args.plot, title=f"{adapter_file.config.task}: accuracy {report['accuracy']:.3f}")
+    # the metrics first: whatever happens to the plot, the computed numbers are not lost
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2), flush=True)
     else:
         print(f"adapter {args.adapter} (task {adapter_file.config.task}, sha256 {adapter_file.version[:12]}) "
-              f"on {args.data}\n" + format_report(report))
-        if args.plot:
-            print(f"wrote {args.plot}")
+              f"on {args.data}\n" + format_report(report), flush=True)
+    if args.plot:
+        try:
+            plot_confusion(report, args.plot, title=f"{adapter_file.config.task}: accuracy {report['accuracy']:.3f}")
+        except (OSError, RuntimeError) as e:
+            raise UsageError(f"the metrics are above, but the plot was not written: {e}") from None
+        _log(f"wrote {args.plot}")
     return 0
 
 
