@@ -38,7 +38,7 @@ def serve_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         flag = "--" + name.replace("_", "-")
         env = f"LPT_{name.upper()}"
         typ, choices = _flag_type(field.annotation)
-        help_ = f"{field.description} (env {env}; default {field.default})"
+        help_ = f"{field.description} (env {env}; default {field.get_default(call_default_factory=True)})"
         if typ is bool:
             p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                            help=help_)
@@ -59,6 +59,7 @@ def serve(argv: Sequence[str]) -> int:
     from pydantic import ValidationError
 
     from .app import create_app
+    from .http import protocol_class
     from .logging import configure
 
     try:
@@ -73,6 +74,7 @@ def serve(argv: Sequence[str]) -> int:
     sys.setswitchinterval(0.001)
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+                            http=protocol_class(settings.header_timeout_s),
                             log_level=settings.log_level, access_log=True, lifespan="on",
                             # on SIGTERM: in-flight requests get up to the request timeout to finish
                             timeout_graceful_shutdown=int(settings.request_timeout_s) + 5)

@@ -19,7 +19,7 @@ from lpt import AdapterError, RowError
 
 from .batcher import BatcherClosed, QueueFull
 from .registry import UnknownAdapter
-from .store import InvalidName
+from .store import InvalidName, StoreFull
 from .worker import BatchFailed, WorkerDead
 
 log = logging.getLogger("lpt_server.errors")
@@ -76,37 +76,60 @@ class Unavailable(ApiError):
     status, type = 503, "unavailable"
 
 
+class RequestTimeout(ApiError):
+    status, type = 408, "request_timeout"
+
+    def __init__(self, message: str):
+        super().__init__(message, {"Connection": "close"})
+
+
 class GatewayTimeout(ApiError):
     status, type = 504, "timeout"
 
 
 _STATUS_TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
-                 422: "validation_error", 429: "overloaded", 503: "unavailable", 504: "timeout"}
+                 405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large",
+                 415: "unsupported_media_type", 422: "validation_error", 429: "overloaded",
+                 503: "unavailable", 504: "timeout"}
+
+# The one table: exception type -> (HTTP status, error type). The first matching row wins, so
+# subclasses come before their bases. ApiError and Starlette's HTTPException carry their own
+# status and are handled in `describe`; everything not listed here is a bug (500, logged).
+ERROR_TABLE: list[tuple[type[BaseException], int, str]] = [
+    (UnknownAdapter, 404, "not_found"),
+    (InvalidName, 400, "invalid_name"),
+    (AdapterError, 400, "invalid_adapter"),
+    (RowError, 400, "invalid_input"),
+    (QueueFull, 429, "overloaded"),
+    (BatchFailed, 500, "engine_error"),
+    (BatcherClosed, 503, "unavailable"),
+    (WorkerDead, 503, "unavailable"),
+    (StoreFull, 507, "insufficient_storage"),
+    (asyncio.TimeoutError, 504, "timeout"),
+]
+
+# How a row's exception is worded for the client, where str(exc) alone would not say enough.
+_MESSAGES = {
+    AdapterError: lambda e: "invalid adapter file: " + "; ".join(e.problems),
+    RowError: lambda e: f"an input cannot be classified: {e}",
+    BatchFailed: lambda e: f"{e} (logged on the server; other requests are unaffected)",
+    asyncio.TimeoutError: lambda e: "the request was not answered in time",
+}
+# Statuses a client should retry after a pause: they say when.
+RETRY_AFTER_S = {429: "1", 503: "2"}
 
 
 def describe(exc: BaseException) -> tuple[int, str, str, dict]:
     """exception -> (status, type, message, extra body fields)."""
     if isinstance(exc, ApiError):
         return exc.status, exc.type, exc.message, {}
-    if isinstance(exc, UnknownAdapter):
-        return 404, "not_found", str(exc), {}
-    if isinstance(exc, InvalidName):
-        return 400, "invalid_name", str(exc), {}
-    if isinstance(exc, AdapterError):
-        return 400, "invalid_adapter", "invalid adapter file: " + "; ".join(exc.problems), {"problems": exc.problems}
-    if isinstance(exc, RowError):
-        return 400, "invalid_input", f"an input cannot be classified: {exc}", {}
-    if isinstance(exc, QueueFull):
-        return 429, "overloaded", str(exc), {}
-    if isinstance(exc, BatchFailed):
-        return 500, "engine_error", f"{exc} (logged on the server; other requests are unaffected)", {}
-    if isinstance(exc, (BatcherClosed, WorkerDead)):
-        return 503, "unavailable", str(exc), {}
-    if isinstance(exc, asyncio.TimeoutError):
-        return 504, "timeout", "the request was not answered in time", {}
     if isinstance(exc, StarletteHTTPException):
         return exc.status_code, _STATUS_TYPES.get(exc.status_code, "http_error"), str(exc.detail), {}
+    for cls, status, typ in ERROR_TABLE:
+        if isinstance(exc, cls):
+            message = _MESSAGES.get(cls, str)(exc)
+            extra = {"problems": exc.problems} if isinstance(exc, AdapterError) else {}
+            return status, typ, message, extra
     return 500, "internal_error", f"internal error ({type(exc).__name__}); this is a bug, see the server log", {}
 
 
@@ -117,8 +140,8 @@ def status_of(exc: BaseException) -> int:
 def error_response(exc: BaseException) -> JSONResponse:
     status, typ, message, extra = describe(exc)
     headers = dict(getattr(exc, "headers", None) or {})
-    if status == 429:
-        headers.setdefault("Retry-After", "1")
+    if status in RETRY_AFTER_S:
+        headers.setdefault("Retry-After", RETRY_AFTER_S[status])
     return JSONResponse({"error": {"type": typ, "message": message, **extra}}, status_code=status,
                         headers=headers or None)
 
@@ -163,7 +186,7 @@ def validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
     found: dict[tuple, str] = {}
     for e in errors:
         loc, typ = _clean_loc(tuple(e.get("loc", ()))), e.get("type")
-        if not loc and typ in ("model_attributes_type", "dict_type", "missing"):
+        if not loc and typ in ("model_attributes_type", "model_type", "dict_type", "missing"):
             hint = " with Content-Type: application/json" if isinstance(e.get("input"), bytes) else ""
             found[loc] = f"the body must be a JSON object{hint}: {BODY_SHAPE}"
         elif typ == "missing":
@@ -199,13 +222,39 @@ def install(app: FastAPI) -> None:
         return error_response(exc)
 
     # Known exceptions get their own handlers (Starlette's ExceptionMiddleware answers them);
-    # a handler for Exception itself sits in ServerErrorMiddleware, which answers and then
-    # re-raises so the server logs it: right for bugs only.
-    for cls in (ApiError, UnknownAdapter, InvalidName, AdapterError, RowError, QueueFull, BatcherClosed,
-                WorkerDead, BatchFailed, asyncio.TimeoutError):
+    # everything else reaches the catch-all middleware below.
+    for cls in (ApiError, *(row[0] for row in ERROR_TABLE)):
         app.add_exception_handler(cls, _known)
 
-    @app.exception_handler(Exception)
-    async def _bug(request: Request, exc: Exception):
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(exc)
+    app.add_middleware(CatchAll)
+
+
+class CatchAll:
+    """Turns an unhandled exception (a bug) into a logged 500 JSON answer.
+
+    Not Starlette's `exception_handler(Exception)`: that one answers and then re-raises, and
+    uvicorn closes a connection whose app raised, so a client's next request on the same
+    kept-alive connection would fail. Here the answer is complete and the connection lives on.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except Exception as exc:
+            log.error("unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
+            if started:        # half an answer went out: only closing the connection is honest
+                raise
+            await error_response(exc)(scope, receive, send)

@@ -7,6 +7,7 @@ Nothing reads the environment at import time: `create_app(settings)` gets this o
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +15,14 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1 << 20
+
+
+def default_store() -> Path:
+    """The per-user data directory (XDG), never the working directory: a store inside a source
+    tree would share folders with it."""
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share"   # the spec ignores a relative one
+    return base / "lpt-serve" / "adapters"
 
 
 class Settings(BaseSettings):
@@ -30,7 +39,8 @@ class Settings(BaseSettings):
     # where
     host: str = Field("127.0.0.1", description="bind address")
     port: int = Field(8080, ge=0, le=65535, description="bind port")
-    store: Path = Field(Path(".store"), description="adapter store directory (shared by replicas)")
+    store: Path = Field(default_factory=default_store, description="adapter store directory (shared "
+                        "by replicas; default $XDG_DATA_HOME/lpt-serve/adapters, else ~/.local/share/lpt-serve/adapters)")
     demo_adapters: bool = Field(True, description="seed the store with the shipped demo adapters")
 
     # batching and backpressure
@@ -47,6 +57,12 @@ class Settings(BaseSettings):
     truncate: bool = Field(True, description="cut longer inputs to max_input_tokens; false: 413")
     max_inputs: int = Field(256, ge=1, description="inputs per request; more: 413")
     max_adapter_bytes: int = Field(64 * MiB, ge=1, description="largest adapter file accepted")
+    max_body_bytes: int = Field(2 * MiB, ge=1, description="largest classify request body; more: 413")
+
+    # slow clients: a connection holds a request only this long
+    header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this "
+                                    "(from its first byte); else 408 and the connection is closed")
+    body_timeout_s: float = Field(60.0, gt=0, description="a request's body must arrive within this; else 408")
 
     # memory
     max_resident_adapters: int = Field(256, ge=1, description="adapters kept loaded (LRU)")

@@ -16,6 +16,11 @@ from dataclasses import dataclass
 
 # [CLS] + [SEP] (+ [SEP] for pairs): close enough for batching costs, whatever the family
 SPECIAL_TOKENS = 3
+# Texts are cut to max_tokens * CHARS_PER_TOKEN characters before they are tokenized, so that a
+# 10 MB text costs no more than a long one. No WordPiece/BPE/SentencePiece token of the shipped
+# vocabularies spans more than ~20 characters (an [UNK] word at most 100, rare): text past this
+# bound would be cut by the token limit anyway, except in runs of whitespace, which count no tokens.
+CHARS_PER_TOKEN = 32
 
 
 class InputTooLong(ValueError):
@@ -83,16 +88,33 @@ class InputMeter:
             out.append([(0, min(e, len(text))) for e in ends] + [(0, len(text))] * (len(ids) - self.max_tokens))
         return out
 
+    def precut(self, i: int, text: str) -> tuple[str, bool]:
+        """A text cut to the character bound (cheap: before any tokenizing)."""
+        limit = self.max_tokens * CHARS_PER_TOKEN
+        if len(text) <= limit:
+            return text, False
+        if not self.truncate:
+            raise InputTooLong(f"inputs[{i}] has {len(text)} characters, more than an input of "
+                               f"{self.max_tokens} tokens can have ({limit}; LPT_MAX_INPUT_TOKENS); "
+                               "the server runs with truncation off: shorten the text")
+        return text[:limit], True
+
     def measure(self, inputs: list[tuple[str, str | None]]) -> list[Measured]:
-        flat = [t for text, pair in inputs for t in ((text,) if pair is None else (text, pair))]
+        """Cut, tokenize (one batched call) and truncate. CPU work: call it off the event loop."""
+        cut = []
+        for i, (text, pair) in enumerate(inputs):
+            text, c1 = self.precut(i, text)
+            pair, c2 = self.precut(i, pair) if pair is not None else (None, False)
+            cut.append((text, pair, c1 or c2))
+        flat = [t for text, pair, _ in cut for t in ((text,) if pair is None else (text, pair))]
         offsets = iter(self._offsets(flat))
         out = []
-        for i, (text, pair) in enumerate(inputs):
+        for i, (text, pair, precut) in enumerate(cut):
             o1 = next(offsets)
             o2 = next(offsets) if pair is not None else []
             n1, n2 = len(o1), len(o2)
             if n1 + n2 <= self.max_tokens:
-                out.append(Measured(text, pair, n1 + n2, False))
+                out.append(Measured(text, pair, n1 + n2, precut))
                 continue
             if not self.truncate:
                 raise InputTooLong(f"inputs[{i}] has {n1 + n2} tokens, the limit is {self.max_tokens} "

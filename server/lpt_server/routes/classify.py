@@ -18,6 +18,7 @@ from lpt import Row
 
 from ..auth import require_api_key
 from ..batcher import Item
+from ..body import json_body_schema, parse_json
 from ..errors import ClientClosed, GatewayTimeout, NotFound, PayloadTooLarge, Unavailable, Unprocessable, status_of
 from ..runtime import Runtime
 from ..schemas import ClassifyRequest, ClassifyResponse, ErrorResponse, TaskClassifyRequest
@@ -26,7 +27,7 @@ from ..texts import InputTooLong, Measured
 
 router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[Depends(require_api_key)])
 
-ERRORS = {c: {"model": ErrorResponse} for c in (400, 401, 404, 413, 422, 429, 503, 504)}
+ERRORS = {c: {"model": ErrorResponse} for c in (400, 401, 404, 408, 413, 422, 429, 503, 504)}
 
 
 @dataclass
@@ -76,7 +77,7 @@ async def parse(rt: Runtime, inputs, tasks: list[str]) -> Job:
         except InvalidName:
             raise NotFound(f"unknown task {name!r}: not a valid adapter name") from None
     try:
-        measured = rt.meter.measure(pairs)
+        measured = await asyncio.to_thread(rt.meter.measure, pairs)   # tokenizing is CPU work: off the loop
     except InputTooLong as e:
         raise PayloadTooLarge(str(e)) from None
     return Job(tasks, adapters, measured)
@@ -132,10 +133,12 @@ def respond(job: Job, items: list[Item], raw_scores: bool) -> JSONResponse:
         results.append(row)
     headers = {"x-queue-time-ms": f"{max(it.queue_s for it in items) * 1000:.2f}",
                "x-inference-time-ms": f"{max(it.inference_s for it in items) * 1000:.2f}"}
-    truncated = sum(m.truncated for m in job.inputs)
+    body: dict = {"results": results}
+    truncated = [i for i, m in enumerate(job.inputs) if m.truncated]
     if truncated:
-        headers["x-truncated-inputs"] = str(truncated)
-    return JSONResponse({"results": results}, headers=headers)
+        headers["x-truncated-inputs"] = str(len(truncated))
+        body["truncated_inputs"] = truncated
+    return JSONResponse(body, headers=headers)
 
 
 async def classify(request: Request, inputs, tasks: list[str], raw_scores: bool) -> JSONResponse:
@@ -161,15 +164,24 @@ async def classify(request: Request, inputs, tasks: list[str], raw_scores: bool)
         rt.metrics.observe_request(known_tasks, status, time.perf_counter() - t0)
 
 
+async def _body(request: Request, model):
+    s = request.app.state.runtime.settings
+    return await parse_json(request, model, limit=s.max_body_bytes, setting="LPT_MAX_BODY_BYTES",
+                            timeout_s=s.body_timeout_s)
+
+
+# The body is parsed in the route, not by FastAPI: FastAPI reads and parses a body parameter
+# before any dependency runs, and the key check must come before a byte of the body is read.
 @router.post("/classify", response_model=ClassifyResponse, responses=ERRORS,
-             summary="Classify inputs with one or more tasks")
-async def classify_route(body: ClassifyRequest, request: Request):
+             openapi_extra=json_body_schema(ClassifyRequest), summary="Classify inputs with one or more tasks")
+async def classify_route(request: Request):
     """One list per input, one item per task. Each (input, task) is one row of a mixed batch."""
+    body = await _body(request, ClassifyRequest)
     return await classify(request, body.inputs, body.task_names(), body.raw_scores)
 
 
 @router.post("/tasks/{task}/classify", response_model=ClassifyResponse, responses=ERRORS,
-             summary="Classify inputs with the task named in the URL")
-async def task_classify_route(task: str, body: TaskClassifyRequest, request: Request):
+             openapi_extra=json_body_schema(TaskClassifyRequest), summary="Classify inputs with the task named in the URL")
+async def task_classify_route(task: str, request: Request):
+    body = await _body(request, TaskClassifyRequest)
     return await classify(request, body.inputs, [task], body.raw_scores)
-

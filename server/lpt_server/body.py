@@ -1,0 +1,91 @@
+"""Request bodies, read with bounds: a size cap and a deadline, before anything is parsed.
+
+    data = await read_body(request, limit=s.max_body_bytes, setting="LPT_MAX_BODY_BYTES",
+                           timeout_s=s.body_timeout_s)
+    body = await parse_json(request, ClassifyRequest, limit=..., setting=..., timeout_s=...)
+
+Routes read their bodies here, after their dependencies (the key check) have run: a client
+without a key never gets its body read, and no client can make the server buffer more than
+the cap or hold a request open by sending it slowly.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import TypeVar
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+from .errors import BadRequest, PayloadTooLarge, RequestTimeout
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_body(request: Request, *, limit: int, setting: str, timeout_s: float, what: str = "request body") -> bytes:
+    """The whole body, refused with 413 as soon as it passes `limit` (a declared Content-Length
+    over it is refused before a byte is read) and with 408 if it is not complete in `timeout_s`."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"{what} is {int(declared)} bytes, the limit is {limit} ({setting})")
+    deadline = time.monotonic() + timeout_s
+    chunks, size = [], 0
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(deadline - time.monotonic(), 0.001))
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"the {what} was not received within {timeout_s:g} s "
+                                 "(LPT_BODY_TIMEOUT_S): send it faster or in a smaller request") from None
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"{what} is over the limit of {limit} bytes ({setting})")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _lone_surrogate(data: bytes) -> str | None:
+    """Where a JSON body that the strict parser refused holds a lone surrogate ("\\ud800"), as
+    `inputs[2]` (or `inputs[2][1]`); None if that is not why it was refused."""
+    try:
+        raw = json.loads(data)      # the stdlib parser accepts lone surrogates, the strict one does not
+    except (ValueError, RecursionError):
+        return None
+    inputs = raw.get("inputs") if isinstance(raw, dict) else None
+    items = [inputs] if isinstance(inputs, str) else inputs if isinstance(inputs, list) else []
+    for i, x in enumerate(items):
+        for j, text in enumerate(x if isinstance(x, list) else [x]):
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    where = f"inputs[{i}]" + (f"[{j}]" if isinstance(x, list) else "")
+                    return f"{where} has a lone surrogate ({text[e.start]!r}) at character {e.start}"
+    return None
+
+
+def validate_json(data: bytes, model: type[M]) -> M:
+    """Strict JSON -> model; errors as FastAPI's own (a 422 naming each field, 400 for bad JSON)."""
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as e:
+        errors = e.errors(include_url=False)
+        if any(err.get("type") == "json_invalid" for err in errors):
+            where = _lone_surrogate(data)
+            if where:
+                raise BadRequest(f"invalid Unicode: {where}; send text as valid UTF-8") from None
+        raise RequestValidationError([{**err, "loc": ("body", *err.get("loc", ()))} for err in errors]) from None
+
+
+async def parse_json(request: Request, model: type[M], *, limit: int, setting: str, timeout_s: float) -> M:
+    return validate_json(await read_body(request, limit=limit, setting=setting, timeout_s=timeout_s), model)
+
+
+def json_body_schema(model: type[BaseModel]) -> dict:
+    """OpenAPI `requestBody` for a route that parses its own body (so that /docs still shows it)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}}}}

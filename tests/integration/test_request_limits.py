@@ -1,0 +1,131 @@
+"""Classify requests are bounded before they cost anything: body size, key before body, text
+length before tokenizing; bad text is a 400 naming the input; overload and shutdown say when to retry."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tiny_server import adapter_file, admin, running, upload
+
+pytestmark = pytest.mark.integration
+
+
+async def _with_task(client, bb, name="t"):
+    assert (await upload(client, name, adapter_file(bb, name))).status_code == 201
+
+
+@pytest.mark.asyncio
+async def test_body_over_the_cap_is_413_naming_the_setting(tmp_path, tiny_bb):
+    async with running(tmp_path, tiny_bb, max_body_bytes=10_000) as (app, c):
+        await _with_task(c, tiny_bb)
+        body = json.dumps({"inputs": "word " * 3000, "task": "t"})
+        r = await c.post("/v1/classify", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 413, r.text
+        assert "LPT_MAX_BODY_BYTES" in r.json()["error"]["message"]
+
+        # the same without a Content-Length (chunked): refused while streaming, not after
+        async def chunks():
+            for i in range(0, len(body), 1000):
+                yield body[i:i + 1000].encode()
+        r = await c.post("/v1/classify", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "LPT_MAX_BODY_BYTES" in r.json()["error"]["message"]
+        # under the cap: answered
+        r = await c.post("/v1/classify", json={"inputs": "word " * 100, "task": "t"})
+        assert r.status_code == 200, r.text
+
+
+@pytest.mark.asyncio
+async def test_the_key_is_checked_before_the_body_is_read(tmp_path, tiny_bb):
+    read = []
+
+    async def body():
+        read.append(1)
+        yield b'{"inputs": "a", "task": "t"}'
+
+    async with running(tmp_path, tiny_bb, api_key="k") as (app, c):
+        r = await c.post("/v1/classify", content=body(), headers={"content-type": "application/json"})
+        assert r.status_code == 401 and read == [], (r.status_code, read)
+        # a body that is not even JSON still gets the 401, not a 400/422 that reveals parsing
+        r = await c.post("/v1/tasks/t/classify", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 401
+        r = await c.post("/v1/classify", content=body(), headers={"authorization": "Bearer k",
+                                                                  "content-type": "application/json"})
+        assert read == [1] and r.status_code == 404      # read once the key was right (no task t yet)
+
+
+@pytest.mark.asyncio
+async def test_a_key_without_bearer_is_named_as_such(tmp_path, tiny_bb):
+    async with running(tmp_path, tiny_bb, api_key="k") as (app, c):
+        r = await c.post("/v1/classify", json={"inputs": "a", "task": "t"}, headers={"authorization": "k"})
+        assert r.status_code == 401
+        msg = r.json()["error"]["message"]
+        assert "Bearer" in msg and "missing" not in msg and "'k'" not in msg, msg
+        r = await c.post("/v1/classify", json={"inputs": "a", "task": "t"})
+        assert r.status_code == 401 and r.json()["error"]["message"].startswith("missing API key")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("route", ["/v1/classify", "/v1/tasks/t/classify"])
+@pytest.mark.parametrize("inputs,where", [
+    (["fine", "bad \ud800 text"], "inputs[1]"),
+    ([["fine", "also fine"], ["fine", "\udfff"]], "inputs[1][1]"),
+    ("\ud800", "inputs[0]"),
+])
+async def test_invalid_unicode_is_a_400_naming_the_input(tmp_path, tiny_bb, route, inputs, where):
+    async with running(tmp_path, tiny_bb) as (app, c):
+        await _with_task(c, tiny_bb)
+        body = {"inputs": inputs, **({"task": "t"} if route == "/v1/classify" else {})}
+        # json.dumps escapes the lone surrogate as \ud800, as every JSON client does
+        r = await c.post(route, content=json.dumps(body), headers={"content-type": "application/json"})
+        assert r.status_code == 400, r.text
+        assert where in r.json()["error"]["message"] and "Unicode" in r.json()["error"]["message"]
+
+
+@pytest.mark.asyncio
+async def test_long_texts_are_cut_by_characters_and_the_answer_says_so(tmp_path, tiny_bb):
+    async with running(tmp_path, tiny_bb, max_input_tokens=16, max_body_bytes=8 << 20) as (app, c):
+        await _with_task(c, tiny_bb)
+        huge = "lorem ipsum " * 200_000                     # 2.4 MB, one text
+        r = await c.post("/v1/classify", json={"inputs": ["short text", huge], "task": "t"})
+        assert r.status_code == 200, r.text
+        assert r.json()["truncated_inputs"] == [1] and r.headers["x-truncated-inputs"] == "1"
+        # the answer for the cut text is the answer for its first 16 tokens
+        cut = " ".join(huge.split()[:16])
+        alone = await c.post("/v1/classify", json={"inputs": cut, "task": "t", "raw_scores": True})
+        again = await c.post("/v1/classify", json={"inputs": huge, "task": "t", "raw_scores": True})
+        assert again.json()["results"][0][0]["scores"] == pytest.approx(alone.json()["results"][0][0]["scores"],
+                                                                       abs=1e-5)
+        assert "truncated_inputs" not in alone.json()
+
+
+@pytest.mark.asyncio
+async def test_truncation_off_refuses_a_long_text_with_413(tmp_path, tiny_bb):
+    async with running(tmp_path, tiny_bb, max_input_tokens=16, truncate=False) as (app, c):
+        await _with_task(c, tiny_bb)
+        for text in ("word " * 40, "x" * 100_000):      # over in tokens; over in characters
+            r = await c.post("/v1/classify", json={"inputs": ["ok", text], "task": "t"})
+            assert r.status_code == 413 and "inputs[1]" in r.json()["error"]["message"], r.text
+
+
+@pytest.mark.asyncio
+async def test_unavailable_says_when_to_retry(tmp_path, tiny_bb):
+    async with running(tmp_path, tiny_bb) as (app, c):
+        await _with_task(c, tiny_bb)
+        await app.state.runtime.batcher.close(drain=True)
+        r = await c.post("/v1/classify", json={"inputs": "a", "task": "t"})
+        assert r.status_code == 503 and r.headers.get("retry-after"), (r.status_code, r.headers)
+
+
+@pytest.mark.asyncio
+async def test_an_unhandled_error_is_a_logged_500_that_the_app_survives(tmp_path, tiny_bb, caplog):
+    async with running(tmp_path, tiny_bb) as (app, c):
+        @app.get("/boom")
+        async def boom():
+            raise RuntimeError("secret detail")
+        r = await c.get("/boom")
+        assert r.status_code == 500 and r.json()["error"]["type"] == "internal_error"
+        assert "secret detail" not in r.text                              # the client sees only the type
+        assert any("unhandled error" in rec.getMessage() for rec in caplog.records)
+        assert (await c.get("/health")).status_code == 200
