@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from .data import DataError, check_known_labels, holdout, label_set, read_examples
+from .data import ENCODING_ERRORS, DataError, check_known_labels, holdout, label_set, read_examples
 from .methods import ADAPTER_METHODS, METHODS
 from .training import METHOD_DEFAULTS, TrainConfig
 
@@ -38,6 +38,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--label-column", default="label", help="column with the label (default: label)")
     g.add_argument("--format", choices=("csv", "tsv", "jsonl"), default=None,
                    help="file format (default: from the extension: .csv, .tsv, .jsonl)")
+    g.add_argument("--encoding-errors", choices=ENCODING_ERRORS, default="strict",
+                   help="bytes that are not UTF-8: strict refuses the file and names the lines (default), "
+                        "skip leaves out the rows whose text or label holds any, replace reads them as U+FFFD")
 
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:
@@ -115,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 # ---- shared steps -----------------------------------------------------------------------------------
 def _read(path: str, args):
     return read_examples(path, args.text_column, args.label_column, args.text_pair_column, args.format,
-                         flag_prefix="--")
+                         flag_prefix="--", encoding_errors=args.encoding_errors, log=_log)
 
 
 def _load_backbone(name: str, args):

@@ -5,7 +5,8 @@
     check_known_labels(dev, labels, "dev.csv")        # DataError naming file and line
 
 Every problem a user can fix raises `DataError` with a message that says what is wrong, in which
-file and on which line, and what to do about it. The CLI turns it into exit code 2.
+file and on which line, and what to do about it. The CLI turns it into exit code 2. Bytes that are
+not UTF-8 are refused unless `encoding_errors` is "skip" (leave out those rows) or "replace".
 """
 from __future__ import annotations
 
@@ -13,11 +14,18 @@ import csv
 import io
 import json
 import random
+import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+# What to do with bytes that are not UTF-8: refuse the file (default), replace them with U+FFFD,
+# or skip the rows whose text, label or pair holds any.
+ENCODING_ERRORS = ("strict", "replace", "skip")
+_UNDECODED = re.compile("[\udc80-\udcff]")      # what surrogateescape turns undecodable bytes into
+_SHOWN_LINES = 5
 
 
 class DataError(ValueError):
@@ -44,15 +52,48 @@ def detect_format(path: str | Path, fmt: str | None = None) -> str:
     return FORMATS[suffix]
 
 
-def _decode(path: Path, raw: bytes) -> str:
+def _first_lines(numbers: list[int]) -> str:
+    return ", ".join(map(str, numbers[:_SHOWN_LINES])) + (", ..." if len(numbers) > _SHOWN_LINES else "")
+
+
+def _bad_lines(raw: bytes) -> tuple[list[int], int, int]:
+    """(numbers of the lines that are not UTF-8, how many lines hold valid non-ASCII UTF-8, lines in all)."""
+    lines = raw.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    bad, valid_non_ascii = [], 0
+    for number, line in enumerate(lines, start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.append(number)
+        else:
+            valid_non_ascii += not line.isascii()
+    return bad, valid_non_ascii, len(lines)
+
+
+def _decode(path: Path, raw: bytes, errors: str, flag_prefix: str) -> str:
+    if errors == "replace":
+        return raw.decode("utf-8-sig", errors="replace")
+    if errors == "skip":              # undecodable bytes become lone surrogates, found per record
+        return raw.decode("utf-8-sig", errors="surrogateescape")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
+        first = raw[:e.start].count(b"\n") + 1
         col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
-        raise DataError(
-            f"{path} line {line}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {col}). "
-            f"Re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path} > fixed.csv`") from None
+        bad, valid_non_ascii, total = _bad_lines(raw)
+        shown = _first_lines(bad)
+        flag = f"{flag_prefix}encoding-errors"
+        what = (f"{path} line {first}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {col}); {len(bad)} of "
+                f"{total} lines are not valid UTF-8 (line{'s' if len(bad) > 1 else ''} {shown}). ")
+        ways = (f"pass {flag} skip to leave out the rows that hold such bytes, or {flag} replace to keep them "
+                f"with each bad byte read as U+FFFD")
+        if valid_non_ascii:   # re-encoding the whole file (iconv -f latin1 ...) would mangle these lines
+            raise DataError(what + f"{valid_non_ascii} other lines hold valid non-ASCII UTF-8, so the file mixes "
+                            f"encodings and converting it as a whole would garble those: {ways}") from None
+        raise DataError(what + f"If the whole file is in one other encoding, convert it, e.g. from Latin-1: "
+                        f"`iconv -f latin1 -t utf-8 {path} > {path.stem}-utf8{path.suffix}`; otherwise {ways}") from None
 
 
 def _value(v, path: Path, line: int, column: str) -> str:
@@ -89,16 +130,23 @@ def _records(path: Path, text: str, fmt: str):
 
 def read_examples(path: str | Path, text_column: str = "text", label_column: str = "label",
                   text_pair_column: str | None = None, fmt: str | None = None,
-                  flag_prefix: str = "") -> list[Example]:
+                  flag_prefix: str = "", encoding_errors: str = "strict",
+                  log: Callable[[str], None] | None = None) -> list[Example]:
     """Read every example of a CSV/TSV/JSONL file. Raises DataError for anything a user must fix.
 
     flag_prefix names the flags in messages (the CLI passes "--" so users see `--text-column`).
+    encoding_errors (one of ENCODING_ERRORS) says what to do with bytes that are not UTF-8; `log`
+    hears how many rows were skipped or had bytes replaced.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     fmt = detect_format(path, fmt)
-    text = _decode(path, path.read_bytes())
+    if encoding_errors not in ENCODING_ERRORS:
+        raise DataError(f"{flag_prefix}encoding-errors must be one of {', '.join(ENCODING_ERRORS)}, "
+                        f"got {encoding_errors!r}")
+    raw = path.read_bytes()
+    text = _decode(path, raw, encoding_errors, flag_prefix)
     if not text.strip():
         raise DataError(f"{path} is empty: it needs a header and at least one row" if fmt != "jsonl"
                         else f"{path} is empty: it needs one JSON object per line")
@@ -107,6 +155,7 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
         columns["text-pair"] = text_pair_column
 
     out: list[Example] = []
+    skipped: list[int] = []
     header_checked = False
     for line, rec in _records(path, text, fmt):
         if not header_checked or fmt == "jsonl":
@@ -119,15 +168,31 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
                                 f"pass {flag_prefix}{role}-column with the right name")
             header_checked = True
         label = _value(rec[label_column], path, line, label_column).strip()
+        pair = _value(rec[text_pair_column], path, line, text_pair_column) if text_pair_column else None
+        text_value = _value(rec[text_column], path, line, text_column)
+        if encoding_errors == "skip" and any(_UNDECODED.search(v) for v in (text_value, label, pair or "")):
+            skipped.append(line)
+            continue
         if not label:
             raise DataError(f"{path} line {line}: empty label in column {label_column!r}; "
                             f"every row needs a label")
-        pair = _value(rec[text_pair_column], path, line, text_pair_column) if text_pair_column else None
-        out.append(Example(_value(rec[text_column], path, line, text_column), label, pair, line))
+        out.append(Example(text_value, label, pair, line))
+    if log is not None:
+        _log_encoding_errors(path, raw, encoding_errors, skipped, log)
     if not out:
-        raise DataError(f"{path} has a header but no rows" if fmt != "jsonl"
-                        else f"{path} has no JSON objects")
+        raise DataError((f"{path} has a header but no rows" if fmt != "jsonl" else f"{path} has no JSON objects")
+                        + (f" left after skipping {len(skipped)} that are not valid UTF-8" if skipped else ""))
     return out
+
+
+def _log_encoding_errors(path: Path, raw: bytes, errors: str, skipped: list[int],
+                         log: Callable[[str], None]) -> None:
+    if skipped:
+        log(f"{path}: skipped {len(skipped)} rows that are not valid UTF-8 (lines {_first_lines(skipped)})")
+    elif errors == "replace":
+        bad = _bad_lines(raw)[0]
+        if bad:
+            log(f"{path}: {len(bad)} lines are not valid UTF-8; their bad bytes were read as U+FFFD")
 
 
 def label_set(examples: list[Example], source: str, order: list[str] | None = None) -> list[str]:
