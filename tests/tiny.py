@@ -47,9 +47,12 @@ def make_tokenizer(family: str) -> PreTrainedTokenizerFast:
 
 
 def make_model(family: str, vocab_size: int, lm_head: bool = True, layers: int = 4, seed: int = 0,
-               attn: str = "sdpa"):
+               attn: str = "sdpa", init_range: float | None = None):
+    """init_range: the std of the random weights (default 0.02, under which attention is close
+    to uniform and a prompt moves the logits only a little)."""
     torch.manual_seed(seed)
-    common = dict(vocab_size=vocab_size, max_position_embeddings=128)
+    init = {} if init_range is None else {"initializer_range": init_range}
+    common = dict(vocab_size=vocab_size, max_position_embeddings=128, **init)
     if family == "bert":
         cfg = BertConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=64, **common)
         cls = BertForMaskedLM if lm_head else BertModel
@@ -67,7 +70,7 @@ def make_model(family: str, vocab_size: int, lm_head: bool = True, layers: int =
         cls = ElectraForMaskedLM
     elif family == "gpt2":
         cfg = GPT2Config(vocab_size=vocab_size, n_positions=128, n_embd=32, n_layer=layers, n_head=4,
-                         bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1)
+                         bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1, **init)
         cls = GPT2LMHeadModel
     else:
         raise ValueError(family)
@@ -76,9 +79,9 @@ def make_model(family: str, vocab_size: int, lm_head: bool = True, layers: int =
 
 
 def make_backbone(family: str = "bert", lm_head: bool = True, layers: int = 4, seed: int = 0,
-                  attn: str = "sdpa") -> Backbone:
+                  attn: str = "sdpa", init_range: float | None = None) -> Backbone:
     tok = make_tokenizer(family)
-    model = make_model(family, len(tok), lm_head, layers, seed, attn)
+    model = make_model(family, len(tok), lm_head, layers, seed, attn, init_range)
     return Backbone(model, tok, model_id=f"tiny-{family}")
 
 

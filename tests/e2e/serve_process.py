@@ -32,8 +32,9 @@ class Server:
         self.log_path = log_path
         lpt = shutil.which("lpt")
         cmd = [lpt] if lpt else [sys.executable, "-m", "lpt_server"]
+        # one torch thread: the servers and the test share the machine's cores (args may override)
         cmd += ["serve", "--port", str(self.port), "--store", str(store), "--no-demo-adapters",
-                "--admin-key", ADMIN, "--log-format", "json", *args]
+                "--admin-key", ADMIN, "--log-format", "json", "--threads", "1", *args]
         env = {k: v for k, v in os.environ.items() if not k.startswith("LPT_")}
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)

@@ -79,7 +79,7 @@ class Replica:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lpt_server", "serve", "--model", "minilm", "--no-demo-adapters",
              "--store", str(self.store), "--host", "127.0.0.1", "--port", str(self.port), "--admin-key", ADMIN,
-             "--max-wait-ms", "2"],
+             "--max-wait-ms", "2", "--threads", "1"],
             stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=env)
 
     def wait_ready(self):

@@ -5,6 +5,7 @@ import torch
 from lpt import Backbone, Engine, Row, load_adapter, new_adapter
 from lpt.adapter import adapter_bytes
 from lpt.forward import lower_pass, pad_tokens
+from reference_forward import reference_logits
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -48,6 +49,26 @@ def test_mixed_batch_equals_rows_alone_and_survives_a_file_round_trip(bb):
     for row, got in zip(rows, mixed):
         alone = Engine(bb, cache_entries=0).logits([row])[0]
         assert (got - alone).abs().max().item() < 1e-5
+
+
+def test_mixed_batch_equals_the_reference_forward(bb):
+    """Engine rows against an independent forward (tests/reference_forward.py): every generator,
+    several k and L, cls/mean/last pooling, pairs, padding, one mixed batch."""
+    specs = [(3, 5, "npg", "cls"), (0, 4, "npg", "mean"), (2, 3, "max", "last"), (5, 8, "avg", "cls"),
+             (1, 1, "static", "mean"), (4, 6, "max", "cls")]
+    adapters = []
+    for i, (k, length, gen, pooling) in enumerate(specs):
+        torch.manual_seed(i)
+        adapters.append(new_adapter(bb, task=f"t{i}", labels=["a", "b", "c"], layer=k, prompt_length=length,
+                                    generator=gen, pooling=pooling).eval())
+    rows = [Row(a, t, TEXTS[(j + 1) % len(TEXTS)] if (i + j) % 3 == 0 else None)
+            for i, a in enumerate(adapters) for j, t in enumerate(TEXTS[:3])]
+    got = Engine(bb, max_padding=None).logits(rows)
+    for row, lg in zip(rows, got):
+        ref = reference_logits(bb, row.adapter, row.text, row.text_pair)
+        assert (lg - ref).abs().max().item() < 1e-5
+        no_prompt = reference_logits(bb, row.adapter, row.text, row.text_pair, with_prompt=False)
+        assert (ref - no_prompt).abs().max().item() > 1e-3     # the check above can see the prompt
 
 
 def test_bfloat16_runs_close_to_float32():
