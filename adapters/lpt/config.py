@@ -1,12 +1,19 @@
-"""The adapter's configuration: everything but the tensors, stored as JSON in the file header."""
+"""The adapter's configuration: everything but the tensors, stored as JSON in the file header.
+
+`FIELDS` is its schema: every field with its type, bounds and allowed values. A config from a
+file is checked against it before anything is built from it, so no value (a bool for a layer,
+a bottleneck of 10^15, a list for a template) reaches the code that allocates tensors.
+"""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+from .generators import GENERATOR_KINDS
+from .heads import HEAD_KINDS, POOLINGS
+from .schema import Choice, FiniteNumber, Int, List, Nullable, Number, Object, Spec, Text, check, load_json
 
 FORMAT = "lpt-adapter/1"
-HEAD_KINDS = ("linear", "mlm", "lm")
-POOLINGS = ("cls", "mean", "last")
 
 
 @dataclass
@@ -38,51 +45,71 @@ class AdapterConfig:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> tuple["AdapterConfig | None", list[str]]:
+    def from_json(cls, text: object) -> tuple["AdapterConfig | None", list[str]]:
         """Parse, collecting every problem instead of stopping at the first."""
-        try:
-            raw = json.loads(text)
-        except (json.JSONDecodeError, TypeError) as e:
-            return None, [f"lpt.config is not valid JSON: {e}"]
+        if not isinstance(text, str):
+            return None, [f"lpt.config must be a JSON text, got a {type(text).__name__}"]
+        raw, why = load_json(text, "lpt.config")
+        if why:
+            return None, [why]
         if not isinstance(raw, dict):
             return None, ["lpt.config must be a JSON object"]
-        known = {f.name for f in fields(cls)}
-        problems = [f"unknown config key {k!r}" for k in raw if k not in known]
-        missing = [k for k in ("task", "labels", "layer") if k not in raw]
-        problems += [f"config is missing {k!r}" for k in missing]
+        problems = check(FIELDS, raw, REQUIRED, where="config")
         if problems:
             return None, problems
         cfg = cls(**raw)
-        return cfg, cfg.problems()
+        return cfg, cfg._relation_problems()
 
     def problems(self) -> list[str]:
-        """Checks that need no backbone."""
+        """Checks that need no backbone: the schema, then how fields relate."""
+        return check(FIELDS, asdict(self), where="config") or self._relation_problems()
+
+    def _relation_problems(self) -> list[str]:
         p = []
-        if self.format != FORMAT:
-            p.append(f"format is {self.format!r}, this server reads {FORMAT!r}")
-        if not isinstance(self.labels, list) or len(self.labels) < 2 or not all(isinstance(x, str) for x in self.labels):
-            p.append("labels must be a list of at least 2 strings")
-        elif len(set(self.labels)) != len(self.labels):
-            p.append("labels must be distinct")
-        if not isinstance(self.layer, int) or self.layer < 0:
-            p.append(f"layer must be an integer >= 0, got {self.layer!r}")
-        if not isinstance(self.prompt_length, int) or not 1 <= self.prompt_length <= 256:
-            p.append(f"prompt_length must be an integer in [1, 256], got {self.prompt_length!r}")
-        if self.generator not in ("npg", "max", "avg", "static"):
-            p.append(f"generator must be npg, max, avg or static, got {self.generator!r}")
-        if not isinstance(self.bottleneck, int) or self.bottleneck < 1:
-            p.append(f"bottleneck must be a positive integer, got {self.bottleneck!r}")
-        if self.head_kind not in HEAD_KINDS:
-            p.append(f"head_kind must be one of {HEAD_KINDS}, got {self.head_kind!r}")
-        if self.pooling not in POOLINGS:
-            p.append(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if self.head_kind in ("mlm", "lm"):
-            if not self.label_words or len(self.label_words) != len(self.labels or []):
-                p.append("an mlm/lm head needs one label word per label")
-        if self.head_kind == "mlm" and (not self.template or "{mask}" not in self.template):
+        if self.head_kind in ("mlm", "lm") and (self.label_words is None or len(self.label_words) != len(self.labels)):
+            p.append(f"an {self.head_kind} head needs one label word per label")
+        if self.head_kind == "mlm" and (self.template is None or "{mask}" not in self.template):
             p.append("an mlm head needs a template containing {mask}")
         if self.template is not None and "{text}" not in self.template:
             p.append("template must contain {text}")
-        if not isinstance(self.max_length, int) or self.max_length < 8:
-            p.append(f"max_length must be an integer >= 8, got {self.max_length!r}")
         return p
+
+
+# ---- the schema ------------------------------------------------------------------------------
+# Bounds are far above any real adapter and low enough that nothing built from a config can be
+# large: the tensors' size is further tied to the file size (see lpt.adapter).
+MAX_LABELS = 1000
+MAX_LABEL_CHARS = 200
+MAX_TEXT_CHARS = 2000      # task, template
+
+FINGERPRINT = Object({
+    "id": Text(500),
+    "model_type": Text(64),
+    "hidden_size": Int(1, 65536),
+    "num_layers": Int(1, 1024),
+    "vocab_size": Int(1, 10_000_000),
+    "weights_sample": List(FiniteNumber(), 1, 256),
+    "weights_sha256": Text(64),
+}, required=("model_type", "hidden_size", "num_layers", "vocab_size", "weights_sample"))
+
+FIELDS: dict[str, Spec] = {
+    "task": Text(MAX_TEXT_CHARS),
+    "labels": List(Text(MAX_LABEL_CHARS), 2, MAX_LABELS, distinct=True),
+    "layer": Int(0, 1023),
+    "prompt_length": Int(1, 256),
+    "generator": Choice(GENERATOR_KINDS),
+    "bottleneck": Int(1, 4096),
+    "dropout": Number(0, 1),
+    "head_kind": Choice(HEAD_KINDS),
+    "pooling": Choice(POOLINGS),
+    "template": Nullable(Text(MAX_TEXT_CHARS)),
+    "label_words": Nullable(List(Text(MAX_LABEL_CHARS), 2, MAX_LABELS)),
+    "max_length": Int(8, 1 << 20),
+    "base_model": FINGERPRINT,
+    "format": Choice((FORMAT,)),
+}
+# a file must also say which base model it was trained on (the dataclass default {} is only
+# there so that new_adapter can fill it in)
+REQUIRED = tuple(f.name for f in fields(AdapterConfig)
+                 if f.default is MISSING and f.default_factory is MISSING) + ("base_model",)
+assert set(FIELDS) == {f.name for f in fields(AdapterConfig)}, "every config field has one rule"

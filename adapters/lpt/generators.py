@@ -88,6 +88,20 @@ class StaticPrompt(nn.Module):
         return self.prompt[None].expand(h.shape[0], -1, -1)        # [B, L, d]
 
 
+def generator_shapes(kind: str, hidden: int, length: int, bottleneck: int) -> dict[str, tuple[int, ...]]:
+    """The parameter shapes `build_generator` makes, computed without allocating them (an
+    adapter file is checked against these before anything is built from it)."""
+    if kind == "npg":
+        return {"down.weight": (bottleneck, hidden), "down.bias": (bottleneck,),
+                "up.weight": (length * hidden, bottleneck), "up.bias": (length * hidden,)}
+    if kind in ("max", "avg"):
+        return {"down.weight": (bottleneck, hidden), "down.bias": (bottleneck,),
+                "up.weight": (hidden, bottleneck), "up.bias": (hidden,)}
+    if kind == "static":
+        return {"prompt": (length, hidden)}
+    raise _unknown(kind)
+
+
 def build_generator(kind: str, hidden: int, length: int, bottleneck: int = 128,
                     dropout: float = 0.1, anchor_last: bool = False) -> nn.Module:
     if kind == "npg":
@@ -96,4 +110,8 @@ def build_generator(kind: str, hidden: int, length: int, bottleneck: int = 128,
         return PooledGenerator(hidden, length, bottleneck, kind, dropout)
     if kind == "static":
         return StaticPrompt(hidden, length)
-    raise ValueError(f"generator kind must be one of {GENERATOR_KINDS}, got {kind!r}")
+    raise _unknown(kind)
+
+
+def _unknown(kind: str) -> ValueError:
+    return ValueError(f"generator kind must be one of {GENERATOR_KINDS}, got {kind!r}")

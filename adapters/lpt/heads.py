@@ -8,6 +8,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+HEAD_KINDS = ("linear", "mlm", "lm")
+POOLINGS = ("cls", "mean", "last")
+
+
+def head_shapes(kind: str, hidden: int, num_labels: int) -> dict[str, tuple[int, ...]]:
+    """The parameter shapes of a head of this kind, computed without allocating them. The
+    verbalizer heads (mlm, lm) have none: they use the backbone's frozen LM head."""
+    return {"linear.weight": (num_labels, hidden), "linear.bias": (num_labels,)} if kind == "linear" else {}
+
 
 class LinearHead(nn.Module):
     """A trained Linear(d, C) on one pooled vector: the readout token, or the mean of real tokens."""
