@@ -32,7 +32,7 @@ def layer_states(bb: Backbone, input_ids: tuple[int, ...], token_type_ids: tuple
 
 def prompt(adapter: LatePrompt, h: torch.Tensor, causal: bool) -> torch.Tensor:
     """The generator's weights on h [T, d] -> [L, d], dropout off."""
-    g, kind, length = adapter.generator, adapter.config.generator, adapter.length
+    g, kind, length = adapter.generator, adapter.config.generator, adapter.config.prompt_length
     if kind == "static":
         return g.prompt
     if kind == "npg":   # anchor: the first real token of an encoder, the last of a decoder
@@ -95,7 +95,7 @@ def reference_logits(bb: Backbone, adapter: LatePrompt, text: str, text_pair: st
                      with_prompt: bool = True) -> torch.Tensor:
     """One row's logits [C]. with_prompt=False: the same pass with no prompt at all."""
     enc = adapter.encoder.encode(text, text_pair)           # tokenization is not what is checked here
-    k, causal = adapter.layer, bb.config.model_type == "gpt2"
+    k, causal = adapter.config.layer, bb.config.model_type == "gpt2"
     h = layer_states(bb, enc.input_ids, enc.token_type_ids, k)
     p = prompt(adapter, h, causal) if with_prompt else h[:0]
     x = upper(bb, torch.cat([p, h]), k)

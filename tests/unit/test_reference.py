@@ -63,8 +63,8 @@ def test_mixed_engine_batch_equals_the_reference_forward(family, lm_head):
     for _ in ("cold", "warm"):
         for i, (row, got, ref) in enumerate(zip(rows, engine.logits(rows), refs)):
             diff = (got - ref).abs().max().item()
-            assert diff < TOL, f"row {i} ({row.adapter.config.generator}, k={row.adapter.layer}, " \
-                               f"L={row.adapter.length}): engine differs from the reference by {diff}"
+            assert diff < TOL, f"row {i} ({row.adapter.config.generator}, k={row.adapter.config.layer}, " \
+                               f"L={row.adapter.config.prompt_length}): engine differs from the reference by {diff}"
     assert engine.cache.stats.hits >= len(rows)
 
 
@@ -122,7 +122,7 @@ def test_the_prompt_follows_the_text(family, head, gen):
     ids, ids_other = (a.encoder.encode(t) for t in (row.text, other))
     assert len(ids.input_ids) == len(ids_other.input_ids) and ids.input_ids != ids_other.input_ids
     with torch.no_grad():
-        h, h_other = (layer_states(bb, e.input_ids, e.token_type_ids, a.layer) for e in (ids, ids_other))
+        h, h_other = (layer_states(bb, e.input_ids, e.token_type_ids, a.config.layer) for e in (ids, ids_other))
         valid = torch.ones(1, h.shape[0], dtype=torch.bool)
         p, p_other = a.generator(h[None], valid)[0], a.generator(h_other[None], valid)[0]
     assert (p - prompt(a, h, bb.causal)).abs().max().item() < TOL      # the generator is the reference's
