@@ -6,8 +6,9 @@ import asyncio
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
+from .. import upload
 from ..auth import require_admin_key, require_api_key
-from ..errors import NotFound, PayloadTooLarge
+from ..errors import BadRequest, NotFound, PayloadTooLarge
 from ..runtime import Runtime
 from ..schemas import AdapterInfo, AdapterList, ErrorResponse
 from ..store import check_name
@@ -36,27 +37,39 @@ async def get_adapter(name: str, request: Request):
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The upload, refused with 413 as soon as it passes the limit (not after reading it all)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"adapter file is {int(declared)} bytes, the limit is {limit} (LPT_MAX_ADAPTER_BYTES)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"adapter file is over the limit of {limit} bytes (LPT_MAX_ADAPTER_BYTES)")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """The adapter file, the body itself or the one part of a multipart/form-data body; refused
+    with 413 as soon as it passes the limit (not after reading it all)."""
+    content_type = request.headers.get("content-type", "")
+    try:
+        body = upload.reader(content_type, limit)
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > upload.body_limit(content_type, limit):
+            raise PayloadTooLarge(f"the upload is {int(declared)} bytes, over the limit of {limit} bytes "
+                                  f"(LPT_MAX_ADAPTER_BYTES)")
+        async for chunk in request.stream():
+            body.feed(chunk)
+        return body.finish()
+    except upload.TooLarge as e:
+        raise PayloadTooLarge(f"{e} (LPT_MAX_ADAPTER_BYTES)") from None
+    except upload.UploadError as e:
+        raise BadRequest(str(e)) from None
 
 
 @router.put("/{name:path}", response_model=AdapterInfo, status_code=201, responses={**ERRORS, 200: {}},
             dependencies=[Depends(require_admin_key)],
             openapi_extra={"requestBody": {"required": True, "content": {
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
-            summary="Upload an adapter (the .safetensors file as the body)")
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                "multipart/form-data": {"schema": {
+                    "type": "object", "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary",
+                                            "description": "the .safetensors file (any field name)"}}}}}}},
+            summary="Upload an adapter: the .safetensors file as the body, or as the one field of a form")
 async def put_adapter(name: str, request: Request):
     """Validated in full before anything is stored; stored atomically; 201 new, 200 replaced.
-    Requests already holding the old version finish on it."""
+    Requests already holding the old version finish on it.
+
+    `curl --data-binary @my-task.safetensors` (the file as the body) and `curl -F file=@my-task.safetensors`
+    (a multipart/form-data body with the file as its one part, under any field name) both work."""
     rt = _rt(request)
     check_name(name)
     data = await _read_body(request, rt.settings.max_adapter_bytes)
