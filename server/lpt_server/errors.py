@@ -19,7 +19,7 @@ from lpt import AdapterError, RowError
 
 from .batcher import BatcherClosed, QueueFull
 from .registry import UnknownAdapter
-from .store import InvalidName
+from .store import InvalidName, StoreFull
 from .worker import BatchFailed, WorkerDead
 
 log = logging.getLogger("lpt_server.errors")
@@ -104,6 +104,7 @@ ERROR_TABLE: list[tuple[type[BaseException], int, str]] = [
     (BatchFailed, 500, "engine_error"),
     (BatcherClosed, 503, "unavailable"),
     (WorkerDead, 503, "unavailable"),
+    (StoreFull, 507, "insufficient_storage"),
     (asyncio.TimeoutError, 504, "timeout"),
 ]
 

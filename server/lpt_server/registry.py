@@ -13,7 +13,12 @@ the new one, never an error).
 
 Replicas share the store, not memory: each lookup re-reads the small `current` pointer at most
 once per `recheck_s` per name, so an upload or delete through another replica is seen within
-that time without a restart.
+that time without a restart. A version new to this replica is read and parsed once: the check
+that registers it hands the parsed file on to the load.
+
+A stored file that cannot serve here (invalid, another base model, a config the API cannot
+describe) is logged once per version, listed in problems() and skipped: it never breaks a
+listing or a description.
 """
 from __future__ import annotations
 
@@ -21,19 +26,60 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from lpt import AdapterError, Backbone, LatePrompt, load_adapter, read_adapter, validate
+from lpt import AdapterConfig, AdapterError, AdapterFile, Backbone, LatePrompt, load_adapter, read_adapter, validate
 
-from .store import Store, check_name
+from .store import Store, StoreError, check_name
 
 log = logging.getLogger("lpt_server.registry")
+
+SHOW_KNOWN = 5    # names an unknown-task 404 lists
 
 
 class UnknownAdapter(LookupError):
     """No adapter of that name (-> 404)."""
+
+
+def _text(v) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def describe_config(cfg: AdapterConfig) -> tuple[dict, list[str]]:
+    """The API's view of a config (what GET /v1/adapters shows), and why it cannot be shown.
+    Total: any config, however strange, gives a dict of the right types or a problem."""
+    bm = cfg.base_model if isinstance(cfg.base_model, dict) else {}
+    info = {"task": _text(cfg.task), "labels": cfg.labels, "layer": cfg.layer,
+            "prompt_length": cfg.prompt_length, "generator": _text(cfg.generator),
+            "head_kind": _text(cfg.head_kind), "base_model": _text(bm.get("id"))}
+    problems = []
+    if not isinstance(cfg.labels, list) or not all(isinstance(x, str) for x in cfg.labels):
+        problems.append("config labels must be a list of strings")
+    for key in ("layer", "prompt_length"):
+        if not isinstance(info[key], int) or isinstance(info[key], bool):
+            problems.append(f"config {key} must be an integer, got {info[key]!r}")
+    for key, value in (("task", cfg.task), ("base_model id", bm.get("id"))):
+        if value is not None and not isinstance(value, str):
+            problems.append(f"config {key} must be a string, got {type(value).__name__}")
+    return (info, []) if not problems else ({}, problems)
+
+
+def check_file(data: bytes, backbone: Backbone, max_bytes: int | None) -> tuple[AdapterFile | None, dict, list[str]]:
+    """Parse and check one adapter file: (the parsed file, its description, []) when it can
+    serve on `backbone`, else (None, {}, every problem). Never raises on a strange file."""
+    try:
+        af = read_adapter(data)
+        problems = validate(af, backbone, max_bytes)
+        info, shown = describe_config(af.config)
+        problems += shown
+    except AdapterError as err:
+        return None, {}, err.problems
+    except Exception as err:        # a file the checks did not foresee: a problem, not a crash
+        log.warning("adapter file could not be checked", exc_info=err)
+        return None, {}, [f"the file could not be checked ({type(err).__name__}: {err})"]
+    return (af, info, []) if not problems else (None, {}, problems)
 
 
 @dataclass
@@ -43,17 +89,13 @@ class Entry:
     name: str
     version: str
     size_bytes: int
-    config: dict
+    info: dict                      # describe_config of the file; {} when it has problems
     checked_at: float = field(default_factory=time.monotonic)
     problems: list[str] = field(default_factory=list)   # non-empty: stored but unusable here
 
     def describe(self, resident: bool) -> dict:
-        c = self.config
-        return {"name": self.name, "task": c.get("task"), "version": self.version, "labels": c.get("labels"),
-                "layer": c.get("layer"), "prompt_length": c.get("prompt_length"),
-                "generator": c.get("generator"), "head_kind": c.get("head_kind"),
-                "base_model": (c.get("base_model") or {}).get("id"),
-                "size_bytes": self.size_bytes, "resident": resident}
+        return {"name": self.name, "version": self.version, **self.info, "size_bytes": self.size_bytes,
+                "resident": resident}
 
 
 class Registry:
@@ -91,28 +133,27 @@ class Registry:
         for name in self.store.names():
             with self._name_lock(name):
                 self._refresh(name, force=True)
-        for name, problems in self.problems().items():
-            log.warning("adapter %r in the store is unusable and skipped: %s", name, "; ".join(problems))
         return self.problems()
 
     def _name_lock(self, name: str) -> threading.Lock:
         with self._lock:
             return self._name_locks.setdefault(name, threading.Lock())
 
-    def _refresh(self, name: str, force: bool = False) -> Entry | None:
-        """Re-read the pointer if due; re-read the file's config if the version changed.
-        Call with the name's lock held."""
+    def _refresh(self, name: str, force: bool = False) -> tuple[Entry | None, AdapterFile | None]:
+        """Re-read the pointer if due; read and check the file if the version changed. Returns the
+        entry and, when the file was just read and can serve, the parsed file (for get() to build:
+        one read, one parse). Call with the name's lock held."""
         now = time.monotonic()
         e = self._entries.get(name)
         if e is not None and not force and now - e.checked_at < self.recheck_s:
-            return e
+            return e, None
         version = self.store.current(name)
         if version is None:                       # deleted (maybe by another replica)
             self._forget(name)
-            return None
+            return None, None
         if e is not None and e.version == version:
             e.checked_at = now
-            return e
+            return e, None
         for attempt in range(2):
             try:
                 data = self.store.read(name, version)
@@ -121,20 +162,21 @@ class Registry:
                 version = self.store.current(name)
                 if version is None or attempt:
                     self._forget(name)
-                    return None
-        try:
-            af = read_adapter(data)
-            problems = validate(af, self.backbone, self.max_bytes)
-            config = asdict(af.config) if af.config else {}
-        except AdapterError as err:
-            problems, config = err.problems, {}
-        new = Entry(name, version, len(data), config, now, problems)
+                    return None, None
+        af, info, problems = check_file(data, self.backbone, self.max_bytes)
+        if af is not None and af.version != version:
+            af, info, problems = None, {}, [f"the file's sha256 is {af.version}, not the {version} it is stored "
+                                            "under: the file is corrupt"]
+        if problems:
+            log.warning("adapter %r (version %s) in the store is unusable and skipped: %s", name, version[:12],
+                        "; ".join(problems))
+        new = Entry(name, version, len(data), info, now, problems)
         with self._lock:
             self._entries[name] = new
             m = self._resident.get(name)
             if m is not None and m.version != version:
                 del self._resident[name]
-        return new
+        return new, af
 
     def _forget(self, name: str) -> None:
         with self._lock:
@@ -159,9 +201,9 @@ class Registry:
         """The current version of `name`, loaded on first use. Raises UnknownAdapter."""
         check_name(name)
         with self._name_lock(name):
-            e = self._refresh(name)
+            e, parsed = self._refresh(name)
             if e is None:
-                raise UnknownAdapter(f"unknown task {name!r}: no adapter of that name (GET /v1/adapters lists them)")
+                raise self._unknown(name)
             if e.problems:
                 raise UnknownAdapter(f"adapter {name!r} is in the store but cannot serve on this model: "
                                      + "; ".join(e.problems))
@@ -172,7 +214,7 @@ class Registry:
                     return m
             t0 = time.perf_counter()
             try:
-                m = load_adapter(self.store.read(name, e.version), self.backbone, self.max_bytes)
+                m = load_adapter(parsed or self.store.read(name, e.version), self.backbone, self.max_bytes)
             except FileNotFoundError:
                 e.checked_at = 0.0                # stale: the next call follows the pointer again
                 raise UnknownAdapter(f"adapter {name!r} changed while loading: retry") from None
@@ -180,6 +222,18 @@ class Registry:
                 self.on_load(time.perf_counter() - t0)
             self._insert(name, m)
             return m
+
+    def _unknown(self, name: str) -> UnknownAdapter:
+        """404 for a name: say which names exist (a few) and how to list them all."""
+        with self._lock:
+            known = sorted(n for n, e in self._entries.items() if not e.problems)
+        if known:
+            more = f" and {len(known) - SHOW_KNOWN} more" if len(known) > SHOW_KNOWN else ""
+            hint = f"known tasks: {', '.join(known[:SHOW_KNOWN])}{more}"
+        else:
+            hint = "the store holds no adapters yet"
+        return UnknownAdapter(f"unknown task {name!r}: no adapter of that name; {hint} "
+                              "(GET /v1/adapters lists them all)")
 
     def _insert(self, name: str, module: LatePrompt) -> None:
         with self._lock:
@@ -192,9 +246,9 @@ class Registry:
     def describe(self, name: str) -> dict:
         check_name(name)
         with self._name_lock(name):
-            e = self._refresh(name)
+            e, _ = self._refresh(name)
         if e is None or e.problems:
-            raise UnknownAdapter(f"no adapter named {name!r}")
+            raise self._unknown(name)
         return e.describe(name in self._resident)
 
     def list(self) -> list[dict]:
@@ -203,17 +257,17 @@ class Registry:
         out = []
         for name in sorted(names):
             with self._name_lock(name):
-                e = self._refresh(name)
+                e, _ = self._refresh(name)
             if e is not None and not e.problems:
                 out.append(e.describe(name in self._resident))
         return out
 
     # ---- writes ---------------------------------------------------------------------------------
     def put(self, name: str, data: bytes) -> tuple[dict, bool]:
-        """Validate fully, then store atomically, then serve. Raises AdapterError (nothing stored)."""
+        """Validate fully, then store atomically, then serve. Raises AdapterError, NameTaken or
+        StoreFull: nothing stored."""
         check_name(name)
-        af = read_adapter(data)
-        problems = validate(af, self.backbone, self.max_bytes)
+        af, info, problems = check_file(data, self.backbone, self.max_bytes)
         if problems:
             raise AdapterError(problems)
         t0 = time.perf_counter()
@@ -222,7 +276,7 @@ class Registry:
             self.on_load(time.perf_counter() - t0)
         with self._name_lock(name):
             stored = self.store.put(name, data)
-            entry = Entry(name, stored.version, len(data), asdict(af.config))
+            entry = Entry(name, stored.version, len(data), info)
             with self._lock:
                 self._entries[name] = entry
             self._insert(name, module)
@@ -251,7 +305,7 @@ def seed_demo_adapters(registry: Registry, directory: Path) -> list[str]:
                 continue
             registry.put(name, path.read_bytes())
             seeded.append(name)
-        except (AdapterError, ValueError, OSError) as e:
+        except (AdapterError, ValueError, OSError, StoreError) as e:
             log.warning("demo adapter %s skipped: %s", path.name, e)
     if seeded:
         log.info("seeded %d demo adapter(s): %s", len(seeded), ", ".join(seeded))

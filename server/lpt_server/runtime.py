@@ -1,7 +1,8 @@
 """The serving runtime: engine, worker thread, batcher, adapter registry, wired together.
 
 One per app, built by create_app and started/stopped by its lifespan. Routes reach it as
-`request.app.state.runtime`; they call its parts, never the model directly.
+`request.app.state.runtime`; they call its parts, never the model directly. The store is swept
+of what killed writers left (Store.sweep) at start and every SWEEP_EVERY_S, off the event loop.
 """
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from .batcher import Batcher
 from .metrics import Metrics
 from .registry import Registry, seed_demo_adapters
 from .settings import Settings
-from .store import Store
+from .store import Store, StoreError
 from .texts import InputMeter
 from .worker import EngineWorker
 
 log = logging.getLogger("lpt_server")
+
+SWEEP_EVERY_S = 600.0
 
 EngineFactory = Callable[[Settings], Any]   # returns an lpt.Engine (or anything with .backbone and .predict)
 
@@ -34,6 +37,18 @@ def default_engine(settings: Settings):
         torch.set_num_threads(settings.threads)
     return Engine(Backbone.load(settings.model, settings.device, settings.dtype), settings.cache_entries,
                   max_padding=settings.max_padding)
+
+
+def sweep_store(store: Store) -> None:
+    """Remove leftovers of killed writers; a failure is logged, never raised (the next sweep retries)."""
+    try:
+        removed = store.sweep()
+    except Exception:
+        log.exception("adapter store sweep failed")
+        return
+    if removed:
+        log.info("adapter store: removed %d leftover(s) of interrupted writes: %s", len(removed),
+                 ", ".join(removed[:10]) + (" ..." if len(removed) > 10 else ""))
 
 
 class Runtime:
@@ -52,16 +67,23 @@ class Runtime:
         self.load_seconds: float | None = None
         self.seeded: list[str] = []
         self.draining = False      # set on SIGTERM: /ready says 503 while in-flight requests finish
+        self._sweeper: asyncio.Task | None = None
 
     async def start(self) -> None:
         s = self.settings
+        try:                          # before the model: a store that cannot be used fails fast
+            store = await asyncio.to_thread(Store, s.store)
+        except StoreError as e:
+            log.error("%s", e)
+            raise
         t0 = time.perf_counter()
         self.engine = await asyncio.to_thread(self.engine_factory, s)
         self.load_seconds = time.perf_counter() - t0
         backbone = self.engine.backbone
         log.info("model %r loaded in %.1f s (%s, %s)", getattr(backbone, "model_id", s.model),
                  self.load_seconds, getattr(backbone, "device", s.device), getattr(backbone, "dtype", s.dtype))
-        self.registry = Registry(Store(s.store), backbone, max_resident=s.max_resident_adapters,
+        await asyncio.to_thread(sweep_store, store)
+        self.registry = Registry(store, backbone, max_resident=s.max_resident_adapters,
                                  max_bytes=s.max_adapter_bytes,
                                  recheck_s=s.store_recheck_ms / 1000, on_load=self.metrics.adapter_load_seconds.observe)
         if s.demo_adapters and self.demo_dir is not None:
@@ -69,6 +91,7 @@ class Runtime:
         await asyncio.to_thread(self.registry.scan)
         log.info("adapter store %s: %d adapter(s) usable, %d skipped", s.store, self.registry.registered,
                  len(self.registry.problems()))
+        self._sweeper = asyncio.create_task(self._sweep_every(SWEEP_EVERY_S))
         self.meter = InputMeter(backbone.tokenizer, s.max_input_tokens, s.truncate)
         self.worker = EngineWorker(self.engine, on_batch=self.metrics.observe_engine_batch)
         self.worker.start()
@@ -84,11 +107,18 @@ class Runtime:
     async def stop(self) -> None:
         """Finish what was accepted, then stop the worker."""
         self.draining = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self.batcher is not None:
             await self.batcher.close(drain=True)
         if self.worker is not None:
             await asyncio.to_thread(self.worker.stop, 30)
         log.info("stopped")
+
+    async def _sweep_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            await asyncio.to_thread(sweep_store, self.registry.store)
 
     def readiness(self) -> tuple[bool, str]:
         if self.engine is None:

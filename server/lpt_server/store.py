@@ -1,33 +1,83 @@
-"""The adapter store: a directory that several replicas may share.
+"""The adapter store: a directory that several replicas may share, and that owns only what it wrote.
 
-    <store>/<name>/<sha256>.safetensors    one file per version, named by its content hash
-    <store>/<name>/current                 the current version's sha256, replaced by atomic rename
+    <store>/.lpt-store                      marks the directory as a store (written on first use)
+    <store>/.locks/<name>                   one lock file per name, held by its writers
+    <store>/<name>/.lpt-adapter             marks the folder as written by the store
+    <store>/<name>/<sha256>.safetensors     one file per version, named by its content hash
+    <store>/<name>/current                  the current version's sha256, replaced by atomic rename
 
-A writer stores the version file first and then swaps `current`, so a reader sees the old
-version or the new one, never a partial file; a crash mid-upload leaves at most an orphan
-version file (or a dot-temp file) that no pointer names. Readers re-read `current` to notice
-writes made by other replicas. The store knows files and names only, not adapters.
+Ownership. The store deletes only files it writes (version files, the pointer, the marker, its
+own temp files) and a folder only once that leaves it empty. A name whose folder exists without
+the marker is refused (NameTaken), never overwritten; a directory that is neither empty nor a
+store is refused when the store opens (NotAStore), except one that holds only folders of the
+earlier layout without markers, which is adopted (markers written).
+
+Writers of one name (put, delete, sweep) hold its lock file (flock), across processes; readers
+take no lock. A writer stores the version file first and then swaps `current`, so a reader sees
+the old version or the new one, never a partial file; a delete removes the pointer first, so no
+pointer ever names a missing file. Readers re-read `current` to notice other replicas' writes.
+
+A full disk (ENOSPC, EDQUOT) raises StoreFull after undoing what that call wrote. A writer killed
+mid-upload leaves temp files or an unreferenced version file: sweep() removes those older than a
+grace period (the runtime runs it at start and periodically). The store knows files and names
+only, not adapters.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import logging
 import os
 import re
-import shutil
+import time
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from lpt.adapter import write_atomic
+
+log = logging.getLogger("lpt_server.store")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 POINTER = "current"
 SUFFIX = ".safetensors"
+MARKER = ".lpt-adapter"
+ROOT_MARKER = ".lpt-store"
+LOCKS = ".locks"
 VERSION_RE = re.compile(r"^[0-9a-f]{64}$")
+VERSION_FILE_RE = re.compile(r"^[0-9a-f]{64}\.safetensors$")
+# write_atomic's temp files: ".<target>.<random>.tmp" next to the target
+TEMP_RE = re.compile(r"^\.(current|[0-9a-f]{64}\.safetensors|\.lpt-adapter)\.[A-Za-z0-9_]+\.tmp$")
+ROOT_TEMP_RE = re.compile(r"^\.\.lpt-store\.[A-Za-z0-9_]+\.tmp$")
 KEEP_VERSIONS = 2   # the current one and the one before: a replica may be reading it right now
+GRACE_S = 600.0     # a temp or unreferenced file younger than this may belong to a live writer
+FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+NOT_OURS_AT_ROOT = {"lost+found"}   # a fresh ext4 volume's own folder: ignored, never touched
+MARKER_TEXT = b"written by lpt-serve: files here are managed by its adapter store\n"
+ROOT_MARKER_TEXT = b"lpt-serve adapter store\n"
 
 
 class InvalidName(ValueError):
     """Not a valid adapter name (-> 400)."""
+
+
+class StoreError(Exception):
+    """The store refused; nothing was changed."""
+
+
+class NameTaken(InvalidName, StoreError):
+    """The name's folder exists but the store did not write it: a name this store cannot use
+    (-> 400, like any unusable name: the client's fix is another name)."""
+
+
+class StoreFull(StoreError):
+    """The store's disk is full or over quota (-> 507)."""
+
+
+class NotAStore(StoreError):
+    """The directory cannot be used as a store (at start)."""
 
 
 def check_name(name: str) -> str:
@@ -36,6 +86,28 @@ def check_name(name: str) -> str:
         raise InvalidName(f"invalid adapter name {name!r}: use 1-64 characters from A-Z a-z 0-9 . _ -, "
                           "starting with a letter or digit")
     return name
+
+
+def is_store_file(filename: str) -> bool:
+    """A file the store writes into a name's folder (and so may delete)."""
+    return (filename in (POINTER, MARKER) or VERSION_FILE_RE.fullmatch(filename) is not None
+            or TEMP_RE.fullmatch(filename) is not None)
+
+
+def _older_than(path: Path, seconds: float, now: float) -> bool:
+    try:
+        return now - path.stat().st_mtime >= seconds
+    except FileNotFoundError:
+        return False
+
+
+def _is_full(err: OSError) -> bool:
+    return err.errno in FULL_ERRNOS
+
+
+def _full(root: Path) -> StoreFull:
+    return StoreFull(f"the adapter store's disk is full (or over quota): nothing was changed; free space on the "
+                     f"volume of the store ({root.name or root}) and retry")
 
 
 @dataclass(frozen=True)
@@ -49,23 +121,76 @@ class Stored:
 class Store:
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self._open()
+        except OSError as e:
+            if _is_full(e):
+                raise _full(self.root) from e
+            raise NotAStore(f"cannot use {self.root} as the adapter store: {e.strerror or e} "
+                            f"({e.filename or self.root})") from e
 
+    # ---- opening ------------------------------------------------------------------------------
+    def _open(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise NotAStore(f"cannot use {self.root} as the adapter store: it is not a directory")
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not (self.root / ROOT_MARKER).is_file():
+            self._claim_root()
+        (self.root / LOCKS).mkdir(exist_ok=True)
+
+    def _claim_root(self) -> None:
+        """An empty directory becomes a store; one holding only markerless store folders (the
+        earlier layout) is adopted; anything else is refused, so nothing of it is ever deleted."""
+        old, foreign = [], []
+        for entry in sorted(self.root.iterdir()):
+            # what another replica opening the same directory right now may have written
+            ours = entry.name == ROOT_MARKER or ROOT_TEMP_RE.fullmatch(entry.name) or \
+                (entry.name == LOCKS and entry.is_dir())
+            if ours or entry.name in NOT_OURS_AT_ROOT:
+                continue
+            (old if self._old_layout(entry) else foreign).append(entry)
+        if foreign:
+            shown = ", ".join(e.name for e in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise NotAStore(f"refusing to use {self.root} as the adapter store: it is not empty and lpt-serve did "
+                            f"not create it (it holds {shown}). Point --store / LPT_STORE at an empty or new "
+                            "directory, or at an existing adapter store")
+        for d in old:
+            write_atomic(d / MARKER, MARKER_TEXT)
+        if old:
+            log.info("adapter store %s: adopted %d folder(s) of the earlier layout", self.root, len(old))
+        write_atomic(self.root / ROOT_MARKER, ROOT_MARKER_TEXT)
+
+    @staticmethod
+    def _old_layout(d: Path) -> bool:
+        """A name's folder as the store wrote it before markers: only store files, at least one."""
+        if not NAME_RE.fullmatch(d.name) or d.is_symlink() or not d.is_dir():
+            return False
+        files = list(d.iterdir())
+        return bool(files) and all(is_store_file(f.name) and f.is_file() and not f.is_symlink() for f in files)
+
+    def _owned(self, d: Path) -> bool:
+        """The store wrote this folder (adopting an earlier-layout one). Call with the name's lock."""
+        if (d / MARKER).is_file():
+            return True
+        if self._old_layout(d):
+            write_atomic(d / MARKER, MARKER_TEXT)
+            return True
+        return False
+
+    # ---- reading (no locks) -------------------------------------------------------------------
     def names(self) -> list[str]:
-        """Every name with a `current` pointer, sorted."""
-        out = []
-        for d in self.root.iterdir():
-            if NAME_RE.fullmatch(d.name) and (d / POINTER).is_file():
-                out.append(d.name)
-        return sorted(out)
+        """Every name with a `current` pointer in a folder the store owns, sorted."""
+        return sorted(d.name for d in self.root.iterdir()
+                      if NAME_RE.fullmatch(d.name) and (d / POINTER).is_file() and (d / MARKER).is_file())
 
     def current(self, name: str) -> str | None:
-        """The current version (sha256) of a name, or None. One small read: cheap to repeat."""
+        """The current version (sha256) of a name, or None. Two small reads: cheap to repeat."""
+        d = self.root / check_name(name)
         try:
-            v = (self.root / check_name(name) / POINTER).read_text().strip()
+            v = (d / POINTER).read_text().strip()
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return v if VERSION_RE.fullmatch(v) else None
+        return v if VERSION_RE.fullmatch(v) and (d / MARKER).is_file() else None
 
     def path(self, name: str, version: str) -> Path:
         if not VERSION_RE.fullmatch(version):
@@ -75,33 +200,179 @@ class Store:
     def read(self, name: str, version: str) -> bytes:
         return self.path(name, version).read_bytes()
 
+    # ---- writing (the name's lock held) -------------------------------------------------------
     def put(self, name: str, data: bytes) -> Stored:
-        """Store a version and make it current. Validate the bytes *before* calling this."""
+        """Store a version and make it current. Validate the bytes *before* calling this.
+        Raises NameTaken (a folder the store did not write) or StoreFull; either way nothing changed."""
+        check_name(name)
         version = hashlib.sha256(data).hexdigest()
-        previous = self.current(name)
-        path = self.path(name, version)
-        if not path.exists():
-            write_atomic(path, data)
-        write_atomic(self.root / name / POINTER, (version + "\n").encode())
-        self._collect(name, keep={version, previous})
+        d = self.root / name
+        path = d / f"{version}{SUFFIX}"
+        with self._locked(name):
+            new_dir = self._claim(d)
+            previous = self.current(name)
+            wrote = []
+            try:
+                if new_dir:
+                    write_atomic(d / MARKER, MARKER_TEXT)
+                if not path.exists():
+                    write_atomic(path, data)
+                    wrote.append(path)
+                write_atomic(d / POINTER, (version + "\n").encode())
+            except BaseException:
+                for p in wrote:
+                    p.unlink(missing_ok=True)
+                if new_dir:
+                    self._remove_owned(d, keep=set())
+                raise
+            try:
+                self._collect(d, keep={version, previous})
+            except OSError as e:      # the upload took effect; the sweep retries the clean-up
+                log.warning("adapter %r: old versions not removed yet: %s", name, e)
         return Stored(name, version, path, created=previous is None)
 
-    def delete(self, name: str) -> bool:
-        """Remove a name; the pointer goes first so readers stop seeing it at once."""
-        d = self.root / check_name(name)
-        if not (d / POINTER).exists():
+    def _claim(self, d: Path) -> bool:
+        """Make sure the store owns `d`: True if the folder is new (created now)."""
+        try:
+            d.mkdir()
+            return True
+        except FileExistsError:
+            pass
+        if not d.is_dir():
+            raise NameTaken(self._taken(d.name))
+        if self._owned(d):
             return False
-        (d / POINTER).unlink(missing_ok=True)
-        shutil.rmtree(d, ignore_errors=True)
-        return True
+        if not any(d.iterdir()):      # empty: nothing to lose (e.g. a writer killed right after mkdir)
+            return True
+        raise NameTaken(self._taken(d.name))
 
-    def _collect(self, name: str, keep: set) -> None:
-        """Drop old version files, keeping the newest few (another replica may be loading one)."""
-        d = self.root / name
-        files = sorted((p for p in d.glob(f"*{SUFFIX}") if p.stem not in keep),
-                       key=lambda p: p.stat().st_mtime, reverse=True)
-        for p in files[max(KEEP_VERSIONS - len(keep), 0):]:
+    @staticmethod
+    def _taken(name: str) -> str:
+        return (f"adapter name {name!r} is not available: the store directory holds a folder {name!r} that "
+                "lpt-serve did not write, and it is left untouched; use another name, or have the operator "
+                "move that folder out of the store")
+
+    def delete(self, name: str) -> bool:
+        """Remove a name: the pointer first (readers stop seeing it at once), then the store's own
+        files, then the folder if that left it empty. False if there was no adapter of that name."""
+        d = self.root / check_name(name)
+        with self._locked(name):
+            if not d.is_dir() or not self._owned(d):
+                return False
+            existed = (d / POINTER).is_file()
+            (d / POINTER).unlink(missing_ok=True)
+            self._remove_owned(d, keep=set())
+        return existed
+
+    def _remove_owned(self, d: Path, keep: set[str], older_than: float = 0.0) -> list[str]:
+        """Delete the store's files in `d` (not the names in `keep`, not files younger than
+        `older_than` s); once none is left, the marker, and the folder if it is then empty.
+        Returns what went."""
+        now, removed = time.time(), []
+        for f in sorted(d.iterdir()):
+            if f.name in keep or f.name == MARKER or not is_store_file(f.name):
+                continue
+            if older_than and not _older_than(f, older_than, now):
+                continue
+            with suppress(FileNotFoundError):
+                f.unlink()
+                removed.append(f"{d.name}/{f.name}")
+        if not any(is_store_file(f.name) and f.name != MARKER for f in d.iterdir()):
+            (d / MARKER).unlink(missing_ok=True)     # nothing of ours left: the folder is not ours either
             try:
-                os.unlink(p)
+                d.rmdir()
+                removed.append(f"{d.name}/")
+            except OSError as e:                     # someone else's files are in it: theirs to remove
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+                    raise
+        return removed
+
+    def _collect(self, d: Path, keep: set) -> None:
+        """Drop old version files, keeping the newest few (another replica may be loading one)."""
+        others = []
+        for p in d.glob(f"*{SUFFIX}"):
+            if VERSION_FILE_RE.fullmatch(p.name) and p.stem not in keep:
+                with suppress(FileNotFoundError):
+                    others.append((p.stat().st_mtime, p))
+        others.sort(reverse=True)
+        for _, p in others[max(KEEP_VERSIONS - len(keep), 0):]:
+            p.unlink(missing_ok=True)
+
+    # ---- leftovers ----------------------------------------------------------------------------
+    def sweep(self, grace_s: float | None = None) -> list[str]:
+        """Remove what killed writers left: temp files and unreferenced version files older than
+        `grace_s` (default GRACE_S), folders left with no version, lock files of gone names. A name
+        being written right now is skipped. Returns the removed paths, relative to the root."""
+        grace_s = GRACE_S if grace_s is None else grace_s
+        now, removed = time.time(), []
+        for entry in sorted(self.root.iterdir()):
+            if ROOT_TEMP_RE.fullmatch(entry.name) and _older_than(entry, grace_s, now):
+                entry.unlink(missing_ok=True)
+                removed.append(entry.name)
+            elif NAME_RE.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+                with self._locked(entry.name, wait=False) as held:
+                    if held and entry.is_dir() and self._owned(entry):
+                        removed += self._sweep_name(entry, grace_s)
+        for lock in sorted((self.root / LOCKS).iterdir()):
+            if NAME_RE.fullmatch(lock.name) and not (self.root / lock.name / MARKER).exists():
+                with self._locked(lock.name, wait=False):
+                    pass                  # leaving the lock of a name without a folder removes it
+        return removed
+
+    def _sweep_name(self, d: Path, grace_s: float) -> list[str]:
+        current = self.current(d.name)
+        if current is not None and not (d / f"{current}{SUFFIX}").is_file():
+            log.warning("adapter %r: its pointer names a missing version file; removing the pointer", d.name)
+            (d / POINTER).unlink()
+            current = None
+        keep = {POINTER, f"{current}{SUFFIX}"} if current else set()
+        return self._remove_owned(d, keep, older_than=grace_s)
+
+    # ---- the per-name lock --------------------------------------------------------------------
+    @contextmanager
+    def _locked(self, name: str, wait: bool = True) -> Iterator[bool]:
+        """Hold the name's lock file (flock: other processes and other Store objects wait).
+        wait=False: yields False at once if another writer holds it. On leaving, a name without
+        a folder of the store's loses its lock file too. A full disk raises StoreFull."""
+        path = self.root / LOCKS / name
+        try:
+            fd = self._acquire(path, wait)
+        except OSError as e:
+            if _is_full(e):
+                raise _full(self.root) from e
+            raise
+        if fd is None:
+            yield False
+            return
+        try:
+            yield True
+        except OSError as e:
+            if _is_full(e):
+                raise _full(self.root) from e
+            raise
+        finally:
+            if not (self.root / name / MARKER).exists():
+                path.unlink(missing_ok=True)
+            os.close(fd)
+
+    @staticmethod
+    def _acquire(path: Path, wait: bool) -> int | None:
+        while True:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+            except FileNotFoundError:            # the locks folder went away: make it again
+                path.parent.mkdir(exist_ok=True)
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            # the holder before us may have removed the file: then this lock guards nothing
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
             except FileNotFoundError:
-                pass
+                same = False
+            if same:
+                return fd
+            os.close(fd)

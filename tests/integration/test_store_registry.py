@@ -1,0 +1,86 @@
+"""What the registry makes of the store: a strange stored file is reported and skipped, never a
+broken listing; an unknown task's 404 says which tasks exist; a version new to a replica is
+read and parsed once."""
+import logging
+
+import pytest
+
+from tiny_server import adapter_file, running, upload, with_config
+from lpt import read_adapter
+from lpt_server import registry as registry_module
+from lpt_server.registry import Registry
+from lpt_server.store import Store
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+
+def strange_files(bb) -> dict[str, bytes]:
+    """Configs an older server or another tool may have stored: valid enough to get past the
+    file checks, not describable by the API (or crashing the checks themselves)."""
+    good = adapter_file(bb, "x")
+    fingerprint = read_adapter(good).config.base_model
+    return {
+        "task-dict": with_config(good, task={"not": "a string"}),
+        "id-number": with_config(good, base_model={**fingerprint, "id": 5}),
+        "base-list": with_config(good, base_model=["not", "a", "dict"]),
+    }
+
+
+async def test_strange_stored_files_are_reported_and_skipped_never_a_broken_listing(tmp_path, tiny_bb, caplog):
+    store = Store(tmp_path / "store")
+    store.put("good", adapter_file(tiny_bb, "good"))
+    strange = strange_files(tiny_bb)
+    for name, data in strange.items():
+        store.put(name, data)
+    caplog.set_level(logging.WARNING, logger="lpt_server.registry")
+    async with running(tmp_path, tiny_bb) as (app, c):
+        r = await c.get("/v1/adapters")
+        assert r.status_code == 200 and [a["name"] for a in r.json()["adapters"]] == ["good"]
+        for name in strange:
+            assert (await c.get(f"/v1/adapters/{name}")).status_code == 404
+            r = await c.post("/v1/classify", json={"inputs": "x", "task": name})
+            assert r.status_code == 404 and "cannot serve" in r.json()["error"]["message"]
+            assert any(name in rec.getMessage() and "unusable" in rec.getMessage() for rec in caplog.records)
+        assert set((await c.get("/info")).json()["adapters"]["problems"]) == set(strange)
+        # written while serving (another replica, an older version): the same
+        store.put("late", strange["task-dict"])
+        r = await c.get("/v1/adapters")
+        assert r.status_code == 200 and [a["name"] for a in r.json()["adapters"]] == ["good"]
+        assert "late" in (await c.get("/info")).json()["adapters"]["problems"]
+        # and an upload of one is a 400 that stores nothing
+        for name, data in strange.items():
+            r = await upload(c, f"new-{name}", data)
+            assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_adapter", r.text
+            assert store.current(f"new-{name}") is None
+
+
+async def test_an_unknown_task_404_lists_the_known_tasks(tmp_path, tiny_bb):
+    async with running(tmp_path, tiny_bb) as (app, c):
+        r = await c.post("/v1/classify", json={"inputs": "x", "task": "nope"})
+        assert r.status_code == 404 and "no adapters yet" in r.json()["error"]["message"]
+        for name in ("g", "f", "e", "d", "c", "b", "a"):
+            assert (await upload(c, name, adapter_file(tiny_bb, name))).status_code == 201
+        for r in (await c.post("/v1/classify", json={"inputs": "x", "task": "nope"}),
+                  await c.post("/v1/tasks/nope/classify", json={"inputs": "x"}),
+                  await c.get("/v1/adapters/nope")):
+            msg = r.json()["error"]["message"]
+            assert r.status_code == 404 and "'nope'" in msg
+            assert "known tasks: a, b, c, d, e and 2 more" in msg and "GET /v1/adapters" in msg
+
+
+async def test_a_version_new_to_a_replica_is_read_and_parsed_once(tmp_path, tiny_bb, monkeypatch):
+    root = tmp_path / "store"
+    other, mine = Store(root), Store(root)          # another replica writes, this one serves
+    registry = Registry(mine, tiny_bb, recheck_s=0)
+    reads, parses = [], []
+    real_read, real_parse = mine.read, registry_module.read_adapter
+    monkeypatch.setattr(mine, "read", lambda *a: reads.append(a) or real_read(*a))
+    monkeypatch.setattr(registry_module, "read_adapter", lambda d: parses.append(1) or real_parse(d))
+    for seed in (1, 2):                             # a new name, then a replacement
+        version = other.put("a", adapter_file(tiny_bb, "a", seed=seed)).version
+        reads.clear(), parses.clear()
+        assert registry.get("a").version == version
+        assert (len(reads), len(parses)) == (1, 1)
+    reads.clear(), parses.clear()
+    registry.get("a")                               # resident: the pointer only
+    assert (len(reads), len(parses)) == (0, 0)
