@@ -6,12 +6,12 @@ import logging
 import pytest
 
 from tiny_server import adapter_file, running, upload, with_config
-from lpt import read_adapter
+from lpt import AdapterConfig, read_adapter
 from lpt_server import registry as registry_module
-from lpt_server.registry import Registry
+from lpt_server.registry import Entry, Registry, check_file, describe_config
 from lpt_server.store import Store
 
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+pytestmark = pytest.mark.integration
 
 
 def strange_files(bb) -> dict[str, bytes]:
@@ -26,6 +26,7 @@ def strange_files(bb) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.asyncio
 async def test_strange_stored_files_are_reported_and_skipped_never_a_broken_listing(tmp_path, tiny_bb, caplog):
     store = Store(tmp_path / "store")
     store.put("good", adapter_file(tiny_bb, "good"))
@@ -54,6 +55,7 @@ async def test_strange_stored_files_are_reported_and_skipped_never_a_broken_list
             assert store.current(f"new-{name}") is None
 
 
+@pytest.mark.asyncio
 async def test_an_unknown_task_404_lists_the_known_tasks(tmp_path, tiny_bb):
     async with running(tmp_path, tiny_bb) as (app, c):
         r = await c.post("/v1/classify", json={"inputs": "x", "task": "nope"})
@@ -68,6 +70,7 @@ async def test_an_unknown_task_404_lists_the_known_tasks(tmp_path, tiny_bb):
             assert "known tasks: a, b, c, d, e and 2 more" in msg and "GET /v1/adapters" in msg
 
 
+@pytest.mark.asyncio
 async def test_a_version_new_to_a_replica_is_read_and_parsed_once(tmp_path, tiny_bb, monkeypatch):
     root = tmp_path / "store"
     other, mine = Store(root), Store(root)          # another replica writes, this one serves
@@ -84,3 +87,26 @@ async def test_a_version_new_to_a_replica_is_read_and_parsed_once(tmp_path, tiny
     reads.clear(), parses.clear()
     registry.get("a")                               # resident: the pointer only
     assert (len(reads), len(parses)) == (0, 0)
+
+
+def test_a_config_the_api_cannot_show_is_a_problem_not_a_crash():
+    """Whatever the file checks let through, the description has the API's types or the entry
+    has a problem (and is never described)."""
+    for odd in ({"task": {"a": 1}}, {"labels": ["a", 2]}, {"layer": True}, {"prompt_length": "4"},
+                {"base_model": {"id": 5}}, {"labels": None}):
+        cfg = AdapterConfig(**{"task": "t", "labels": ["a", "b"], "layer": 1, "base_model": {"id": "m"}, **odd})
+        info, problems = describe_config(cfg)
+        assert info == {} and problems, odd
+    info, problems = describe_config(AdapterConfig(task="t", labels=["a", "b"], layer=1, base_model=["x"]))
+    assert problems == [] and info["base_model"] is None
+    shown = Entry("t", "0" * 64, 10, info).describe(resident=False)
+    assert shown["labels"] == ["a", "b"] and shown["layer"] == 1 and shown["resident"] is False
+
+
+def test_a_check_that_crashes_on_a_file_makes_it_a_problem(tiny_bb, monkeypatch):
+    def crash(*args):
+        raise AttributeError("'list' object has no attribute 'items'")
+
+    monkeypatch.setattr(registry_module, "validate", crash)
+    af, info, problems = check_file(adapter_file(tiny_bb, "x"), tiny_bb, None)
+    assert af is None and info == {} and "could not be checked" in problems[0] and "AttributeError" in problems[0]

@@ -182,6 +182,28 @@ def test_put_and_delete_race_safely_across_two_stores(tmp_path):
     assert created > 5 and deleted > 5                       # the race was exercised
 
 
+def test_a_lock_file_removed_by_its_holder_still_excludes_the_next_two_writers(tmp_path):
+    """The holder of a gone name's lock removes the file; a writer that was waiting on it must
+    not share the name with one that creates the file anew."""
+    first, second, third = Store(tmp_path / "store"), Store(tmp_path / "store"), Store(tmp_path / "store")
+    inside, leave = threading.Event(), threading.Event()
+
+    def waiter():
+        with second._locked("x"):
+            inside.set()
+            leave.wait(10)
+
+    t = threading.Thread(target=waiter)
+    with first._locked("x"):
+        t.start()
+        time.sleep(0.2)                                      # the waiter has opened the file by now
+    assert inside.wait(10)
+    with third._locked("x", wait=False) as held:
+        assert held is False
+    leave.set()
+    t.join()
+
+
 # ---- a full disk --------------------------------------------------------------------------------
 @pytest.mark.parametrize("nth", [1, 2, 3])     # the marker, the version file, the pointer of a new name
 def test_a_full_disk_on_a_new_name_leaves_nothing(tmp_path, monkeypatch, nth):
