@@ -91,3 +91,13 @@ async def test_the_bare_address_leads_to_the_api_docs(tmp_path, tiny_bb):
         assert r.status_code == 200 and str(r.url) == "http://lpt.test/docs"
         assert "text/html" in r.headers["content-type"] and "openapi.json" in r.text
         assert "/" not in app.openapi()["paths"]          # a redirect, not an API route
+
+
+@pytest.mark.parametrize("doc", [README, CLIENT_README], ids=lambda p: p.name if p == README else "client/README.md")
+def test_one_admin_key_and_no_store_inside_the_repository(doc):
+    code = "\n".join(b.code for b in blocks(doc))
+    found = re.findall(r"""LPT_ADMIN_KEY=(\w+)|admin_key=["'](\w+)["']|Bearer (\w+)""", doc.read_text(encoding="utf-8"))
+    keys = {k for groups in found for k in groups if k}
+    assert len(keys) == 1, f"{doc}: admin keys {sorted(keys)}; following it in order must not give a 403"
+    for store in re.findall(r"(?:--store[ =]|LPT_STORE=)(\S+)", code):
+        assert store.startswith(("/", "~", "$")), f"{doc}: store {store!r} is relative: a folder in the checkout"

@@ -1,6 +1,7 @@
 """The fenced code blocks of the project's Markdown files, for the tests that run or check them.
 
-A plain module with a unique name, not conftest.py (see tiny_server.py for why).
+A plain module with a unique name in tests/ (on the path of every test folder), not conftest.py:
+`from conftest import ...` resolves to whichever conftest pytest imported last.
 """
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 CLIENT_README = ROOT / "client" / "README.md"
 DEMO_ADAPTERS = ROOT / "server" / "lpt_server" / "demo_adapters"
