@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import TypeVar
+from typing import AsyncIterator, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -24,28 +24,34 @@ from .errors import BadRequest, PayloadTooLarge, RequestTimeout
 M = TypeVar("M", bound=BaseModel)
 
 
+async def chunks(request: Request, *, timeout_s: float, what: str = "request body") -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive; 408 if the whole body has not arrived in `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(deadline - time.monotonic(), 0.001))
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"the {what} was not received within {timeout_s:g} s "
+                                 "(LPT_BODY_TIMEOUT_S): send it faster or in a smaller request") from None
+        yield chunk
+
+
 async def read_body(request: Request, *, limit: int, setting: str, timeout_s: float, what: str = "request body") -> bytes:
     """The whole body, refused with 413 as soon as it passes `limit` (a declared Content-Length
     over it is refused before a byte is read) and with 408 if it is not complete in `timeout_s`."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"{what} is {int(declared)} bytes, the limit is {limit} ({setting})")
-    deadline = time.monotonic() + timeout_s
-    chunks, size = [], 0
-    stream = request.stream().__aiter__()
-    while True:
-        try:
-            chunk = await asyncio.wait_for(stream.__anext__(), max(deadline - time.monotonic(), 0.001))
-        except StopAsyncIteration:
-            break
-        except asyncio.TimeoutError:
-            raise RequestTimeout(f"the {what} was not received within {timeout_s:g} s "
-                                 "(LPT_BODY_TIMEOUT_S): send it faster or in a smaller request") from None
+    parts, size = [], 0
+    async for chunk in chunks(request, timeout_s=timeout_s, what=what):
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"{what} is over the limit of {limit} bytes ({setting})")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _lone_surrogate(data: bytes) -> str | None:

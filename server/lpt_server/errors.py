@@ -216,6 +216,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 405:      # Starlette's Allow names only the first route that matched the path
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(_allowed_methods(app, request.scope))}
         return error_response(exc)
 
     async def _known(request: Request, exc: Exception):
@@ -227,6 +229,18 @@ def install(app: FastAPI) -> None:
         app.add_exception_handler(cls, _known)
 
     app.add_middleware(CatchAll)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _allowed_methods(app: FastAPI, scope) -> list[str]:
+    """Every method some route serves at this path (asked of the routes themselves, so that
+    nested routers count too)."""
+    from starlette.routing import Match
+
+    return [m for m in _METHODS
+            if any(r.matches({**scope, "method": m})[0] == Match.FULL for r in app.router.routes)]
 
 
 class CatchAll:

@@ -5,27 +5,43 @@ a string belongs is an error, not silently turned into "1".
 """
 from __future__ import annotations
 
+import re
 from typing import Annotated, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
 
-TextPair = Annotated[list[StrictStr], Field(min_length=2, max_length=2)]
-Input = Union[StrictStr, TextPair]
+# A text must hold a character other than whitespace. The class is spelled out (JSON Schema's
+# \s and Python's differ) so that the schema at /docs and the server's check agree exactly.
+WHITESPACE = " \t\n\r\v\f\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+NON_BLANK = f"[^{WHITESPACE}]"
+_NON_BLANK_RE = re.compile(NON_BLANK)
+
+
+def is_blank(text: str) -> bool:
+    return _NON_BLANK_RE.search(text) is None
+
+
+# The pattern only documents the rule (the route words its own message for a blank text).
+Text = Annotated[StrictStr, Field(json_schema_extra={"pattern": NON_BLANK})]
+TextPair = Annotated[list[Text], Field(min_length=2, max_length=2)]
+Input = Union[Text, TextPair]
+Inputs = Union[Text, Annotated[list[Input], Field(min_length=1)]]
 
 
 class ClassifyRequest(BaseModel):
     """`inputs`: one text, a list of texts, or a list of [text, text_pair]; `task` or `tasks`."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["task"]}, {"required": ["tasks"]}], "examples": [
         # the demo adapters, so that "Try it out" on a fresh server answers
         {"inputs": ["I loved this film", "Shares of the maker rose 5% on Monday"],
          "tasks": ["sentiment", "news-topic"]},
         {"inputs": "The central bank raised interest rates again", "task": "news-topic", "raw_scores": True}]})
 
-    inputs: Union[StrictStr, list[Input]] = Field(
-        description="a text, a list of texts, or a list of [text, text_pair] pairs")
-    task: StrictStr | None = Field(None, description="the adapter to run (or use `tasks`)")
-    tasks: list[StrictStr] | None = Field(None, description="several adapters, each run on every input")
+    inputs: Inputs = Field(description="a text, a list of texts, or a list of [text, text_pair] pairs")
+    task: StrictStr = Field(None, description="the adapter to run (or use `tasks`)")
+    tasks: list[StrictStr] = Field(None, description="several adapters, each run on every input",
+                                   json_schema_extra={"minItems": 1, "uniqueItems": True})
     raw_scores: StrictBool = Field(False, description="also return every label's probability")
 
     @model_validator(mode="after")
@@ -48,7 +64,7 @@ class TaskClassifyRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": "I loved this film"}]})
 
-    inputs: Union[StrictStr, list[Input]]
+    inputs: Inputs
     raw_scores: StrictBool = False
 
 

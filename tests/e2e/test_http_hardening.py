@@ -10,9 +10,9 @@ import time
 
 import httpx
 import pytest
-import uvicorn
 
-from serve_process import Server, free_port
+from serve_process import Server
+from thread_server import serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -107,28 +107,16 @@ def test_a_body_sent_slowly_gets_a_408(server):
     assert 2.5 < time.perf_counter() - t0 < 8
 
 
-def test_a_server_error_leaves_the_kept_alive_connection_usable(tmp_path, tiny_app_factory):
+def test_a_server_error_leaves_the_kept_alive_connection_usable(tmp_path):
     """A real uvicorn with lpt's protocol and app; a route with a bug answers 500, and the
     client's next request on the same connection is answered."""
-    app = tiny_app_factory(tmp_path)
+    def add_bug(app):
+        @app.get("/bug")
+        async def bug():
+            raise RuntimeError("a bug")
 
-    @app.get("/bug")
-    async def bug():
-        raise RuntimeError("a bug")
-
-    port = free_port()
-    from lpt_server.http import protocol_class
-
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol_class(5.0), log_config=None,
-                            lifespan="on")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not srv.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    with serving(tmp_path / "store", add_routes=add_bug) as (app, url, bb):
+        conn = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=10)
         for path, status in (("/bug", 500), ("/health", 200), ("/bug", 500), ("/health", 200)):
             conn.request("GET", path)
             r = conn.getresponse()
@@ -136,19 +124,3 @@ def test_a_server_error_leaves_the_kept_alive_connection_usable(tmp_path, tiny_a
             assert r.status == status, (path, r.status, body)
         assert json.loads(body) == {"status": "ok"}
         conn.close()
-    finally:
-        srv.should_exit = True
-        thread.join(30)
-
-
-@pytest.fixture
-def tiny_app_factory():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
-    from tiny import make_backbone
-    from tiny_server import tiny_app
-
-    bb = make_backbone("bert", lm_head=False)
-    return lambda tmp: tiny_app(tmp / "store", bb)

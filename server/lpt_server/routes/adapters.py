@@ -3,19 +3,24 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from .. import upload
 from ..auth import require_admin_key, require_api_key
+from ..body import chunks
 from ..errors import BadRequest, NotFound, PayloadTooLarge
 from ..runtime import Runtime
 from ..schemas import AdapterInfo, AdapterList, ErrorResponse
-from ..store import check_name
+from ..store import NAME_RE, check_name
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 
 ERRORS = {c: {"model": ErrorResponse} for c in (400, 401, 403, 404, 413)}
+# The pattern documents the name rule; check_name enforces it with a 400 that says what to fix.
+Name = Annotated[str, Path(description="adapter name", json_schema_extra={"pattern": NAME_RE.pattern})]
 
 
 def _rt(request: Request) -> Runtime:
@@ -31,7 +36,7 @@ async def list_adapters(request: Request):
 # `{name:path}` so that names with '/' or '..' reach the name check (400), not the router
 @router.get("/{name:path}", response_model=AdapterInfo, responses=ERRORS,
             dependencies=[Depends(require_api_key)], summary="Describe one adapter")
-async def get_adapter(name: str, request: Request):
+async def get_adapter(name: Name, request: Request):
     check_name(name)
     return await asyncio.to_thread(_rt(request).registry.describe, name)
 
@@ -46,7 +51,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if declared and declared.isdigit() and int(declared) > upload.body_limit(content_type, limit):
             raise PayloadTooLarge(f"the upload is {int(declared)} bytes, over the limit of {limit} bytes "
                                   f"(LPT_MAX_ADAPTER_BYTES)")
-        async for chunk in request.stream():
+        async for chunk in chunks(request, timeout_s=_rt(request).settings.body_timeout_s, what="upload"):
             body.feed(chunk)
         return body.finish()
     except upload.TooLarge as e:
@@ -55,7 +60,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
         raise BadRequest(str(e)) from None
 
 
-@router.put("/{name:path}", response_model=AdapterInfo, status_code=201, responses={**ERRORS, 200: {}},
+@router.put("/{name:path}", response_model=AdapterInfo, status_code=201,
+            responses={**ERRORS, 200: {}, 408: {"model": ErrorResponse}, 507: {"model": ErrorResponse}},
             dependencies=[Depends(require_admin_key)],
             openapi_extra={"requestBody": {"required": True, "content": {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
@@ -64,7 +70,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
                     "properties": {"file": {"type": "string", "format": "binary",
                                             "description": "the .safetensors file (any field name)"}}}}}}},
             summary="Upload an adapter: the .safetensors file as the body, or as the one field of a form")
-async def put_adapter(name: str, request: Request):
+async def put_adapter(name: Name, request: Request):
     """Validated in full before anything is stored; stored atomically; 201 new, 200 replaced.
     Requests already holding the old version finish on it.
 
@@ -79,7 +85,7 @@ async def put_adapter(name: str, request: Request):
 
 @router.delete("/{name:path}", status_code=204, responses=ERRORS, dependencies=[Depends(require_admin_key)],
                summary="Delete an adapter")
-async def delete_adapter(name: str, request: Request):
+async def delete_adapter(name: Name, request: Request):
     check_name(name)
     if not await asyncio.to_thread(_rt(request).registry.delete, name):
         raise NotFound(f"no adapter named {name!r}")

@@ -21,7 +21,7 @@ from ..batcher import Item
 from ..body import json_body_schema, parse_json
 from ..errors import ClientClosed, GatewayTimeout, NotFound, PayloadTooLarge, Unavailable, Unprocessable, status_of
 from ..runtime import Runtime
-from ..schemas import ClassifyRequest, ClassifyResponse, ErrorResponse, TaskClassifyRequest
+from ..schemas import ClassifyRequest, ClassifyResponse, ErrorResponse, TaskClassifyRequest, is_blank
 from ..store import InvalidName
 from ..texts import InputTooLong, Measured
 
@@ -48,7 +48,7 @@ def _normalize(inputs) -> list[tuple[str, str | None]]:
     out = []
     for i, x in enumerate(inputs):
         text, pair = (x, None) if isinstance(x, str) else (x[0], x[1])
-        if not text.strip() or (pair is not None and not pair.strip()):
+        if is_blank(text) or (pair is not None and is_blank(pair)):
             raise Unprocessable(f"invalid request: inputs[{i}] is empty: every text must have some non-space characters")
         out.append((text, pair))
     return out

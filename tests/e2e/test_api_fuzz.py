@@ -1,0 +1,39 @@
+"""Schemathesis against the OpenAPI schema the server publishes, over a real uvicorn: every
+operation, a couple of hundred generated requests each (valid and invalid), every check:
+no 5xx, every answer as the schema documents it, valid data accepted, invalid data refused."""
+from __future__ import annotations
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import positive_data_acceptance
+
+from thread_server import serving
+from tiny_server import ADMIN, adapter_file
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+KEY = {"Authorization": f"Bearer {ADMIN}"}
+CASES = 200
+
+
+@pytest.fixture(scope="module")
+def api_schema(tmp_path_factory):
+    with serving(tmp_path_factory.mktemp("fuzz") / "store", admin_key=ADMIN, api_key="reader") as (app, url, bb):
+        for name in ("sentiment", "news-topic"):      # the tasks the schema's examples name
+            httpx.put(f"{url}/v1/adapters/{name}", content=adapter_file(bb, name), headers=KEY).raise_for_status()
+        yield schemathesis.openapi.from_url(url + "/openapi.json")
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(max_examples=CASES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_every_operation_answers_as_documented(case):
+    # An adapter upload's body is a safetensors file: JSON Schema can say "bytes", not "a valid
+    # adapter", so generated bodies are refused (400) although the schema admits them. Every
+    # other check still applies to uploads.
+    excluded = [positive_data_acceptance] if case.method == "PUT" else []
+    case.call_and_validate(headers=KEY, excluded_checks=excluded)
