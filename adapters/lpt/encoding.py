@@ -1,9 +1,25 @@
 """Text -> token ids for one adapter: its template, truncation, and where the head reads."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import weakref
+from dataclasses import dataclass, field
 
 from .config import AdapterConfig
+
+# A Hugging Face fast tokenizer re-configures its Rust backend (truncation, padding) on calls that
+# ask for it, so two threads sharing one can see each other's settings or fail with "Already
+# borrowed". Calls go through one lock per tokenizer; the Rust work itself runs without the GIL.
+_LOCKS: "weakref.WeakKeyDictionary[object, threading.Lock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def tokenizer_lock(tokenizer) -> threading.Lock:
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(tokenizer)
+        if lock is None:
+            lock = _LOCKS[tokenizer] = threading.Lock()
+        return lock
 
 
 @dataclass(frozen=True)
@@ -11,6 +27,7 @@ class Encoded:
     input_ids: tuple[int, ...]
     token_type_ids: tuple[int, ...] | None
     readout: int          # index (among real tokens) the head reads: mask token, last or first token
+    truncated: bool = field(default=False, compare=False)   # the text (or pair) was cut to fit
 
     @property
     def key(self) -> tuple:
@@ -49,6 +66,7 @@ class TextEncoder:
         self.pooling = config.pooling
         self.causal = causal
         self.max_length = min(config.max_length, max_positions)
+        self.lock = tokenizer_lock(tokenizer)
         if self.template is not None:
             empty = self._fill("", "")
             self.overhead = len(self.tok(empty)["input_ids"])
@@ -65,24 +83,46 @@ class TextEncoder:
             return text
         return self.tok.decode(ids[:budget])
 
-    def encode(self, text: str, text_pair: str | None = None) -> Encoded:
-        out = self.encode_many([(text, text_pair)])[0]
+    @property
+    def signature(self) -> tuple:
+        """Encoders with equal signatures encode every text alike: encode once, share the result."""
+        return (id(self.tok), self.template, self.head_kind, self.pooling, self.causal, self.max_length)
+
+    def encode(self, text: str, text_pair: str | None = None, max_text_tokens: int | None = None) -> Encoded:
+        out = self.encode_many([(text, text_pair)], max_text_tokens)[0]
         if isinstance(out, Exception):
             raise out
         return out
 
-    def encode_many(self, items: list[tuple[str, str | None]]) -> list[Encoded | Exception]:
+    def encode_many(self, items: list[tuple[str, str | None]],
+                    max_text_tokens: int | None = None) -> list[Encoded | Exception]:
         """Batch-tokenize (much faster than one call per text); a text that cannot be encoded
-        gets its exception in its place and fails alone."""
+        gets its exception in its place and fails alone. `max_text_tokens` also bounds the
+        tokens of the text and pair themselves (specials and template not counted); a cut
+        text's Encoded says `truncated`. Thread-safe."""
+        with self.lock:
+            return self._encode_many(items, max_text_tokens)
+
+    def _encode_many(self, items, max_text_tokens):
         out: list[Encoded | Exception | None] = [None] * len(items)
         if self.template is None:
             for with_pair in (False, True):
                 idx = [i for i, (_, p) in enumerate(items) if bool(p) == with_pair]
-                if idx:
-                    enc = self.tok([items[i][0] for i in idx], [items[i][1] for i in idx] if with_pair else None,
-                                   truncation=True, max_length=self.max_length)
-                    for j, i in enumerate(idx):
-                        out[i] = self._finish(enc, j)
+                if not idx:
+                    continue
+                texts, pairs = [items[i][0] for i in idx], [items[i][1] for i in idx] if with_pair else None
+                limit = self.max_length
+                if max_text_tokens is not None:
+                    limit = min(limit, max_text_tokens + self.tok.num_special_tokens_to_add(pair=with_pair))
+                enc = self.tok(texts, pairs, truncation=True, max_length=limit)
+                # a row at the limit may have been cut: only those are tokenized again, whole
+                full = [j for j, ids in enumerate(enc["input_ids"]) if len(ids) >= limit]
+                cut = set()
+                if full:
+                    whole = self.tok([texts[j] for j in full], [pairs[j] for j in full] if pairs else None)
+                    cut = {j for j, ids in zip(full, whole["input_ids"]) if len(ids) > limit}
+                for j, i in enumerate(idx):
+                    out[i] = self._finish(enc, j, j in cut)
             return out
         idx = []
         for i, (text, pair) in enumerate(items):
@@ -91,30 +131,33 @@ class TextEncoder:
             else:
                 idx.append(i)
         if idx:
+            budget = self.max_length - self.overhead
+            if max_text_tokens is not None:
+                budget = min(budget, max_text_tokens)
             enc = self.tok([self._fill(*items[i]) for i in idx])
             for j, i in enumerate(idx):
-                fits = len(enc["input_ids"][j]) <= self.max_length
-                out[i] = self._finish(enc, j) if fits else self._encode_truncated(*items[i])
+                fits = len(enc["input_ids"][j]) - self.overhead <= budget
+                out[i] = self._finish(enc, j) if fits else self._encode_truncated(*items[i], budget)
         return out
 
-    def _encode_truncated(self, text: str, text_pair: str | None) -> Encoded | Exception:
+    def _encode_truncated(self, text: str, text_pair: str | None, budget: int) -> Encoded | Exception:
         """Cut the text (and the pair to at most half the budget), never the template."""
-        budget = self.max_length - self.overhead
         if text_pair:
             text_pair = self._truncate(text_pair, budget // 2)
             budget -= len(self.tok(text_pair, add_special_tokens=False)["input_ids"])
+        limit = self.overhead + budget
         enc = self.tok([self._fill(self._truncate(text, budget), text_pair)])
-        if len(enc["input_ids"][0]) > self.max_length:  # decode/re-encode drift: cut a little more
+        if len(enc["input_ids"][0]) > limit:  # decode/re-encode drift: cut a little more
             enc = self.tok([self._fill(self._truncate(text, max(budget - 8, 0)), text_pair)])
-        return self._finish(enc, 0)
+        return self._finish(enc, 0, True)
 
-    def _finish(self, enc, j: int) -> Encoded | Exception:
+    def _finish(self, enc, j: int, truncated: bool = False) -> Encoded | Exception:
         ids = tuple(enc["input_ids"][j])
         if not ids:
             return ValueError("text encodes to no tokens")
         types = tuple(enc["token_type_ids"][j]) if "token_type_ids" in enc else None
         try:
-            return Encoded(ids, types, self._readout(ids))
+            return Encoded(ids, types, self._readout(ids), truncated)
         except ValueError as e:
             return e
 

@@ -22,9 +22,14 @@ from .forward import Group, late_forward, lower_pass, pad_states, pad_tokens
 
 @dataclass(frozen=True)
 class Row:
+    """One text (or pair) for one adapter. `encoded`, when given, is the text already encoded
+    with this adapter's encoder (a server tokenizes before batching): the engine then skips
+    tokenizing it."""
+
     adapter: LatePrompt
     text: str
     text_pair: str | None = None
+    encoded: Encoded | None = None
 
 
 @dataclass
@@ -32,7 +37,6 @@ class Prediction:
     label: str
     score: float                  # probability of `label`
     scores: dict[str, float]      # probability of every label
-    logits: list[float]
 
 
 class RowError(ValueError):
@@ -104,11 +108,15 @@ class Engine:
 
     # ---- stages -----------------------------------------------------------------------------
     def encode(self, rows: list[Row]) -> tuple[list[_Encoded], dict[int, Exception]]:
-        """Tokenize with each adapter's template, one batched call per adapter."""
+        """Tokenize with each adapter's template, one batched call per adapter (rows that carry
+        their encoding skip this)."""
         by_adapter: dict[int, list[int]] = defaultdict(list)
-        for i, r in enumerate(rows):
-            by_adapter[id(r.adapter)].append(i)
         ok, failed = [], {}
+        for i, r in enumerate(rows):
+            if r.encoded is not None:
+                ok.append(_Encoded(i, r.adapter, r.encoded))
+            else:
+                by_adapter[id(r.adapter)].append(i)
         for idx in by_adapter.values():
             adapter = rows[idx[0]].adapter
             encs = adapter.encoder.encode_many([(rows[i].text, rows[i].text_pair) for i in idx])
@@ -196,6 +204,5 @@ class Engine:
             probs = lg.softmax(-1)
             best = int(probs.argmax())
             labels = row.adapter.labels
-            out.append(Prediction(labels[best], float(probs[best]),
-                                  {lab: float(p) for lab, p in zip(labels, probs)}, lg.tolist()))
+            out.append(Prediction(labels[best], float(probs[best]), {lab: float(p) for lab, p in zip(labels, probs)}))
         return out

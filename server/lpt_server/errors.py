@@ -189,6 +189,8 @@ def validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
         if not loc and typ in ("model_attributes_type", "model_type", "dict_type", "missing"):
             hint = " with Content-Type: application/json" if isinstance(e.get("input"), bytes) else ""
             found[loc] = f"the body must be a JSON object{hint}: {BODY_SHAPE}"
+        elif typ == "too_short" and loc == ("inputs",):     # wins over the other branch's complaint
+            found[loc] = "inputs is an empty list: send at least one text"
         elif typ == "missing":
             found.setdefault(loc, f"{_show_loc(loc)}: field required")
         elif typ == "extra_forbidden":

@@ -17,7 +17,6 @@ from .metrics import Metrics
 from .registry import Registry, seed_demo_adapters
 from .settings import Settings
 from .store import Store, StoreError
-from .texts import InputMeter
 from .worker import EngineWorker
 
 log = logging.getLogger("lpt_server")
@@ -62,7 +61,6 @@ class Runtime:
         self.registry: Registry | None = None
         self.worker: EngineWorker | None = None
         self.batcher: Batcher | None = None
-        self.meter: InputMeter | None = None
         self.started_at = time.time()
         self.load_seconds: float | None = None
         self.seeded: list[str] = []
@@ -92,7 +90,6 @@ class Runtime:
         log.info("adapter store %s: %d adapter(s) usable, %d skipped", s.store, self.registry.registered,
                  len(self.registry.problems()))
         self._sweeper = asyncio.create_task(self._sweep_every(SWEEP_EVERY_S))
-        self.meter = InputMeter(backbone.tokenizer, s.max_input_tokens, s.truncate)
         self.worker = EngineWorker(self.engine, on_batch=self.metrics.observe_engine_batch)
         self.worker.start()
         self.batcher = Batcher(self.worker.run, max_rows=s.max_batch_rows, max_tokens=s.max_batch_tokens,

@@ -1,21 +1,21 @@
-"""The parse stage's text work: check, measure and (if allowed) truncate inputs.
+"""The parse stage's text work: cut long texts, then encode each input once per distinct encoder.
 
-    meter = InputMeter(backbone.tokenizer, max_tokens=256, truncate=True)
-    measured = meter.measure([("a text", None), ("premise", "hypothesis")])
+    encoded = encode_inputs(pairs, tasks, adapters, max_tokens=256, truncate=True)
+    encoded.rows[i][j]        # input i encoded for task j: an lpt Encoded, carried to the engine
+    encoded.truncated         # indices of the inputs that were cut
 
-Counts are the model tokenizer's tokens of the user's text (and pair), without special
-tokens or an adapter's template: the limit is about what the client sent. Truncation cuts the
-string at a token boundary (from the tokenizer's offsets), so the engine re-encodes a prefix
-of the text, not a different text. The token count is also the row's cost for the batcher.
-No tensors here: token ids are plain lists.
+Each text is tokenized here, once, with its adapter's template, and never again: the row carries
+its encoding through the batcher (which reads its real length) to the engine (which skips
+tokenizing). Adapters whose encoders agree (the same template and limits: most of them) share
+one encoding. This is CPU work: the route runs it in a thread, off the event loop.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
-# [CLS] + [SEP] (+ [SEP] for pairs): close enough for batching costs, whatever the family
-SPECIAL_TOKENS = 3
+from lpt import RowError
+from lpt.encoding import Encoded
+
 # Texts are cut to max_tokens * CHARS_PER_TOKEN characters before they are tokenized, so that a
 # 10 MB text costs no more than a long one. No WordPiece/BPE/SentencePiece token of the shipped
 # vocabularies spans more than ~20 characters (an [UNK] word at most 100, rare): text past this
@@ -28,100 +28,52 @@ class InputTooLong(ValueError):
 
 
 @dataclass(frozen=True)
-class Measured:
-    text: str
-    pair: str | None
-    tokens: int          # after truncation
-    truncated: bool
-
-    @property
-    def cost(self) -> int:
-        return self.tokens + SPECIAL_TOKENS
+class EncodedInputs:
+    rows: list[list[Encoded]]     # [input][task]
+    truncated: list[int]          # indices of inputs cut to the token limit
 
 
-def _split_budget(n1: int, n2: int, limit: int) -> tuple[int, int]:
-    """Longest first: the shorter side keeps its tokens if it fits in half the budget."""
-    if n1 + n2 <= limit:
-        return n1, n2
-    half = limit // 2
-    if n2 <= half:
-        return limit - n2, n2
-    if n1 <= half:
-        return n1, limit - n1
-    return limit - half, half
+def _cut(i: int, text: str, max_tokens: int, truncate: bool) -> tuple[str, bool]:
+    """A text cut to the character bound (cheap: before any tokenizing)."""
+    limit = max_tokens * CHARS_PER_TOKEN
+    if len(text) <= limit:
+        return text, False
+    if not truncate:
+        raise InputTooLong(f"inputs[{i}] has {len(text)} characters, more than an input of {max_tokens} "
+                           f"tokens can have ({limit}; LPT_MAX_INPUT_TOKENS); the server runs with "
+                           "truncation off: shorten the text")
+    return text[:limit], True
 
 
-class InputMeter:
-    """Runs on the event loop while the engine thread tokenizes too, so it owns a *copy* of
-    the tokenizer: a Hugging Face fast tokenizer re-configures its Rust backend (truncation,
-    padding) on every call, and two threads sharing one can see each other's settings or fail
-    with "Already borrowed". The copy is the bare Rust tokenizer, which also skips the
-    transformers wrapper's per-call overhead."""
-
-    def __init__(self, tokenizer, max_tokens: int, truncate: bool):
-        self.max_tokens = max_tokens
-        self.truncate = truncate
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        if backend is not None:
-            from tokenizers import Tokenizer
-
-            self._rust = Tokenizer.from_str(backend.to_str())
-            self._rust.no_truncation()
-            self._rust.no_padding()
-            self.tok = None
-        else:
-            self._rust = None
-            self.tok = copy.deepcopy(tokenizer)
-
-    def _offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
-        """Character span of each token; a slow (Python) tokenizer has no offsets, so its
-        spans are rebuilt from decoded prefixes (slower, rare: every shipped model is fast)."""
-        if self._rust is not None:
-            return [e.offsets for e in self._rust.encode_batch(texts, add_special_tokens=False)]
-        out = []
-        for text in texts:
-            ids = self.tok(text, add_special_tokens=False)["input_ids"]
-            if len(ids) <= self.max_tokens:
-                out.append([(0, 0)] * len(ids))      # fits: spans are never used
-                continue
-            ends = [len(self.tok.decode(ids[:k + 1])) for k in range(self.max_tokens)]
-            out.append([(0, min(e, len(text))) for e in ends] + [(0, len(text))] * (len(ids) - self.max_tokens))
-        return out
-
-    def precut(self, i: int, text: str) -> tuple[str, bool]:
-        """A text cut to the character bound (cheap: before any tokenizing)."""
-        limit = self.max_tokens * CHARS_PER_TOKEN
-        if len(text) <= limit:
-            return text, False
-        if not self.truncate:
-            raise InputTooLong(f"inputs[{i}] has {len(text)} characters, more than an input of "
-                               f"{self.max_tokens} tokens can have ({limit}; LPT_MAX_INPUT_TOKENS); "
-                               "the server runs with truncation off: shorten the text")
-        return text[:limit], True
-
-    def measure(self, inputs: list[tuple[str, str | None]]) -> list[Measured]:
-        """Cut, tokenize (one batched call) and truncate. CPU work: call it off the event loop."""
-        cut = []
-        for i, (text, pair) in enumerate(inputs):
-            text, c1 = self.precut(i, text)
-            pair, c2 = self.precut(i, pair) if pair is not None else (None, False)
-            cut.append((text, pair, c1 or c2))
-        flat = [t for text, pair, _ in cut for t in ((text,) if pair is None else (text, pair))]
-        offsets = iter(self._offsets(flat))
-        out = []
-        for i, (text, pair, precut) in enumerate(cut):
-            o1 = next(offsets)
-            o2 = next(offsets) if pair is not None else []
-            n1, n2 = len(o1), len(o2)
-            if n1 + n2 <= self.max_tokens:
-                out.append(Measured(text, pair, n1 + n2, precut))
-                continue
-            if not self.truncate:
-                raise InputTooLong(f"inputs[{i}] has {n1 + n2} tokens, the limit is {self.max_tokens} "
-                                   "(the server runs with truncation off: shorten the text)")
-            k1, k2 = _split_budget(n1, n2, self.max_tokens) if pair is not None else (self.max_tokens, 0)
-            text = text[:o1[k1 - 1][1]] if k1 < n1 and k1 > 0 else text
-            if pair is not None and k2 < n2:
-                pair = pair[:o2[k2 - 1][1]] if k2 > 0 else ""
-            out.append(Measured(text, pair, k1 + k2, True))
-        return out
+def encode_inputs(inputs: list[tuple[str, str | None]], tasks: list[str], adapters: list,
+                  max_tokens: int, truncate: bool) -> EncodedInputs:
+    """Every input encoded for every task's adapter. Raises InputTooLong (truncation off) or
+    RowError naming the input and task that cannot be encoded."""
+    cut, precut = [], set()
+    for i, (text, pair) in enumerate(inputs):
+        text, c1 = _cut(i, text, max_tokens, truncate)
+        pair, c2 = _cut(i, pair, max_tokens, truncate) if pair is not None else (None, False)
+        cut.append((text, pair))
+        if c1 or c2:
+            precut.add(i)
+    by_signature: dict[tuple, list] = {}
+    columns = []
+    for adapter in adapters:
+        enc = adapter.encoder
+        if enc.signature not in by_signature:
+            by_signature[enc.signature] = enc.encode_many(cut, max_text_tokens=max_tokens)
+        columns.append(by_signature[enc.signature])
+    rows = []
+    for i in range(len(inputs)):
+        row = []
+        for task, column in zip(tasks, columns):
+            e = column[i]
+            if isinstance(e, Exception):
+                raise RowError(f"inputs[{i}] cannot be encoded for task {task!r}: {e}")
+            row.append(e)
+        rows.append(row)
+    truncated = sorted(precut | {i for i, row in enumerate(rows) if any(e.truncated for e in row)})
+    if truncated and not truncate:
+        raise InputTooLong(f"inputs[{truncated[0]}] has more than {max_tokens} tokens (LPT_MAX_INPUT_TOKENS); "
+                           "the server runs with truncation off: shorten the text")
+    return EncodedInputs(rows, truncated)

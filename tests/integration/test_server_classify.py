@@ -121,7 +121,7 @@ async def test_long_input_is_413_without_truncation(tmp_path, tiny_bb):
         await upload(c, "sent", adapter_file(tiny_bb, "sent"))
         r = await c.post("/v1/classify", json={"inputs": ["great film", LONG], "task": "sent"})
         assert r.status_code == 413
-        assert "inputs[1] has 32 tokens, the limit is 8" in r.json()["error"]["message"]
+        assert "inputs[1] has more than 8 tokens" in r.json()["error"]["message"]
         assert (await c.post("/v1/classify", json={"inputs": "great film", "task": "sent"})).status_code == 200
 
 

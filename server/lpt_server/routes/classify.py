@@ -1,6 +1,6 @@
 """POST /v1/classify and POST /v1/tasks/{task}/classify.
 
-Stages: parse (validate, resolve tasks to adapters, measure texts) -> schedule (one row per
+Stages: parse (validate, resolve tasks to adapters, encode texts once, off the loop) -> schedule (one row per
 (input, task) into the batcher, wait) -> the engine, on its thread -> respond (results back in
 request order). Rows of one request share their texts, so the engine runs the lower layers
 once per input whatever the number of tasks.
@@ -23,7 +23,7 @@ from ..errors import ClientClosed, GatewayTimeout, NotFound, PayloadTooLarge, Un
 from ..runtime import Runtime
 from ..schemas import ClassifyRequest, ClassifyResponse, ErrorResponse, TaskClassifyRequest, is_blank
 from ..store import InvalidName
-from ..texts import InputTooLong, Measured
+from ..texts import EncodedInputs, InputTooLong, encode_inputs
 
 router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[Depends(require_api_key)])
 
@@ -32,11 +32,12 @@ ERRORS = {c: {"model": ErrorResponse} for c in (400, 401, 404, 408, 413, 422, 42
 
 @dataclass
 class Job:
-    """A parsed request: texts measured, tasks resolved to adapter modules (opaque here)."""
+    """A parsed request: tasks resolved to adapter modules, inputs encoded (both opaque here)."""
 
     tasks: list[str]
-    adapters: list          # lpt.LatePrompt per task, held for the whole request
-    inputs: list[Measured]
+    adapters: list                  # lpt.LatePrompt per task, held for the whole request
+    inputs: list[tuple[str, str | None]]
+    encoded: EncodedInputs          # each input encoded for each task: carried to the engine
 
 
 # ---- parse -----------------------------------------------------------------------------------
@@ -76,11 +77,11 @@ async def parse(rt: Runtime, inputs, tasks: list[str]) -> Job:
             adapters.append(await _resolve(rt, name))
         except InvalidName:
             raise NotFound(f"unknown task {name!r}: not a valid adapter name") from None
-    try:
-        measured = await asyncio.to_thread(rt.meter.measure, pairs)   # tokenizing is CPU work: off the loop
+    try:      # tokenizing is CPU work: off the loop
+        encoded = await asyncio.to_thread(encode_inputs, pairs, tasks, adapters, s.max_input_tokens, s.truncate)
     except InputTooLong as e:
         raise PayloadTooLarge(str(e)) from None
-    return Job(tasks, adapters, measured)
+    return Job(tasks, adapters, pairs, encoded)
 
 
 # ---- schedule --------------------------------------------------------------------------------
@@ -93,7 +94,8 @@ async def _disconnected(request: Request) -> None:
 
 
 async def schedule(rt: Runtime, request: Request, job: Job) -> list[Item]:
-    rows = [(Row(adapter, m.text, m.pair), m.cost) for m in job.inputs for adapter in job.adapters]
+    rows = [(Row(adapter, text, pair, enc), len(enc.input_ids))
+            for (text, pair), encs in zip(job.inputs, job.encoded.rows) for adapter, enc in zip(job.adapters, encs)]
     items = rt.batcher.submit(rows)               # QueueFull -> 429, closed -> 503
     answers = asyncio.ensure_future(asyncio.gather(*(it.future for it in items)))
     gone = asyncio.ensure_future(_disconnected(request))
@@ -134,7 +136,7 @@ def respond(job: Job, items: list[Item], raw_scores: bool) -> JSONResponse:
     headers = {"x-queue-time-ms": f"{max(it.queue_s for it in items) * 1000:.2f}",
                "x-inference-time-ms": f"{max(it.inference_s for it in items) * 1000:.2f}"}
     body: dict = {"results": results}
-    truncated = [i for i, m in enumerate(job.inputs) if m.truncated]
+    truncated = job.encoded.truncated
     if truncated:
         headers["x-truncated-inputs"] = str(len(truncated))
         body["truncated_inputs"] = truncated
