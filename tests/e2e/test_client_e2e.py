@@ -77,7 +77,7 @@ def test_cli_adapters_and_classify_against_lpt_serve(setup):
     assert done.returncode == 4 and "unknown task 'nope'" in done.stderr and done.stdout == ""
 
     done = lpt(server, "adapters", "upload", "other", str(files["sentiment"]), admin_key=None)
-    assert done.returncode == 5 and "missing admin key" in done.stderr
+    assert done.returncode == 5 and "set LPT_ADMIN_KEY or pass --admin-key" in done.stderr
 
     done = lpt(server, "adapters", "delete", "topic")
     assert done.returncode == 0 and done.stdout == "deleted adapter topic\n", done.stderr
