@@ -116,6 +116,8 @@ async def test_unavailable_says_when_to_retry(tmp_path, tiny_bb):
         await app.state.runtime.batcher.close(drain=True)
         r = await c.post("/v1/classify", json={"inputs": "a", "task": "t"})
         assert r.status_code == 503 and r.headers.get("retry-after"), (r.status_code, r.headers)
+        r = await c.get("/ready")
+        assert r.status_code == 503 and r.headers.get("retry-after"), (r.status_code, r.headers)
 
 
 @pytest.mark.asyncio

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import __version__
+from ..errors import RETRY_AFTER_S
 from ..runtime import Runtime
 
 router = APIRouter(tags=["operations"])
@@ -36,7 +37,7 @@ async def ready(request: Request):
     if ok:
         return {"status": "ready"}
     return JSONResponse({"status": "not ready", "error": {"type": "unavailable", "message": reason}},
-                        status_code=503)
+                        status_code=503, headers={"Retry-After": RETRY_AFTER_S[503]})
 
 
 @router.get("/info", summary="Model, limits, adapters, versions")
