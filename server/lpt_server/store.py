@@ -151,7 +151,7 @@ class Store:
             (old if self._old_layout(entry) else foreign).append(entry)
         if foreign:
             shown = ", ".join(e.name for e in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-            raise NotAStore(f"refusing to use {self.root} as the adapter store: it is not empty and lpt-serve did "
+            raise NotAStore(f"refusing to use {self.root.absolute()} as the adapter store: it is not empty and lpt-serve did "
                             f"not create it (it holds {shown}). Point --store / LPT_STORE at an empty or new "
                             "directory, or at an existing adapter store")
         for d in old:
