@@ -17,7 +17,13 @@
 #                    local folder, which is then mounted into the build: podman only)
 #   PIP_CERT         a CA bundle for pip inside the build (default: the host pip's `global.cert`)
 #   LOAD_REQUESTS    requests in the stop-under-load check (default 160)
+#   READY_TIMEOUT    seconds a container, or the whole topology, may take to turn ready (default
+#                    300; seen on 2 busy cores: 12-47 s alone, 22-66 s for the topology)
 #
+# Before building, a preflight checks that containers on one network resolve each other's
+# names (nginx reaches the replicas by name) and names the missing package when they do not.
+# Whatever happens (a failed check, Ctrl-C, SIGTERM from `timeout`), the script removes the
+# containers, volumes and networks it made and stops the podman API service it started.
 # Podman runs with docker/containers.conf (CONTAINERS_CONF): see docs/deploy.md for why.
 # Compose: Debian's docker-compose 1.29, against podman's Docker-compatible socket.
 set -euo pipefail
@@ -29,18 +35,21 @@ for arg in "$@"; do
     case "$arg" in
         --rmi) RMI=1 ;;
         --no-build) BUILD=0 ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/{/^set -euo/!p}' "$0"; exit 0 ;;
         *) echo "test.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
 
 IMAGE=${IMAGE:-localhost/lpt-serve:test}
 LOAD_REQUESTS=${LOAD_REQUESTS:-160}
+READY_TIMEOUT=${READY_TIMEOUT:-300}
 ADMIN_KEY=test-admin-$$
 TASK=lbtask
+# every container, volume and network this run makes is named after PROJECT: cleanup finds them so
 PROJECT=lpttest$$
 TMP=$(mktemp -d /tmp/lpt-docker-test.XXXXXX)
-SOLO=lpt-test-solo-$$
+SOLO=${PROJECT}-solo
+DNS_NET=${PROJECT}-dnscheck
 SOCK_PID=""
 MADE_IMAGES=()
 FAILED=0
@@ -48,8 +57,21 @@ FAILED=0
 say() { printf '\n== %s\n' "$*"; }
 pass() { printf '  PASS  %s\n' "$*"; }
 fail() { printf '  FAIL  %s\n' "$*"; FAILED=$((FAILED + 1)); }
+die() { printf '\ntest.sh: %s\n' "$*" >&2; exit 1; }
 now() { date +%s.%N; }
 secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$2"; }
+
+# wait_for SECONDS CHECK [ARGS...]: run CHECK every half second until it returns 0 (ready) or 2
+# (will never be: stop waiting), or SECONDS have passed. Returns 0 when ready, 1 otherwise.
+wait_for() {
+    local deadline=$((SECONDS + $1)) rc; shift
+    while true; do
+        rc=0; "$@" || rc=$?
+        (( rc == 0 )) && return 0
+        (( rc == 2 || SECONDS >= deadline )) && return 1
+        sleep 0.5
+    done
+}
 
 # ---- the engine ----------------------------------------------------------------------------
 if [[ -z "${ENGINE:-}" ]]; then
@@ -57,6 +79,7 @@ if [[ -z "${ENGINE:-}" ]]; then
 fi
 command -v "$ENGINE" >/dev/null || { echo "test.sh: $ENGINE is not installed (docs/deploy.md)" >&2; exit 2; }
 command -v curl >/dev/null || { echo "test.sh: needs curl" >&2; exit 2; }
+command -v docker-compose >/dev/null || { echo "test.sh: needs docker-compose (docs/deploy.md)" >&2; exit 2; }
 if [[ $ENGINE == podman ]]; then
     export CONTAINERS_CONF=${CONTAINERS_CONF:-$ROOT/docker/containers.conf}
 fi
@@ -64,21 +87,38 @@ E() { "$ENGINE" "$@"; }
 # podman without systemd logs an error about healthcheck timers on run/stop: noise, not failure
 quiet() { "$@" 2> >(grep -v -e 'systemd connection' -e 'healthcheck' >&2); }
 
+RM=(rm -f -v); [[ $ENGINE == podman ]] && RM+=(-t 0)   # podman: no stop grace when cleaning up
+
+# E build. A podman build cut short by a signal leaves its working container in storage (seen in
+# `podman ps -a --external` only): cleanup removes those that appeared during the build.
+BUILDING=0; BUILD_BEFORE=()
+build() {
+    [[ $ENGINE == podman ]] && mapfile -t BUILD_BEFORE < <(podman ps -aq --external --no-trunc)
+    BUILDING=1; E build "$@"; local rc=$?; BUILDING=0; return $rc
+}
 cleanup() {
+    trap '' INT TERM      # a second Ctrl-C must not cut the cleanup short (hence timeout -k below)
     set +e
-    if [[ -n "${COMPOSE_ENV:-}" ]]; then
-        env "${COMPOSE_ENV[@]}" docker-compose -p "$PROJECT" -f docker/compose.yaml down -v --remove-orphans \
-            >"$TMP/down.log" 2>&1 || cat "$TMP/down.log"
+    # compose's own teardown, while its API answers (podman's service got the TERM too)
+    if [[ -n "${COMPOSE_ENV:-}" ]] && { [[ $ENGINE != podman ]] || kill -0 "$SOCK_PID" 2>/dev/null; }; then
+        timeout -k 5 120 env "${COMPOSE_ENV[@]}" docker-compose -p "$PROJECT" -f docker/compose.yaml \
+            down -v --remove-orphans >"$TMP/down.log" 2>&1 \
+            || echo "  compose down: $(tail -1 "$TMP/down.log"); removing by name instead"
     fi
-    quiet E rm -f -v "$SOLO" >/dev/null 2>&1
-    # leftovers if compose itself failed: whatever carries this project's label
-    local ids
-    mapfile -t ids < <(E ps -aq --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null)
-    (( ${#ids[@]} )) && quiet E rm -f -v "${ids[@]}" >/dev/null 2>&1
-    mapfile -t ids < <(E volume ls -q --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null)
-    (( ${#ids[@]} )) && E volume rm -f "${ids[@]}" >/dev/null 2>&1
-    E network rm "${PROJECT}_default" >/dev/null 2>&1
-    [[ -n "$SOCK_PID" ]] && kill "$SOCK_PID" 2>/dev/null && wait "$SOCK_PID" 2>/dev/null
+    # whatever compose did not remove (or all of it, when the API service had already gone):
+    # this run's objects by name, PROJECT_* from compose, PROJECT-* from this script
+    local names
+    mapfile -t names < <(E ps -a --format '{{.Names}}' 2>/dev/null | grep -E "^${PROJECT}[-_]")
+    (( ${#names[@]} )) && quiet E "${RM[@]}" "${names[@]}" >/dev/null 2>&1
+    mapfile -t names < <(E volume ls --format '{{.Name}}' 2>/dev/null | grep -E "^${PROJECT}[-_]")
+    (( ${#names[@]} )) && E volume rm -f "${names[@]}" >/dev/null 2>&1
+    mapfile -t names < <(E network ls --format '{{.Name}}' 2>/dev/null | grep -E "^${PROJECT}[-_]")
+    (( ${#names[@]} )) && E network rm "${names[@]}" >/dev/null 2>&1
+    if [[ -n "$SOCK_PID" ]]; then kill "$SOCK_PID" 2>/dev/null; wait "$SOCK_PID" 2>/dev/null; fi
+    if (( BUILDING )) && [[ $ENGINE == podman ]]; then
+        mapfile -t names < <(podman ps -aq --external --no-trunc | grep -vxF -f <(printf '%s\n' "${BUILD_BEFORE[@]}"))
+        (( ${#names[@]} )) && podman rm -f "${names[@]}" >/dev/null 2>&1
+    fi
     if (( RMI )); then
         for img in "${MADE_IMAGES[@]}"; do E rmi -f "$img" >/dev/null 2>&1; done
         # the build stages' cache images carry the Dockerfile's title label: remove only those
@@ -87,6 +127,31 @@ cleanup() {
     rm -rf "$TMP"
 }
 trap cleanup EXIT
+# Ctrl-C, or `timeout` (TERM to this script and everything it runs): exit, and the EXIT trap
+# cleans up. bash runs these once its foreground command has ended (it got the signal too).
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---- preflight: container names on a network ----------------------------------------------
+# nginx reaches the replicas by name; without DNS on the compose network it restarts forever
+# with `host not found in upstream`. Podman resolves names only with a DNS plugin of its network
+# backend, which `--no-install-recommends` leaves out.
+dns_package() {
+    [[ $ENGINE == podman ]] || { echo "the engine's DNS for user-defined networks"; return; }
+    case $(podman info --format '{{.Host.NetworkBackend}}' 2>/dev/null) in
+        cni) echo "golang-github-containernetworking-plugin-dnsname (the DNS plugin of podman's CNI backend; scripts/install.sh --podman installs it)" ;;
+        netavark) echo "aardvark-dns (the DNS server of podman's netavark backend)" ;;
+        *) echo "the DNS plugin of podman's network backend" ;;
+    esac
+}
+no_dns() { die "containers on a $ENGINE network cannot resolve each other's names ($1): install $(dns_package)"; }
+
+say "preflight: container names on a $ENGINE network"
+E network create "$DNS_NET" >/dev/null
+if [[ $ENGINE == podman && $(podman network inspect -f '{{.DNSEnabled}}' "$DNS_NET") != true ]]; then
+    no_dns "podman created the network without DNS"
+fi
+pass "network $DNS_NET has DNS"
 
 pullable() { timeout 120 "$ENGINE" pull -q "$1" >/dev/null 2>&1; }
 
@@ -98,11 +163,20 @@ if [[ -z "${BASE_IMAGE:-}" ]]; then
         BASE_IMAGE=localhost/lpt-base:bookworm
         if ! E image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
             say "no registry reachable: making $BASE_IMAGE with debootstrap"
+            MADE_IMAGES+=("$BASE_IMAGE"); t0=$SECONDS
             ENGINE=$ENGINE docker/make-base-image.sh "$BASE_IMAGE"
-            MADE_IMAGES+=("$BASE_IMAGE")
+            BASE_S=$((SECONDS - t0))
         fi
     fi
 fi
+
+# the real check, seconds before a build of minutes: one container looks another up by name
+quiet E run -d --name "$DNS_NET-a" --network "$DNS_NET" "$BASE_IMAGE" sleep 300 >/dev/null
+# (getent's own "not found" is 2, which wait_for reads as "give up": map every failure to 1)
+resolves() { E run --rm --network "$DNS_NET" "$BASE_IMAGE" getent hosts "$DNS_NET-a" >/dev/null 2>&1 || return 1; }
+wait_for 15 resolves || no_dns "getent hosts $DNS_NET-a failed in a second container"
+pass "a container resolves another by name on $DNS_NET"
+quiet E "${RM[@]}" "$DNS_NET-a" >/dev/null; E network rm "$DNS_NET" >/dev/null
 
 if (( BUILD )); then
     say "build $IMAGE on $BASE_IMAGE ($ENGINE)"
@@ -119,11 +193,11 @@ if (( BUILD )); then
     [[ -n "$cert" && -f "$cert" ]] && args+=(--secret "id=ca_bundle,src=$cert")
     [[ $ENGINE == podman ]] && args+=(--format docker)     # OCI images drop HEALTHCHECK
     t0=$(now)
-    if ! E build --network host "${args[@]}" . >"$TMP/build.log" 2>&1; then
+    (( RMI )) && MADE_IMAGES+=("$IMAGE")
+    if ! build --network host "${args[@]}" . >"$TMP/build.log" 2>&1; then
         tail -40 "$TMP/build.log"; echo "test.sh: build failed" >&2; exit 1
     fi
     BUILD_S=$(secs "$t0" "$(now)")
-    (( RMI )) && MADE_IMAGES+=("$IMAGE")
     echo "  built in ${BUILD_S} s"
 fi
 SIZE=$(E image inspect -f '{{.Size}}' "$IMAGE")
@@ -136,17 +210,26 @@ r = u.urlopen(u.Request('http://127.0.0.1:8080' + sys.argv[1], data=sys.argv[2].
               headers={'Content-Type': 'application/json'}), timeout=30)
 sys.stdout.write(r.read().decode())" "${@:2}"; }
 
+# state and last log lines of each container named: what a failed wait shows
+show() {
+    local c
+    for c in "$@"; do
+        echo "  --- $c: $(E inspect -f 'status {{.State.Status}}, exit code {{.State.ExitCode}}, restarts {{.RestartCount}}' "$c" 2>&1)"
+        E logs --tail 30 "$c" 2>&1 | sed 's/^/  | /'
+    done
+}
+solo_ready() {
+    inside "$SOLO" /ready >/dev/null 2>&1 && return 0
+    [[ $(E inspect -f '{{.State.Running}}' "$SOLO" 2>/dev/null) == true ]] || return 2   # exited
+    return 1
+}
+
 t0=$(now)
 quiet E run -d --name "$SOLO" --network none "$IMAGE" >/dev/null
-ready=0
-for _ in $(seq 600); do
-    if inside "$SOLO" /ready >/dev/null 2>&1; then ready=1; break; fi
-    [[ $(E inspect -f '{{.State.Running}}' "$SOLO") == true ]] || break
-    sleep 0.2
-done
+wait_for "$READY_TIMEOUT" solo_ready \
+    || { show "$SOLO"; die "$SOLO: /ready did not answer 200 within $READY_TIMEOUT s (READY_TIMEOUT)"; }
 COLD_S=$(secs "$t0" "$(now)")
-if (( ready )); then pass "ready with no network: cold start to /ready ${COLD_S} s"; else
-    fail "never ready"; E logs "$SOLO" 2>&1 | tail -30; fi
+pass "ready with no network: cold start to /ready ${COLD_S} s"
 
 uid=$(E exec "$SOLO" id -u); user=$(E image inspect -f '{{.Config.User}}' "$IMAGE")
 if [[ $uid != 0 && -n "$user" ]]; then pass "runs as non-root (uid $uid, USER $user)"; else fail "runs as uid $uid"; fi
@@ -187,7 +270,6 @@ quiet E rm -f -v "$SOLO" >/dev/null
 
 # ---- compose: nginx + two replicas on one volume -------------------------------------------------
 say "compose: lb + replica1 + replica2"
-command -v docker-compose >/dev/null || { fail "docker-compose is not installed"; exit 1; }
 if [[ -z "${NGINX_IMAGE:-}" ]]; then
     if pullable docker.io/library/nginx:1.27-alpine; then NGINX_IMAGE=docker.io/library/nginx:1.27-alpine; else
         NGINX_IMAGE=localhost/lpt-nginx:test
@@ -196,9 +278,10 @@ if [[ -z "${NGINX_IMAGE:-}" ]]; then
             printf '%s\n' "FROM $BASE_IMAGE" \
                 'RUN apt-get update && apt-get install -y --no-install-recommends nginx-light && rm -rf /var/lib/apt/lists/*' \
                 'CMD ["nginx", "-g", "daemon off;"]' > "$TMP/nginx-image/Dockerfile"
-            E build --network host -t "$NGINX_IMAGE" "$TMP/nginx-image" >"$TMP/nginx-build.log" 2>&1 \
+            MADE_IMAGES+=("$NGINX_IMAGE"); t0=$SECONDS
+            build --network host -t "$NGINX_IMAGE" "$TMP/nginx-image" >"$TMP/nginx-build.log" 2>&1 \
                 || { tail -20 "$TMP/nginx-build.log"; fail "nginx image build"; exit 1; }
-            MADE_IMAGES+=("$NGINX_IMAGE")
+            NGINX_S=$((SECONDS - t0))
         fi
     fi
 fi
@@ -206,7 +289,8 @@ if [[ $ENGINE == podman ]]; then
     SOCK=$TMP/podman.sock
     podman system service --time=0 "unix://$SOCK" >"$TMP/podman-service.log" 2>&1 &
     SOCK_PID=$!
-    for _ in $(seq 50); do [[ -S $SOCK ]] && break; sleep 0.1; done
+    sock_up() { [[ -S $SOCK ]] && return 0; kill -0 "$SOCK_PID" 2>/dev/null || return 2; return 1; }
+    wait_for 60 sock_up || { cat "$TMP/podman-service.log"; die "podman system service: no socket within 60 s"; }
     export DOCKER_HOST=unix://$SOCK
 fi
 LB_PORT=$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
@@ -218,14 +302,16 @@ R1=${PROJECT}_replica1_1; R2=${PROJECT}_replica2_1; LBC=${PROJECT}_lb_1
 
 t0=$(now)
 if ! compose up -d replica1 replica2 lb >"$TMP/up.log" 2>&1; then cat "$TMP/up.log"; fail "compose up"; exit 1; fi
-up=0
-for _ in $(seq 600); do
-    if [[ $(curl -s -o /dev/null -w '%{http_code}' "$LB/ready") == 200 ]] \
-            && inside "$R1" /ready >/dev/null 2>&1 && inside "$R2" /ready >/dev/null 2>&1; then up=1; break; fi
-    sleep 0.25
-done
-if (( up )); then pass "topology ready through the load balancer in $(secs "$t0" "$(now)") s"; else
-    fail "topology not ready"; compose logs --tail 30; exit 1; fi
+topology_ready() {
+    [[ $(curl -s -m 10 -o /dev/null -w '%{http_code}' "$LB/ready") == 200 ]] \
+        && inside "$R1" /ready >/dev/null 2>&1 && inside "$R2" /ready >/dev/null 2>&1
+}
+if ! wait_for "$READY_TIMEOUT" topology_ready; then
+    show "$R1" "$R2" "$LBC"
+    [[ $(E logs "$LBC" 2>&1) == *'host not found in upstream'* ]] && no_dns "nginx: host not found in upstream"
+    die "topology not ready within $READY_TIMEOUT s (READY_TIMEOUT): $LB/ready and both replicas' /ready must answer 200"
+fi
+pass "topology ready through the load balancer in $(secs "$t0" "$(now)") s"
 
 ro=$(E inspect -f '{{.HostConfig.ReadonlyRootfs}} {{.Config.User}}' "$R1")
 if [[ $ro == "true 10001:10001" ]]; then pass "replicas: read-only root filesystem, user 10001"; else fail "replica1: read-only/user = $ro"; fi
@@ -318,5 +404,6 @@ grep -q "$r1_ip" <<<"$lb_log" || fail "nginx log shows no request on replica1 ($
 say "summary"
 echo "  engine $ENGINE, base $BASE_IMAGE, image $IMAGE: $((SIZE / 1000000)) MB${BUILD_S:+, built in ${BUILD_S} s}"
 echo "  cold start to /ready (no network): ${COLD_S} s; docker stop: ${STOP_S} s"
+echo "  $SECONDS s in all${BASE_S:+; base image made in ${BASE_S} s}${NGINX_S:+; nginx image built in ${NGINX_S} s}"
 if (( FAILED )); then echo "  $FAILED check(s) FAILED"; exit 1; fi
 echo "  all checks passed"

@@ -34,8 +34,17 @@ if [[ "${1:-}" == "--test" ]]; then
 fi
 
 if [[ "${1:-}" == "--podman" ]]; then
-    # docker/test.sh on a machine without a Docker engine: see docs/deploy.md
+    # docker/test.sh on a machine without a Docker engine: see docs/deploy.md.
+    # Container names on a compose network (nginx -> replica1:8080) need DNS on podman's networks.
+    # Without recommends (which would bring netavark), Debian 12's podman 4.3 uses the CNI backend,
+    # whose DNS plugin, dnsname, no package pulls in.
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        podman buildah fuse-overlayfs slirp4netns uidmap debootstrap runc docker-compose curl >/dev/null
+        podman buildah fuse-overlayfs slirp4netns uidmap debootstrap runc docker-compose curl \
+        golang-github-containernetworking-plugin-dnsname >/dev/null
+    # a store that podman already runs on netavark keeps it; that backend's DNS is aardvark-dns
+    backend=$(CONTAINERS_CONF=docker/containers.conf podman info --format '{{.Host.NetworkBackend}}')
+    if [[ $backend == netavark ]]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends aardvark-dns >/dev/null
+    fi
 fi
