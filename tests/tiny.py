@@ -5,9 +5,10 @@ import random
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import (BertConfig, BertForMaskedLM, BertModel, DistilBertConfig, DistilBertForMaskedLM,
-                          ElectraConfig, ElectraForMaskedLM, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast,
-                          RobertaConfig, RobertaForMaskedLM)
+from transformers import (BertConfig, BertForMaskedLM, BertModel, CamembertConfig, CamembertForMaskedLM,
+                          DistilBertConfig, DistilBertForMaskedLM, ElectraConfig, ElectraForMaskedLM, GPT2Config,
+                          GPT2LMHeadModel, PreTrainedTokenizerFast, RobertaConfig, RobertaForMaskedLM,
+                          XLMRobertaConfig, XLMRobertaForMaskedLM)
 
 from lpt import Backbone
 
@@ -22,12 +23,18 @@ SPECIALS = {
 }
 SPECIALS["electra"] = SPECIALS["bert"]
 SPECIALS["distilbert"] = SPECIALS["bert"][:7] + (False,)
+# RoBERTa's architecture under other names and weights: the same tiny shape, their own classes
+ROBERTA_LIKE = {"roberta": (RobertaConfig, RobertaForMaskedLM),
+                "xlm-roberta": (XLMRobertaConfig, XLMRobertaForMaskedLM),
+                "camembert": (CamembertConfig, CamembertForMaskedLM)}
+for _name in ROBERTA_LIKE:
+    SPECIALS[_name] = SPECIALS["roberta"]
 
 
 def make_tokenizer(family: str) -> PreTrainedTokenizerFast:
     pad, unk, cls, sep, mask, single, pair, types = SPECIALS[family]
     specials = [t for t in (pad, unk, cls, sep, mask) if t]
-    if family == "roberta":  # RoBERTa's own order: <s>=0, <pad>=1 (its position padding_idx)
+    if family in ROBERTA_LIKE:  # RoBERTa's own order: <s>=0, <pad>=1 (its position padding_idx)
         specials = [cls, pad, sep, unk, mask]
     vocab = {t: i for i, t in enumerate(specials + WORDS)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token=unk))
@@ -56,11 +63,11 @@ def make_model(family: str, vocab_size: int, lm_head: bool = True, layers: int =
     if family == "bert":
         cfg = BertConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=64, **common)
         cls = BertForMaskedLM if lm_head else BertModel
-    elif family == "roberta":
-        cfg = RobertaConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=64,
-                            pad_token_id=1, bos_token_id=0, eos_token_id=2, **common)
+    elif family in ROBERTA_LIKE:
+        config_cls, cls = ROBERTA_LIKE[family]
+        cfg = config_cls(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=64,
+                         pad_token_id=1, bos_token_id=0, eos_token_id=2, **common)
         cfg.max_position_embeddings = 130
-        cls = RobertaForMaskedLM
     elif family == "distilbert":
         cfg = DistilBertConfig(dim=32, n_layers=layers, n_heads=4, hidden_dim=64, **common)
         cls = DistilBertForMaskedLM

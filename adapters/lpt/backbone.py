@@ -6,7 +6,7 @@
     h = backbone.run_layers(h, bias, k, n)         # layers k..n see the prompt
     h = backbone.final_norm(h)
 
-Families differ only in where these pieces live; `FamilySpec` names them.
+Families differ only in where these pieces live and in a few constants; `FamilySpec` holds them.
 """
 from __future__ import annotations
 
@@ -49,25 +49,23 @@ def resolve_dtype(dtype: str, device: str | torch.device = "cpu") -> str:
 MINILM_ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 
-@dataclass(frozen=True)
-class FamilySpec:
-    """Where one model family keeps its pieces."""
-
-    name: str
-    causal: bool               # decoder: the readout is the last real token
-    layers: Callable           # base model -> ModuleList of blocks
-    lm_transform: Callable | None = None   # LM model -> module applied before the output projection
-    lm_output: Callable | None = None      # LM model -> Linear onto the vocabulary
+def _embed_bert(b: nn.Module, ids: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
+    return b.embeddings(input_ids=ids, token_type_ids=types)
 
 
-def _bert_like(name: str, lm_prefix: str) -> FamilySpec:
-    def transform(m):
-        return getattr(m, lm_prefix).predictions.transform
+def _embed_electra(b: nn.Module, ids: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
+    h = _embed_bert(b, ids, types)
+    project = getattr(b, "embeddings_project", None)   # only where the embedding size != hidden
+    return project(h) if project is not None else h
 
-    def output(m):
-        return getattr(m, lm_prefix).predictions.decoder
 
-    return FamilySpec(name, False, lambda b: b.encoder.layer, transform, output)
+def _embed_distilbert(b: nn.Module, ids: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
+    return b.embeddings(ids)                             # no token types
+
+
+def _embed_gpt2(b: nn.Module, ids: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
+    pos = torch.arange(ids.shape[1], device=ids.device)
+    return b.drop(b.wte(ids) + b.wpe(pos)[None])
 
 
 class _Seq(nn.Module):
@@ -81,23 +79,54 @@ class _Seq(nn.Module):
         return x
 
 
-FAMILIES: dict[str, FamilySpec] = {
-    "bert": _bert_like("bert", "cls"),
-    "roberta": FamilySpec(
-        "roberta", False, lambda b: b.encoder.layer,
-        lambda m: _Seq(m.lm_head.dense, nn.GELU(), m.lm_head.layer_norm),
-        lambda m: m.lm_head.decoder),
+Embed = Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """Everything one model family does its own way. A new family is one more row of FAMILIES
+    (and one tiny model in the tests): no other code branches on the model type."""
+
+    layers: Callable[[nn.Module], nn.ModuleList]   # base model -> its blocks
+    embed: Embed                                   # (base, ids, types) -> [B, T, d], real tokens at positions 0..T-1
+    lm_transform: Callable[[nn.Module], nn.Module]  # LM model -> module applied before the output projection
+    lm_output: Callable[[nn.Module], nn.Linear]    # LM model -> Linear onto the vocabulary
+    final_norm: Callable[[nn.Module], nn.Module] | None = None   # base -> norm after the last block
+    causal: bool = False                           # decoder: causal mask, readout at the last real token
+    reserved_positions: int = 0                    # position rows before the first token's (RoBERTa: 2)
+    pad_fallback: str | None = None                # tokenizer attribute whose id pads if there is no pad token
+
+
+_ROBERTA = FamilySpec(
+    layers=lambda b: b.encoder.layer, embed=_embed_bert,
+    lm_transform=lambda m: _Seq(m.lm_head.dense, nn.GELU(), m.lm_head.layer_norm),
+    lm_output=lambda m: m.lm_head.decoder, reserved_positions=2)
+
+FAMILIES: dict[str, FamilySpec] = {   # keyed by the Hugging Face config's model_type
+    "bert": FamilySpec(
+        layers=lambda b: b.encoder.layer, embed=_embed_bert,
+        lm_transform=lambda m: m.cls.predictions.transform, lm_output=lambda m: m.cls.predictions.decoder),
+    "roberta": _ROBERTA,
+    "xlm-roberta": _ROBERTA,
+    "camembert": _ROBERTA,
     "distilbert": FamilySpec(
-        "distilbert", False, lambda b: b.transformer.layer,
-        lambda m: _Seq(m.vocab_transform, m.activation, m.vocab_layer_norm),
-        lambda m: m.vocab_projector),
+        layers=lambda b: b.transformer.layer, embed=_embed_distilbert,
+        lm_transform=lambda m: _Seq(m.vocab_transform, m.activation, m.vocab_layer_norm),
+        lm_output=lambda m: m.vocab_projector),
     "electra": FamilySpec(
-        "electra", False, lambda b: b.encoder.layer,
-        lambda m: m.generator_predictions, lambda m: m.generator_lm_head),
-    "gpt2": FamilySpec("gpt2", True, lambda b: b.h, lambda m: nn.Identity(), lambda m: m.lm_head),
+        layers=lambda b: b.encoder.layer, embed=_embed_electra,
+        lm_transform=lambda m: m.generator_predictions, lm_output=lambda m: m.generator_lm_head),
+    "gpt2": FamilySpec(
+        layers=lambda b: b.h, embed=_embed_gpt2, lm_transform=lambda m: nn.Identity(),
+        lm_output=lambda m: m.lm_head, final_norm=lambda b: b.ln_f, causal=True,
+        pad_fallback="eos_token_id"),   # GPT-2 has no pad token; padded positions are masked anyway
 }
-FAMILIES["xlm-roberta"] = FAMILIES["roberta"]
-FAMILIES["camembert"] = FAMILIES["roberta"]
+
+
+def family(model_type: str) -> FamilySpec:
+    if model_type not in FAMILIES:
+        raise ValueError(f"unsupported model type {model_type!r}; supported: {sorted(FAMILIES)}")
+    return FAMILIES[model_type]
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -123,10 +152,7 @@ class Backbone(nn.Module):
 
     def __init__(self, model: nn.Module, tokenizer, model_id: str = "custom"):
         super().__init__()
-        model_type = model.config.model_type
-        if model_type not in FAMILIES:
-            raise ValueError(f"unsupported model type {model_type!r}; supported: {sorted(FAMILIES)}")
-        self.spec = FAMILIES[model_type]
+        self.spec = family(model.config.model_type)
         self.model = model.eval().requires_grad_(False)
         self.base = model.base_model
         self.tokenizer = tokenizer
@@ -137,6 +163,7 @@ class Backbone(nn.Module):
         if self.has_lm_head:
             self.lm_transform = self.spec.lm_transform(model)
             self.lm_output = self.spec.lm_output(model)
+        self.norm = self.spec.final_norm(self.base) if self.spec.final_norm else nn.Identity()
         self._fingerprint: dict | None = None
 
     # ---- construction -------------------------------------------------------------------
@@ -151,11 +178,10 @@ class Backbone(nn.Module):
             raise ValueError(f"dtype must be one of {sorted(DTYPES)} or auto, got {dtype!r}")
         path = resolve_model_path(name_or_path)
         config = AutoConfig.from_pretrained(path)
-        if config.model_type not in FAMILIES:
-            raise ValueError(f"unsupported model type {config.model_type!r}; supported: {sorted(FAMILIES)}")
+        spec = family(config.model_type)
         if not _has_lm_head(config):
             auto = AutoModel  # no trained LM head in the checkpoint: do not invent a random one
-        elif FAMILIES[config.model_type].causal:
+        elif spec.causal:
             auto = AutoModelForCausalLM
         else:
             auto = AutoModelForMaskedLM
@@ -187,24 +213,20 @@ class Backbone(nn.Module):
 
     @property
     def max_positions(self) -> int:
-        n = self.config.max_position_embeddings
-        return n - 2 if self.spec.name in ("roberta", "xlm-roberta", "camembert") else n
+        return self.config.max_position_embeddings - self.spec.reserved_positions
+
+    @property
+    def pad_id(self) -> int:
+        """The id that fills padded positions (masked everywhere, so any real id will do)."""
+        pad = self.tokenizer.pad_token_id
+        if pad is None and self.spec.pad_fallback:
+            pad = getattr(self.tokenizer, self.spec.pad_fallback)
+        return 0 if pad is None else pad
 
     # ---- stages ----------------------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """ids [B, T] (right-padded) -> hidden [B, T, d]; real tokens keep positions 0..T-1."""
-        b = self.base
-        if self.spec.name == "gpt2":
-            pos = torch.arange(input_ids.shape[1], device=input_ids.device)
-            return b.drop(b.wte(input_ids) + b.wpe(pos)[None])
-        if self.spec.name == "distilbert":
-            return b.embeddings(input_ids)
-        kwargs = {"input_ids": input_ids}
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
-        h = b.embeddings(**kwargs)
-        project = getattr(b, "embeddings_project", None)  # ELECTRA: embedding size != hidden
-        return project(h) if project is not None else h
+        return self.spec.embed(self.base, input_ids, token_type_ids)
 
     def attention_bias(self, key_valid: torch.Tensor) -> torch.Tensor:
         """key_valid [B, S] bool -> additive mask [B, 1, S|1, S].
@@ -230,7 +252,7 @@ class Backbone(nn.Module):
         return h
 
     def final_norm(self, h: torch.Tensor) -> torch.Tensor:
-        return self.base.ln_f(h) if self.spec.name == "gpt2" else h
+        return self.norm(h)
 
     def label_scores(self, h: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """LM-head logits of h [N, d] at the given vocabulary ids only -> [N, C].

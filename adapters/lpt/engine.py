@@ -10,7 +10,7 @@ sequence, or the layer-k cache) -> late_forward (generators once per adapter, on
 from __future__ import annotations
 
 from collections import OrderedDict, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -70,9 +70,11 @@ class StateCache:
         return t
 
     def put(self, key: tuple, value: torch.Tensor) -> None:
+        """Keep a copy of value: it is usually one row's real tokens, a view into a padded batch
+        that the cache must not keep alive."""
         if self.entries <= 0:
             return
-        self._data[key] = value
+        self._data[key] = value.clone()
         self._data.move_to_end(key)
         while len(self._data) > self.entries:
             self._data.popitem(last=False)
@@ -89,7 +91,21 @@ class _Encoded:
     row_index: int
     adapter: LatePrompt
     enc: Encoded
-    states: torch.Tensor | None = field(default=None)   # [T, d] at the adapter's layer
+
+
+@dataclass
+class _Lowered:
+    """One bucket's layer-k states in one padded layout: every layer's tensor has the width of
+    the bucket's longest row, fresh rows as the lower pass left them, cache hits after them."""
+
+    states: dict[int, torch.Tensor]     # k -> [R_k, T, d]
+    valid: dict[int, torch.Tensor]      # k -> [R_k, T] bool
+    row: dict[tuple, int]               # (k, token key) -> its row in states[k]
+
+    def gather(self, k: int, keys: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows of these token keys at layer k -> states [n, T, d], valid [n, T]."""
+        idx = torch.tensor([self.row[(k, key)] for key in keys], device=self.states[k].device)
+        return self.states[k].index_select(0, idx), self.valid[k].index_select(0, idx)
 
 
 class Engine:
@@ -102,9 +118,6 @@ class Engine:
         self.cache = StateCache(cache_entries)
         self.max_padding = max_padding
         self.min_bucket_rows = min_bucket_rows
-        self.pad_id = backbone.tokenizer.pad_token_id
-        if self.pad_id is None:  # GPT-2 has none; padded positions are masked anyway
-            self.pad_id = backbone.tokenizer.eos_token_id or 0
 
     # ---- stages -----------------------------------------------------------------------------
     def encode(self, rows: list[Row]) -> tuple[list[_Encoded], dict[int, Exception]]:
@@ -127,31 +140,44 @@ class Engine:
                     ok.append(_Encoded(i, adapter, enc))
         return ok, failed
 
-    def lower(self, items: list[_Encoded]) -> None:
-        """Fill item.states: cache hits first, then one lower pass over the distinct misses."""
+    def lower(self, items: list[_Encoded]) -> _Lowered:
+        """Every item's layer-k states at the bucket's width: cache hits, and one lower pass over
+        the distinct misses whose padded output is kept as it is (only the cache gets slices)."""
+        width = max(len(it.enc.input_ids) for it in items)
         missing: dict[tuple, set[int]] = defaultdict(set)   # token key -> layers needed
+        hits: dict[int, dict[tuple, torch.Tensor]] = defaultdict(dict)   # k -> token key -> [T_i, d]
         for it in items:
-            it.states = self.cache.get((it.adapter.layer, it.enc.key))
-            if it.states is None:
-                missing[it.enc.key].add(it.adapter.layer)
+            k, key = it.adapter.layer, it.enc.key
+            found = self.cache.get((k, key))
+            if found is None:
+                missing[key].add(k)
+            else:
+                hits[k][key] = found
+        out = _Lowered({}, {}, {})
         if missing:
             keys = list(missing)
-            tokens = pad_tokens([k[0] for k in keys], [k[1] for k in keys], self.pad_id, self.backbone.device)
-            stops = set().union(*missing.values())
-            computed = lower_pass(self.backbone, tokens, stops)          # {k: [U, T, d]}
+            tokens = pad_tokens([key[0] for key in keys], [key[1] for key in keys], self.backbone.pad_id,
+                                self.backbone.device, width)
+            computed = lower_pass(self.backbone, tokens, set().union(*missing.values()))   # {k: [U, T, d]}
             for u, key in enumerate(keys):
-                n = len(key[0])
                 for k in missing[key]:
-                    self.cache.put((k, key), computed[k][u, :n].clone())
-            fresh = {(k, key): computed[k][u, :len(key[0])] for u, key in enumerate(keys) for k in missing[key]}
-            for it in items:
-                if it.states is None:
-                    it.states = fresh[(it.adapter.layer, it.enc.key)]
+                    self.cache.put((k, key), computed[k][u, :len(key[0])])
+                    out.row[(k, key)] = u
+            for k, h in computed.items():
+                out.states[k], out.valid[k] = h, tokens.valid
+        for k, found in hits.items():   # the cache holds real tokens only: these rows are padded here
+            h, valid = pad_states(list(found.values()), width)
+            base = out.states[k].shape[0] if k in out.states else 0
+            out.row.update(((k, key), base + i) for i, key in enumerate(found))
+            out.states[k] = torch.cat([out.states[k], h]) if k in out.states else h
+            out.valid[k] = torch.cat([out.valid[k], valid]) if k in out.valid else valid
+        return out
 
     def buckets(self, items: list[_Encoded]) -> list[list[_Encoded]]:
-        """Rows sorted by length, cut where padding to the bucket's longest row would cost more
-        than max_padding times the real tokens. Padding, not the prompt, is what a batch pays
-        for; a mixed-task engine may group rows of similar length whatever their task."""
+        """Rows sorted by real token length, cut where padding to the bucket's longest row would
+        cost more than max_padding times the real tokens. Padding, not the prompt, is what a batch
+        pays for; a mixed-task engine may group rows of similar length whatever their task. This
+        is the one grouping by real length: a bucket is one padded layout from lower to upper."""
         items = sorted(items, key=lambda it: len(it.enc.input_ids))
         if self.max_padding is None:
             return [items]
@@ -165,16 +191,18 @@ class Engine:
             real += n
         return out + [cur]
 
-    def upper(self, items: list[_Encoded]) -> dict[int, torch.Tensor]:
-        """One late_forward over every adapter present -> {row index: logits [C]}."""
+    def upper(self, items: list[_Encoded], lowered: _Lowered) -> dict[int, torch.Tensor]:
+        """One late_forward over every adapter present -> {row index: logits [C]}. Each adapter's
+        rows are gathered by index from the lower pass's padded states."""
         by_adapter: dict[int, list[_Encoded]] = defaultdict(list)
         for it in items:
             by_adapter[id(it.adapter)].append(it)
         groups, members = [], []
         for its in by_adapter.values():
-            h, valid = pad_states([it.states for it in its])
+            adapter = its[0].adapter
+            h, valid = lowered.gather(adapter.layer, [it.enc.key for it in its])
             readout = torch.tensor([it.enc.readout for it in its], device=h.device)
-            groups.append(Group(its[0].adapter, h, valid, readout))
+            groups.append(Group(adapter, h, valid, readout))
             members.append(its)
         out = {}
         for its, logits in zip(members, late_forward(self.backbone, groups)):
@@ -191,8 +219,7 @@ class Engine:
         done: dict[int, torch.Tensor] = {}
         with torch.inference_mode():
             for bucket in self.buckets(items) if items else []:
-                self.lower(bucket)
-                done.update(self.upper(bucket))
+                done.update(self.upper(bucket, self.lower(bucket)))
         return [failed[i] if i in failed else done[i] for i in range(len(rows))]
 
     def predict(self, rows: list[Row]) -> list[Prediction | Exception]:

@@ -5,7 +5,8 @@
 
 `late_forward` serves one adapter (training) or many (the engine's mixed batch) with the same
 code: every group gets its own prompt from its own generator, the prompts are padded to the
-longest L, and groups with a later insertion layer join the batch at their layer.
+longest L, and groups with a later insertion layer join the batch at their layer. The groups
+share one token width T: the padded layout of the lower pass is kept up to the heads.
 """
 from __future__ import annotations
 
@@ -23,18 +24,20 @@ class TokenBatch:
     valid: torch.Tensor                     # [B, T] bool, True at real tokens
 
 
+def _valid(lengths: list[int], width: int, device) -> torch.Tensor:
+    """[n, width] bool, True at the first lengths[i] positions of row i."""
+    return torch.arange(width, device=device)[None] < torch.tensor(lengths, device=device)[:, None]
+
+
 def pad_tokens(seqs: list[tuple[int, ...]], types: list[tuple[int, ...] | None], pad_id: int,
-               device) -> TokenBatch:
-    t = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
-    valid = torch.zeros((len(seqs), t), dtype=torch.bool)
-    tt = torch.zeros((len(seqs), t), dtype=torch.long) if types[0] is not None else None
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-        valid[i, :len(s)] = True
-        if tt is not None:
-            tt[i, :len(s)] = torch.tensor(types[i])
-    return TokenBatch(ids.to(device), tt.to(device) if tt is not None else None, valid.to(device))
+               device, width: int | None = None) -> TokenBatch:
+    """Right-pad to width (default: the longest sequence)."""
+    t = max(len(s) for s in seqs) if width is None else width
+    ids = torch.tensor([[*s, *(pad_id,) * (t - len(s))] for s in seqs], dtype=torch.long, device=device)
+    tt = None
+    if types[0] is not None:
+        tt = torch.tensor([[*y, *(0,) * (t - len(y))] for y in types], dtype=torch.long, device=device)
+    return TokenBatch(ids, tt, _valid([len(s) for s in seqs], t, device))
 
 
 def lower_pass(bb: Backbone, tokens: TokenBatch, stops: set[int]) -> dict[int, torch.Tensor]:
@@ -49,13 +52,14 @@ def lower_pass(bb: Backbone, tokens: TokenBatch, stops: set[int]) -> dict[int, t
     return out
 
 
-def pad_states(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """[T_i, d] tensors -> h [n, T_max, d] (zeros after each row), valid [n, T_max]."""
-    h = torch.nn.utils.rnn.pad_sequence(states, batch_first=True)
-    valid = torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)
+def pad_states(states: list[torch.Tensor], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[T_i, d] tensors -> h [n, W, d] (zeros after each row), valid [n, W]; W = width, or the
+    longest T_i."""
+    w = max(s.shape[0] for s in states) if width is None else width
+    h = states[0].new_zeros((len(states), w, states[0].shape[1]))
     for i, s in enumerate(states):
-        valid[i, :s.shape[0]] = True
-    return h, valid
+        h[i, :s.shape[0]] = s
+    return h, _valid([s.shape[0] for s in states], w, h.device)
 
 
 @dataclass
@@ -63,17 +67,9 @@ class Group:
     """Rows of one adapter, at that adapter's insertion layer."""
 
     adapter: "LatePrompt"   # noqa: F821 (lpt.adapter.LatePrompt)
-    states: torch.Tensor    # [n, T, d] layer-k hidden states, right-padded
+    states: torch.Tensor    # [n, T, d] layer-k hidden states, right-padded (any values after the row)
     valid: torch.Tensor     # [n, T] bool
     readout: torch.Tensor   # [n] long, token index the head reads
-
-
-def _widen(x: torch.Tensor, width: int) -> torch.Tensor:
-    """Pad dim 1 of [n, w, ...] with zeros up to width."""
-    if x.shape[1] == width:
-        return x
-    pad = x.new_zeros((x.shape[0], width - x.shape[1], *x.shape[2:]))
-    return torch.cat([x, pad], dim=1)
 
 
 def _own_dtype(module: torch.nn.Module, default: torch.dtype) -> torch.dtype:
@@ -92,38 +88,42 @@ def read_head(bb: Backbone, adapter: "LatePrompt", h: torch.Tensor, valid: torch
 def late_forward(bb: Backbone, groups: list[Group]) -> list[torch.Tensor]:
     """Logits [n_g, C_g] for each group, all groups in one pass through the upper layers.
 
-    Row layout: [prompt slots (L_max) | real tokens (T_max)]; a group with L < L_max has its
-    extra slots masked, so each row computes what it would alone (up to float rounding).
+    Row layout: [prompt slots (L_max) | tokens (T)], T shared by every group; a group with
+    L < L_max has its extra slots masked, so each row computes what it would alone (up to float
+    rounding).
     """
+    t = groups[0].states.shape[1]
+    if any(g.states.shape[1] != t for g in groups):
+        raise ValueError(f"groups must share one padded width, got {sorted({g.states.shape[1] for g in groups})}")
     l_max = max(g.adapter.length for g in groups)
-    t_max = max(g.states.shape[1] for g in groups)
     parts = []
     for g in groups:
         gen = g.adapter.generator
         prompt = gen(g.states.to(_own_dtype(gen, g.states.dtype)), g.valid).to(g.states.dtype)   # [n, L, d]
-        slot_valid = torch.ones(prompt.shape[:2], dtype=torch.bool, device=prompt.device)
-        x = torch.cat([_widen(prompt, l_max), _widen(g.states, t_max)], dim=1)         # [n, L_max+T_max, d]
-        key_valid = torch.cat([_widen(slot_valid, l_max), _widen(g.valid, t_max)], dim=1)
-        parts.append((g.adapter.layer, x, key_valid))
+        n, length = prompt.shape[:2]
+        gap = prompt.new_zeros((n, l_max - length, prompt.shape[2]))
+        x = torch.cat([prompt, gap, g.states], dim=1)                                   # [n, L_max+T, d]
+        slots = torch.arange(l_max, device=g.valid.device).expand(n, l_max) < length
+        parts.append((x, torch.cat([slots, g.valid], dim=1)))
 
     # Groups join at their own layer: run [k_j, k_{j+1}) on the rows present so far.
-    order = sorted(range(len(groups)), key=lambda j: groups[j].adapter.layer)
+    layers = sorted({g.adapter.layer for g in groups})
+    order = [j for k in layers for j, g in enumerate(groups) if g.adapter.layer == k]
     x = key_valid = None
-    for pos, j in enumerate(order):
-        k, xj, vj = parts[j]
-        x = xj if x is None else torch.cat([x, xj])
-        key_valid = vj if key_valid is None else torch.cat([key_valid, vj])
-        nxt = parts[order[pos + 1]][0] if pos + 1 < len(order) else bb.num_layers
+    for pos, k in enumerate(layers):
+        joining = [parts[j] for j in order if groups[j].adapter.layer == k]
+        x = torch.cat(([] if x is None else [x]) + [p[0] for p in joining])
+        key_valid = torch.cat(([] if key_valid is None else [key_valid]) + [p[1] for p in joining])
+        nxt = layers[pos + 1] if pos + 1 < len(layers) else bb.num_layers
         if nxt > k:
             x = bb.run_layers(x, bb.attention_bias(key_valid), k, nxt)
-    x = bb.final_norm(x)                                           # [B, L_max+T_max, d]
+    x = bb.final_norm(x)                                           # [B, L_max+T, d]
 
     logits: list[torch.Tensor] = [None] * len(groups)   # type: ignore[list-item]
     start = 0
     for j in order:
         g = groups[j]
         n = g.states.shape[0]
-        h = x[start:start + n, l_max:]                              # [n, T_max, d]
-        logits[j] = read_head(bb, g.adapter, h, _widen(g.valid, t_max), g.readout)
+        logits[j] = read_head(bb, g.adapter, x[start:start + n, l_max:], g.valid, g.readout)
         start += n
     return logits

@@ -66,13 +66,6 @@ def longest_first_batches(lengths: list[int], batch_size: int) -> list[list[int]
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
-def pad_id(bb: Backbone) -> int:
-    tok = bb.tokenizer
-    if tok.pad_token_id is not None:
-        return tok.pad_token_id
-    return tok.eos_token_id or 0   # GPT-2 has no pad token; padded positions are masked anyway
-
-
 class Method:
     """A model to train: `logits(split, idx)` for a batch; what it trains; how it saves."""
 
@@ -83,7 +76,6 @@ class Method:
         self.adapter = adapter               # encoder + head (+ generator for the adapter methods)
         self.layer = layer                   # states after layers [0, layer) feed the trained part
         self.train_backbone = train_backbone
-        self.pad_id = pad_id(bb)
 
     # ---- data ------------------------------------------------------------------------------
     def encode(self, texts: list[tuple[str, str | None]]) -> list[Encoded]:
@@ -99,7 +91,7 @@ class Method:
 
     def _tokens(self, encoded: list[Encoded]):
         return pad_tokens([e.input_ids for e in encoded], [e.token_type_ids for e in encoded],
-                          self.pad_id, self.bb.device)
+                          self.bb.pad_id, self.bb.device)
 
     @torch.no_grad()
     def compute_states(self, encoded: list[Encoded], batch_size: int = 64) -> StateStore:

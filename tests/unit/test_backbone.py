@@ -1,19 +1,26 @@
-"""Split forward without a prompt == the model's own forward, for every family."""
+"""Split forward without a prompt == the model's own forward, for every row of the family table."""
 import pytest
 import torch
 
+from lpt.backbone import FAMILIES as TABLE
 from lpt.forward import lower_pass, pad_tokens
-from tiny import make_backbone, random_texts
+from tiny import SPECIALS, make_backbone, random_texts
 
 pytestmark = pytest.mark.unit
-FAMILIES = ["bert", "roberta", "distilbert", "electra", "gpt2"]
+FAMILIES = sorted(TABLE)
+
+
+def test_every_row_of_the_family_table_has_its_own_tiny_model():
+    assert {"bert", "roberta", "distilbert", "electra", "gpt2"} <= set(FAMILIES)
+    for family in FAMILIES:
+        bb = make_backbone(family)
+        assert bb.config.model_type == family and bb.spec is TABLE[family]
 
 
 def _tokens(bb, texts, pairs=None):
     encs = [bb.tokenizer(t, p) for t, p in zip(texts, pairs or [None] * len(texts))]
     types = [tuple(e["token_type_ids"]) if "token_type_ids" in e else None for e in encs]
-    pad = bb.tokenizer.pad_token_id if bb.tokenizer.pad_token_id is not None else 0
-    return pad_tokens([tuple(e["input_ids"]) for e in encs], types, pad, bb.device)
+    return pad_tokens([tuple(e["input_ids"]) for e in encs], types, bb.pad_id, bb.device)
 
 
 def _reference(bb, tokens):
@@ -54,6 +61,41 @@ def test_label_scores_equal_full_lm_logits(family):
         ids = torch.tensor([5, 7, 11])
         ours = bb.label_scores(h[:, 1], ids)
     assert (ours - full[:, 1][:, ids]).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_max_positions_is_exactly_what_the_embeddings_take(family):
+    bb = make_backbone(family)
+    n = bb.max_positions
+    with torch.no_grad():
+        assert bb.embed(torch.full((1, n), 5)).shape[:2] == (1, n)
+        with pytest.raises((IndexError, RuntimeError)):
+            bb.embed(torch.full((1, n + 1), 5))
+
+
+def test_pad_id_is_the_pad_token_or_the_family_fallback():
+    for family in FAMILIES:
+        bb = make_backbone(family)
+        pad, eos = SPECIALS[family][0], SPECIALS[family][3]
+        assert bb.pad_id == bb.tokenizer.convert_tokens_to_ids(pad or eos)   # GPT-2 has no pad token: eos
+    assert make_backbone("gpt2").pad_id != 0
+
+
+def test_the_engine_and_the_training_methods_pad_with_pad_id(monkeypatch):
+    import lpt.engine
+    from lpt import Engine, Row, new_adapter
+    from lpt.methods import build_method
+
+    bb = make_backbone("gpt2")
+    texts = ["great film", "a very boring plot"]
+    seen = []
+    real = lpt.engine.lower_pass
+    monkeypatch.setattr(lpt.engine, "lower_pass", lambda b, tokens, stops: seen.append(tokens) or real(b, tokens, stops))
+    Engine(bb, max_padding=None).logits([Row(new_adapter(bb, task="t", labels=["a", "b"], layer=2), t) for t in texts])
+    method = build_method(bb, "lpt", task="t", labels=["a", "b"])
+    assert len(seen) == 1
+    for tokens in seen + [method._tokens(method.encode([(t, None) for t in texts]))]:
+        assert not tokens.valid.all() and (tokens.input_ids[~tokens.valid] == bb.pad_id).all()
 
 
 def test_base_model_without_lm_head_refuses_label_scores():

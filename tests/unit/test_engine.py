@@ -140,3 +140,61 @@ def test_length_buckets_bound_padding_and_change_no_answer():
     one = Engine(bb, cache_entries=0, max_padding=None).logits(rows)
     for a, b in zip(one, bucketed.logits(rows)):
         assert (a - b).abs().max().item() < TOL
+
+
+def test_hits_and_misses_in_one_bucket_equal_rows_alone():
+    """The longest row comes from the cache (the lower pass pads its misses to that width) and
+    one text is a hit at one layer and a miss at another."""
+    bb = make_backbone("bert")
+    a1, a2 = _adapters(bb, [(1, 5, "npg", "linear"), (2, 3, "max", "mean")])
+    assert a1.encoder.encode("great film").key == a2.encoder.encode("great film").key
+    long_text = "the plot was very boring and the actors were not fun , it is a bad film"
+    engine = Engine(bb, cache_entries=100, max_padding=None)
+    engine.logits([Row(a1, long_text), Row(a1, "great film")])
+    before = (engine.cache.stats.hits, engine.cache.stats.misses)
+    rows = [Row(a1, long_text), Row(a1, "great film"), Row(a2, "great film"), Row(a2, "bad plot"),
+            Row(a1, "fun movie")]
+    _assert_rows_equal_alone(engine, rows)
+    assert (engine.cache.stats.hits - before[0], engine.cache.stats.misses - before[1]) == (2, 3)
+
+
+def test_fresh_rows_reach_the_upper_layers_as_the_lower_pass_padded_them(monkeypatch):
+    """No slicing and re-padding when nothing comes from the cache: each adapter's states are
+    rows of the lower pass's own padded tensor, padding included."""
+    import lpt.engine as engine_module
+
+    bb = make_backbone("bert")
+    adapters = _adapters(bb, MIXED[:4])
+    rows = _rows(adapters, random_texts(12, seed=9, lo=1, hi=12))
+    lowered, seen = [], []
+    real_lower, real_late = engine_module.lower_pass, engine_module.late_forward
+    monkeypatch.setattr(engine_module, "lower_pass", lambda *a: lowered.append(real_lower(*a)) or lowered[-1])
+    monkeypatch.setattr(engine_module, "late_forward", lambda b, groups: seen.append(groups) or real_late(b, groups))
+
+    def no_repadding(*a, **k):
+        raise AssertionError("fresh states were padded again")
+    monkeypatch.setattr(engine_module, "pad_states", no_repadding)
+
+    engine = Engine(bb, cache_entries=100, max_padding=None)
+    engine.logits(rows)
+    (computed,), (groups,) = lowered, seen
+    width = max(len(r.adapter.encoder.encode(r.text).input_ids) for r in rows)
+    for g in groups:
+        layer = computed[g.adapter.layer]
+        assert g.states.shape[1] == width == layer.shape[1]
+        padded = ~g.valid
+        assert padded.any() and g.states[padded].abs().sum() > 0     # the lower pass's padding, not zeros
+        for row in g.states:
+            assert any(torch.equal(row, c) for c in layer)
+
+
+def test_late_forward_refuses_groups_of_different_widths():
+    from lpt.forward import Group, late_forward
+
+    bb = make_backbone("bert")
+    a, b = _adapters(bb, [(2, 3, "npg", "linear"), (2, 2, "npg", "linear")])
+    d = bb.hidden_size
+    groups = [Group(a, torch.zeros(1, 4, d), torch.ones(1, 4, dtype=torch.bool), torch.zeros(1, dtype=torch.long)),
+              Group(b, torch.zeros(1, 5, d), torch.ones(1, 5, dtype=torch.bool), torch.zeros(1, dtype=torch.long))]
+    with pytest.raises(ValueError, match="one padded width"):
+        late_forward(bb, groups)
