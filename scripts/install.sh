@@ -27,6 +27,7 @@ if [[ "${1:-}" == "--test" ]]; then
     pkgs=()
     command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || pkgs+=(nginx-light)
     command -v docker-compose >/dev/null 2>&1 || pkgs+=(docker-compose)
+    command -v curl >/dev/null 2>&1 || pkgs+=(curl)     # the README walkthrough test runs its curl commands
     if (( ${#pkgs[@]} )) && command -v apt-get >/dev/null 2>&1; then
         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null) \
             || echo "install.sh: could not install ${pkgs[*]}; their tests will be skipped" >&2
