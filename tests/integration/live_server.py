@@ -10,13 +10,16 @@ from contextlib import contextmanager
 
 import uvicorn
 
+from lpt_server.http import protocol_class
+
 
 @contextmanager
 def serving(app) -> Iterator[str]:
-    """`app` served by uvicorn on a free port in this process, lifespan included; yields its URL."""
+    """`app` served by uvicorn on a free port in this process, lifespan included, with the HTTP
+    protocol `lpt serve` runs (its header deadline); yields its URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", http=protocol_class(10.0)))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
