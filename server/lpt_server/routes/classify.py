@@ -43,9 +43,7 @@ class Job:
 # ---- parse -----------------------------------------------------------------------------------
 def _normalize(inputs) -> list[tuple[str, str | None]]:
     if isinstance(inputs, str):
-        inputs = [inputs]
-    if not inputs:
-        raise Unprocessable('invalid request: inputs is an empty list: send at least one text')
+        inputs = [inputs]           # an empty list never gets here: the schema wants at least one
     out = []
     for i, x in enumerate(inputs):
         text, pair = (x, None) if isinstance(x, str) else (x[0], x[1])
