@@ -88,6 +88,7 @@ def test_unpack_picks_the_wheels_this_interpreter_can_use(tmp_path):
     plat = sysconfig.get_platform().replace("-", "_").replace(".", "_")
     _wheel(wheels / "pure_pkg-1.0-py3-none-any.whl", "pure_pkg")
     _wheel(wheels / f"native_pkg-1.0-{tag}-{tag}-{plat}.whl", "native_pkg")
+    _wheel(wheels / "native_pkg-1.0-py3-none-any.whl", "native_pkg")        # usable, but less specific
     _wheel(wheels / "native_pkg-1.0-cp39-cp39-win_amd64.whl", "native_pkg")
     _wheel(wheels / "other_pkg-1.0-cp39-cp39-win_amd64.whl", "other_pkg")
     assert gpu_kit.unpack(wheels, tmp_path / "site") == ["native-pkg", "pure-pkg"]
