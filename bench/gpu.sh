@@ -26,9 +26,13 @@ else
 fi
 export PYTHONPATH="$SITE:$PWD/adapters:$PWD/server:$PWD/client"
 python3 -c "import fastapi, uvicorn, pydantic_core, sys; assert fastapi.__file__.startswith('$SITE'), fastapi.__file__; print('web stack from the kit:', fastapi.__version__, uvicorn.__version__, 'python', sys.version.split()[0])"
+# A fresh network namespace (`unshare -n`) starts with loopback down; the HTTP stage needs it.
+if command -v ip >/dev/null && ! ip link show lo 2>/dev/null | grep -q '[<,]UP[,>]'; then
+    ip link set lo up || echo "loopback is down and could not be brought up: the HTTP stage will fail" >&2
+fi
 if [[ $MODE == gpu ]]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     timeout 330 python3 bench/gpu_bench.py --kit "$KIT" --json "$RESULTS/$NAME.json"
 else
-    OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} timeout 170 python3 bench/gpu_bench.py --kit "$KIT" --json "$RESULTS/$NAME.json" --cpu-smoke
+    OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} timeout 300 python3 bench/gpu_bench.py --kit "$KIT" --json "$RESULTS/$NAME.json" --cpu-smoke
 fi

@@ -1,6 +1,6 @@
 """The engine's equivalences, checked on the benchmark's device in every dtype it runs.
 
-  mixed_row_equals_row_alone   each row of a mixed batch (8 adapters, insertion layers and
+  mixed_row_equals_row_alone   each row of a mixed batch (8 adapters, or the plan's tasks if fewer; insertion layers and
                                generators mixed, rows of different lengths) vs that row alone
   batch_split_equals_whole     the batch in two engine calls vs in one
   split_forward_equals_model   the staged forward (embed, layers [0, k), layers [k, n), no prompt)
@@ -73,7 +73,7 @@ def staged_vs_model(bb: Backbone, rows: list[Row]) -> float:
 def equivalences(kit: Path, plan, texts: list[str], load_model) -> list[dict]:
     """Every check for the embedded model in every dtype of the plan, on the plan's device."""
     cpu = Backbone.load(str(kit / "minilm"), device="cpu", dtype="float32")
-    files = adapter_files(cpu, 8)
+    files = adapter_files(cpu, min(8, plan.tasks))
     cpu_adapters = [load_adapter(f, cpu) for f in files]
     cpu_logits = Engine(cpu, cache_entries=0).logits(check_rows(cpu_adapters, texts, plan.tokens_per_row))
     out = []

@@ -8,6 +8,7 @@ tokens per row. Reports req/s, rows/s, p50/p99 and the server's mean batch.
 from __future__ import annotations
 
 import asyncio
+import socket
 import tempfile
 from pathlib import Path
 
@@ -34,7 +35,19 @@ def requests_for(tasks: list[str], texts: list[str], n: int, per_request: int) -
     return out
 
 
+def check_loopback() -> None:
+    """Fail at once, saying why, where loopback is down (a fresh network namespace)."""
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        try:
+            socket.create_connection(srv.getsockname(), timeout=5).close()
+        except OSError as e:
+            raise RuntimeError(f"cannot connect on loopback ({e}): bring it up (ip link set lo up)") from e
+
+
 def http_runs(kit: Path, plan, texts: list[str]) -> dict:
+    check_loopback()
     model = str(kit / "minilm")
     adapters = make_adapters(model, plan.tasks)
     tasks = sorted(adapters)
