@@ -224,9 +224,10 @@ def main(argv=None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json} ({result['seconds']} s)")
-    failed = [c for c in result["equivalence"] if not c["ok"]]
-    for c in failed:
-        print(f"EQUIVALENCE FAILED: {c}", file=sys.stderr)
+    failed = [f"equivalence: {c}" for c in result["equivalence"] if not c["ok"]]
+    failed += [f"http: {r}" for r in result.get("http", {}).get("runs", []) if r["errors"] or not r["requests"]]
+    for f in failed:
+        print(f"FAILED {f}", file=sys.stderr)
     return 1 if failed else 0
 
 

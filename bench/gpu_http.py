@@ -20,9 +20,10 @@ HTTP_DTYPE = {"cuda": "bfloat16", "cpu": "float32"}
 
 def server_flags(plan) -> list[str]:
     batch = max(plan.batches)
+    in_flight = max(plan.http_concurrency) * plan.http_texts_per_request   # rows the clients can have queued
     return ["--device", plan.device, "--dtype", HTTP_DTYPE[plan.device], "--cache-entries", "0",
             "--max-batch-rows", str(batch), "--max-batch-tokens", str(batch * plan.tokens_per_row),
-            "--max-input-tokens", str(plan.tokens_per_row - 2), "--queue-limit", str(4 * batch)]
+            "--max-input-tokens", str(plan.tokens_per_row - 2), "--queue-limit", str(max(4 * batch, 2 * in_flight))]
 
 
 def requests_for(tasks: list[str], texts: list[str], n: int, per_request: int) -> list[tuple[str, dict]]:
