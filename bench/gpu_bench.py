@@ -184,7 +184,7 @@ def device_info(plan: Plan) -> dict:
     if plan.device == "cuda":
         p = torch.cuda.get_device_properties(0)
         info.update(name=p.name, memory_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda,
-                    tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+                    tf32_matmul=getattr(torch.backends.cuda.matmul, "allow_tf32", None))
     else:
         info.update(name=platform.processor() or platform.machine(), threads=torch.get_num_threads())
     return info
