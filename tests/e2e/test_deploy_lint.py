@@ -112,21 +112,3 @@ def test_prometheus_config():
                        text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
 
-
-def test_kubernetes_manifest_matches_the_image():
-    yaml = pytest.importorskip("yaml")
-    docs = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "k8s" / "lpt-serve.yaml").read_text())}
-    assert set(docs) == {"PersistentVolumeClaim", "Deployment", "Service", "PodDisruptionBudget"}
-    pod = docs["Deployment"]["spec"]["template"]["spec"]
-    (c,) = pod["containers"]
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    user = re.search(r"^USER (\d+):(\d+)", dockerfile, re.M)
-    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == \
-        (int(user.group(1)), int(user.group(2)))
-    assert c["readinessProbe"]["httpGet"]["path"] == "/ready" and c["livenessProbe"]["httpGet"]["path"] == "/health"
-    mounts = {m["mountPath"] for m in c["volumeMounts"]}
-    assert re.search(r"LPT_STORE=(\S+)", dockerfile).group(1) in mounts and "/tmp" in mounts
-    env = {e["name"]: e.get("value") for e in c["env"]}
-    drain = float(env["LPT_REQUEST_TIMEOUT_S"]) + 5 + float(c["lifecycle"]["preStop"]["exec"]["command"][1])
-    assert pod["terminationGracePeriodSeconds"] >= drain, "the grace period is shorter than the drain"
-    assert docs["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
