@@ -71,12 +71,15 @@ def test_compose_config():
 
 
 def test_every_replica_is_balanced_and_scraped():
-    """compose replicas == nginx upstream servers == Prometheus targets (docs/deploy.md, Scale)."""
+    """compose replicas == nginx upstream servers (both pools) == Prometheus targets (docs/deploy.md, Scale)."""
     yaml = pytest.importorskip("yaml")
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     replicas = sorted(s for s in compose["services"] if s.startswith("replica"))
-    upstream = re.search(r"upstream\s+lpt_replicas\s*\{(.*?)\n\s*\}", (DOCKER / "nginx.conf").read_text(), re.S).group(1)
-    servers = sorted(re.findall(r"^\s*server\s+([\w.-]+):8080\b", upstream, re.M))
+    upstreams = re.findall(r"upstream\s+([\w-]+)\s*\{(.*?)\n\s*\}", (DOCKER / "nginx.conf").read_text(), re.S)
+    assert {name for name, _ in upstreams} == {"lpt_replicas", "lpt_by_task"}, upstreams
+    pools = {name: sorted(re.findall(r"^\s*server\s+([\w.-]+):8080\b", body, re.M)) for name, body in upstreams}
+    servers = pools["lpt_replicas"]
+    assert pools["lpt_by_task"] == servers, "the task-affinity pool lists other replicas than lpt_replicas"
     prom = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
     targets = sorted(t.split(":")[0] for job in prom["scrape_configs"] for sc in job["static_configs"]
                      for t in sc["targets"])
