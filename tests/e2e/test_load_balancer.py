@@ -199,9 +199,12 @@ def test_requests_for_one_task_always_reach_the_same_replica(topology):
         r = httpx.put(f"{lb}/v1/adapters/{t}", content=body, headers=auth, timeout=60)
         assert r.status_code in (200, 201), r.text
     loads_before = [adapter_loads(r) for r in replicas]
+    # each round in another order: round robin (what least_conn does one request at a time)
+    # would send a task to another replica as soon as its place in the sequence changes parity
+    orders = [tasks, tasks[1:] + tasks[:1], tasks[::-1]]
     with httpx.Client() as c:
-        for round_ in range(3):
-            for t in tasks:
+        for round_, order in enumerate(orders):
+            for t in order:
                 r = c.post(f"{lb}/v1/tasks/{t}/classify", json={"inputs": [f"round {round_}", "so so"]}, timeout=60)
                 assert r.status_code == 200, r.text
     owners = {}
