@@ -111,6 +111,10 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = argparse.Argument
     out.add_argument("--metrics-json", default=None, help="write the run's numbers to this JSON file")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
     _runtime_args(t)
+    r = t.add_argument_group("on a server (`lpt train --remote URL --admin-key KEY ...` uploads the files and "
+                             "follows the job; the other options are sent as they are)")
+    r.add_argument("--remote", metavar="URL", default=None, help="the lpt-serve server to train on")
+    r.add_argument("--admin-key", default=None, help="the server's admin key (default: $LPT_ADMIN_KEY)")
 
     e = sub.add_parser("eval", help="evaluate an adapter file on a labelled file")
     e.add_argument("--adapter", required=True, help="adapter .safetensors file")
@@ -281,6 +285,9 @@ def run_training(bb, plan: TrainPlan, args, on_step=None) -> dict:
 
 
 def cmd_train(args) -> int:
+    if args.remote or args.admin_key:
+        raise UsageError("--remote and --admin-key are read by the `lpt` command (`lpt train --remote URL ...`), "
+                         "not by `python -m lpt.cli`")
     plan = plan_training(args)
     bb = _load_backbone(args.model, args)
     summary = run_training(bb, plan, args)
