@@ -225,6 +225,9 @@ class Trainer:
             self._queue.clear()
             for job in dropped:
                 self._end(job, "cancelled", "the server stopped before the job started")
+            for job in self._jobs.values():
+                if job.state == "running" and not job.committing:
+                    self._end(job, "cancelled", "the server stopped while the job ran")
             proc = self._proc
             self._wake.notify_all()
         for job in dropped:
