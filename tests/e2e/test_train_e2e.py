@@ -17,7 +17,7 @@ import time
 import httpx
 import pytest
 from serve_process import ADMIN, Server
-from tiny import make_backbone
+from tiny import make_backbone, save_backbone
 
 from lpt import new_adapter
 from lpt.adapter import adapter_bytes
@@ -41,8 +41,7 @@ def write_rows(path, n: int) -> None:
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_e2e")
     bb = make_backbone("bert", lm_head=False)
-    bb.model.save_pretrained(root / "model")
-    bb.tokenizer.save_pretrained(root / "model")
+    save_backbone(bb, root / "model")
     write_rows(root / "train.csv", 40)
     write_rows(root / "long.csv", 400)
     s = Server(root / "store", root / "server.log", "--model", str(root / "model"), "--train-queue", "1",

@@ -7,7 +7,7 @@ import json
 import threading
 
 import pytest
-from tiny import make_backbone
+from tiny import make_backbone, save_backbone
 
 from lpt import read_adapter
 from lpt.jobrun import Reporter, run
@@ -18,9 +18,7 @@ pytestmark = pytest.mark.unit
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("jobrun")
-    bb = make_backbone("bert", lm_head=False)
-    bb.model.save_pretrained(root / "model")
-    bb.tokenizer.save_pretrained(root / "model")
+    save_backbone(make_backbone("bert", lm_head=False), root / "model")
     rows = "".join(f"{'great fun' if i % 2 else 'bad boring'} w{i},{'pos' if i % 2 else 'neg'}\n" for i in range(40))
     (root / "train.csv").write_text("text,label\n" + rows)
     return root

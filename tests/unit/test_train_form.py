@@ -8,7 +8,7 @@ import io
 
 import httpx
 import pytest
-from tiny import make_backbone
+from tiny import make_backbone, save_backbone
 
 from lpt import cli as lpt_cli
 from lpt_server import upload
@@ -84,10 +84,7 @@ def test_safe_filename():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     bb = make_backbone("bert", lm_head=False)
-    path = tmp_path_factory.mktemp("tiny-model")
-    bb.model.save_pretrained(path)
-    bb.tokenizer.save_pretrained(path)
-    return path, bb
+    return save_backbone(bb, tmp_path_factory.mktemp("tiny-model")), bb
 
 
 def cli_message(tmp_path, monkeypatch, model, filename, content: bytes, options: list[str]) -> str:
