@@ -55,6 +55,15 @@ def server(tmp_path_factory):
         s.stop()
 
 
+def children_nice(pid: int) -> list[int]:
+    """The niceness of each child process of `pid` (Linux /proc)."""
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        for child in open(f"/proc/{pid}/task/{task}/children").read().split():
+            out.append(int(open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[16]))
+    return out
+
+
 def lpt_train_remote(server, *args: str) -> subprocess.CompletedProcess:
     exe = shutil.which("lpt")
     cmd = [exe] if exe else [sys.executable, "-m", "lpt_server"]
@@ -126,6 +135,7 @@ def test_a_full_queue_cancelling_and_serving_while_a_job_trains(server):
                 [[answer]] = await client.classify("great fun", task="served")
                 assert answer.label in ("neg", "pos")
             assert (await client.get_training(slow.id)).state == "running"
+            assert children_nice(server.proc.pid) == [10]        # the job yields the CPU to serving
 
             assert (await client.cancel_training(waiting.id)).state == "cancelled"      # dropped from the queue
             stopped = await client.cancel_training(slow.id)                             # stops at its next step
