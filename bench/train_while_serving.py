@@ -2,6 +2,7 @@
 
     python bench/train_while_serving.py                      # 15 s per phase, concurrency 1 and 8
     python bench/train_while_serving.py --seconds 30 --concurrency 1 4 16
+    python bench/train_while_serving.py --nice 0 --out train_while_serving-nice0   # the job at serving's priority
 
 Starts one `lpt serve --threads 1 --train-threads 1` (the real model, 4 seeded adapters), then for
 each concurrency runs a closed loop of single-text classify requests (tasks round-robin, every
@@ -74,14 +75,17 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], help="closed-loop clients [1 8]")
     p.add_argument("--tasks", type=int, default=4)
     p.add_argument("--epochs", type=int, default=50, help="epochs of the job (it is cancelled when measured) [50]")
+    p.add_argument("--nice", type=int, default=10, help="the job's niceness (LPT_TRAIN_NICE) [10]")
+    p.add_argument("--out", default="train_while_serving", help="results name under bench/results/")
     args = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="lpt-bench-train-"))
     train_csv = export(work / "data", ["sentiment"])["sentiment"]["train"]
     adapters = make_adapters(args.model, args.tasks)
-    server = Server(args.model, work / "store", work / "server.log", ["--threads", "1", "--train-threads", "1"])
+    server = Server(args.model, work / "store", work / "server.log", ["--threads", "1", "--train-threads", "1",
+                                                                                  "--train-nice", str(args.nice)])
     results = {"command": command_line(), "machine": platform.processor() or platform.machine(),
-               "seconds_per_phase": args.seconds, "runs": []}
+               "seconds_per_phase": args.seconds, "train_nice": args.nice, "runs": []}
     try:
         server.wait_ready()
         upload_adapters(server.url, adapters)
@@ -109,7 +113,7 @@ def main() -> None:
                 + f"; training at {run['train_steps_per_s']} steps/s", flush=True)
     finally:
         server.stop()
-    print(f"wrote {write_json('train_while_serving', results)}")
+    print(f"wrote {write_json(args.out, results)}")
 
 
 if __name__ == "__main__":
