@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +18,8 @@ from .metrics import Metrics
 from .registry import Registry, seed_demo_adapters
 from .settings import Settings
 from .store import Store, StoreError
+from .train_form import Runner
+from .train_jobs import Trainer, child_command
 from .worker import EngineWorker
 
 log = logging.getLogger("lpt_server")
@@ -61,6 +64,8 @@ class Runtime:
         self.registry: Registry | None = None
         self.worker: EngineWorker | None = None
         self.batcher: Batcher | None = None
+        self.trainer: Trainer | None = None
+        self.train_runner = Runner(settings.model, settings.device, settings.dtype, settings.train_threads)
         self.started_at = time.time()
         self.load_seconds: float | None = None
         self.seeded: list[str] = []
@@ -96,16 +101,30 @@ class Runtime:
                                max_wait_s=s.max_wait_ms / 1000, queue_limit=s.queue_limit,
                                on_batch=self.metrics.observe_closed_batch)
         self.batcher.start()
+        self.trainer = self._make_trainer()
+        self.trainer.start()
         cache = getattr(self.engine, "cache", None)
         self.metrics.bind(queue_size=lambda: len(self.batcher), resident=lambda: self.registry.resident_count,
                           registered=lambda: self.registry.registered, worker_alive=lambda: self.worker.alive,
                           cache_stats=lambda: getattr(cache, "stats", None))
+
+    def _make_trainer(self) -> Trainer:
+        """Training jobs: run beside serving in child processes; a result is stored through the
+        registry, exactly as an upload."""
+        from .errors import describe
+
+        command, env = child_command(sys.executable, self.settings.train_threads)
+        return Trainer(command=command, env=env, queue_limit=self.settings.train_queue,
+                       commit=lambda name, data: self.registry.put(name, data)[0],
+                       explain=lambda e: describe(e)[2])
 
     async def stop(self) -> None:
         """Finish what was accepted, then stop the worker."""
         self.draining = True
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self.trainer is not None:
+            await asyncio.to_thread(self.trainer.stop)
         if self.batcher is not None:
             await self.batcher.close(drain=True)
         if self.worker is not None:
