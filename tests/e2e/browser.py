@@ -35,6 +35,7 @@ def start(browser: str, driver: str, width: int = 1100, height: int = 860):
 
 def screenshot(driver, path: Path, width: int = 1100) -> None:
     """The whole page (its scroll height), saved as a PNG."""
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(width, min(max(height, 400), 1600))
+    height, chrome = driver.execute_script(
+        "return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight]")
+    driver.set_window_size(width, min(max(height, 400), 1600) + chrome)
     driver.save_screenshot(str(path))

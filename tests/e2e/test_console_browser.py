@@ -1,8 +1,9 @@
 """The console in a real browser (headless Chromium) against a real `lpt serve` on the real model:
 upload a demo adapter with the file picker (the admin key asked for on the 401), classify through
 the page and see the server's own answer, see a 4xx error in the API's words, delete after a
-confirmation, read a training file's columns, move between tabs with the keyboard, and watch the
-Status view agree with /metrics.
+confirmation, train a task from a CSV file and follow it to the end (chart included), then try the
+new task in one click, move between tabs with the keyboard, and watch the Status view agree with
+/metrics. The tests run in file order on one server: each starts from the adapters the ones above left.
 
 One browser and one server for the module. With CONSOLE_SCREENSHOTS=DIR set, each view is saved
 as DIR/console-<view>.png (the README's pictures: CONSOLE_SCREENSHOTS=docs).
@@ -214,6 +215,69 @@ def test_the_train_form_reads_the_columns_of_a_csv_in_the_browser(browser, tmp_p
     assert options == ["id", "review, full text", "premise", "stars"]
     assert [o.text for o in Select(by_id(browser, "train-pair")).options] == ["(none)", *options]
     assert by_id(browser, "train-task").get_attribute("value") == "reviews"
+
+
+MOOD = [("I loved it", "positive"), ("what a great day", "positive"), ("wonderful film", "positive"),
+        ("this is excellent", "positive"), ("really happy with it", "positive"), ("superb work", "positive"),
+        ("I hated it", "negative"), ("what a terrible day", "negative"), ("awful film", "negative"),
+        ("this is bad", "negative"), ("really unhappy with it", "negative"), ("poor work", "negative")]
+
+
+def colored_pixels(browser, rgb):
+    """How many pixels of the training chart have exactly this color."""
+    return browser.execute_script("""
+        const c = document.getElementById('train-chart'), [r, g, b] = arguments[0];
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i] === r && d[i + 1] === g && d[i + 2] === b) n++;
+        return n;""", list(rgb))
+
+
+def test_train_a_task_follow_it_to_the_end_and_try_it(server, browser, tmp_path):
+    data = tmp_path / "mood.csv"
+    data.write_text("text,label\n" + "".join(f'"{t}",{label}\n' for t, label in MOOD))
+    open_view(browser, "train")
+    by_id(browser, "train-data").send_keys(str(data))
+    wait(browser, lambda d: by_id(d, "train-task").get_attribute("value") == "mood", what="the task name")
+    assert Select(by_id(browser, "train-text")).first_selected_option.text == "text"
+    assert Select(by_id(browser, "train-label")).first_selected_option.text == "label"
+    by_id(browser, "train-epochs").send_keys("2")
+    by_id(browser, "train-seed").send_keys("1")
+    assert colored_pixels(browser, (11, 87, 208)) == 0
+    by_id(browser, "train-submit").click()
+    seen = set()
+
+    def ended(d):
+        state = by_id(d, "job-state").text if by_id(d, "train-job").is_displayed() else ""
+        seen.add(state)
+        return state in ("succeeded", "failed", "cancelled")
+
+    wait(browser, ended, timeout=240, what="the training job to end")
+    job_id = by_id(browser, "job-id").text
+    job = api(server, "GET", f"/v1/train/{job_id}", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+    assert job["state"] == "succeeded" and by_id(browser, "job-state").text == "succeeded", job["error"]
+    assert "running" in seen or "queued" in seen, seen           # followed live, not only read at the end
+    progress = job["progress"]
+    assert by_id(browser, "job-progress").text.startswith(
+        f"epoch {progress['epoch']}/{progress['epochs']}, step {progress['step']}/{progress['steps']}")
+    assert by_id(browser, "job-metrics").text == f"dev accuracy {100 * job['metrics']['dev']['accuracy']:.1f}%"
+    # both series drawn: the loss line (#0b57d0) and the dev accuracy line (#b3261e)
+    assert colored_pixels(browser, (11, 87, 208)) > 50 and colored_pixels(browser, (179, 38, 30)) > 50
+    assert browser.find_elements(By.CSS_SELECTOR, f'#jobs-table tr[data-job="{job_id}"]')
+    shot(browser, "train")
+
+    by_id(browser, "job-try").click()
+    wait(browser, lambda d: by_id(d, "view-try").is_displayed(), what="the Try view")
+    wait(browser, lambda d: [b.get_attribute("value") for b in
+                             d.find_elements(By.CSS_SELECTOR, "#try-task-list input:checked")] == ["mood"],
+         what="the new task alone checked")
+    assert browser.switch_to.active_element == by_id(browser, "try-text")
+    by_id(browser, "try-text").clear()
+    by_id(browser, "try-text").send_keys("what a lovely day")
+    by_id(browser, "try-submit").click()
+    card = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '.result[data-task="mood"]'), what="the answer")[0]
+    want = api(server, "POST", "/v1/classify", json={"inputs": "what a lovely day", "task": "mood"}).json()
+    assert card.find_element(By.CSS_SELECTOR, ".answer").text == want["results"][0][0]["label"]
 
 
 def test_tabs_move_with_the_arrow_keys(browser):

@@ -2,7 +2,7 @@
 // (PUT /v1/adapters/{name}, the file as the body), delete after a confirmation.
 
 import { api } from "./api.js";
-import { $, bytes, confirmDialog, el, showError } from "./ui.js";
+import { $, bytes, confirmDialog, el, nameFromFile, showError } from "./ui.js";
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 let chosen = null;                       // the File to upload
@@ -47,9 +47,7 @@ async function remove(name) {
 function choose(file) {
   chosen = file;
   if (!file) return;
-  // the file's name without .safetensors, as a valid adapter name, unless one was typed
-  const stem = file.name.replace(/\.safetensors$/i, "").replace(/[^A-Za-z0-9._-]/g, "-").replace(/^[._-]+/, "");
-  if (!$("upload-name").value) $("upload-name").value = stem.slice(0, 64);
+  nameFromFile($("upload-name"), file.name);
   $("drop-zone").dataset.file = file.name;
   message(null, `${file.name} (${bytes(file.size)}) chosen.`);
 }

@@ -4,7 +4,7 @@
 import { api } from "./api.js";
 import { drawChart } from "./chart.js";
 import { readColumns } from "./columns.js";
-import { $, el, showError } from "./ui.js";
+import { $, el, nameFromFile, showError } from "./ui.js";
 
 const POLL_MS = 1000;
 const ENDED = new Set(["succeeded", "failed", "cancelled"]);
@@ -34,9 +34,7 @@ async function onData() {
   fillSelect($("train-text"), columns, ["text", "sentence", "sentence1", "question", "content"], false);
   fillSelect($("train-label"), columns, ["label", "labels", "category", "class", "target"], false);
   fillSelect($("train-pair"), columns, ["text_pair", "sentence2"], true);
-  if (!$("train-task").value) {
-    $("train-task").value = file.name.replace(/\.[^.]+$/, "").replace(/[^A-Za-z0-9._-]/g, "-").replace(/^[._-]+/, "").slice(0, 64);
-  }
+  nameFromFile($("train-task"), file.name);
   $("train-columns-note").textContent = `${file.name}: ${format.toUpperCase()}, columns ${columns.join(", ")}`;
 }
 

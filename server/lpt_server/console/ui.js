@@ -25,6 +25,16 @@ export function showError(node, error) {
   node.textContent = error ? String(error) : "";
 }
 
+/** A name field filled from a file's name: `Reviews 2024.csv` -> `Reviews-2024`, a valid adapter name.
+ * A name the user typed is kept; one filled from the previous file is replaced. */
+export function nameFromFile(input, fileName) {
+  const stem = fileName.replace(/\.[^.]+$/, "").replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[._-]+/, "").slice(0, 64);
+  if (!input.value || input.value === input.dataset.filled) {
+    input.value = stem;
+    input.dataset.filled = stem;
+  }
+}
+
 export function bytes(n) {
   if (n < 1024) return `${n} B`;
   if (n < 1 << 20) return `${(n / 1024).toFixed(1)} KiB`;
