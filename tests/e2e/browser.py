@@ -34,8 +34,17 @@ def start(browser: str, driver: str, width: int = 1100, height: int = 860):
 
 
 def screenshot(driver, path: Path, width: int = 1100) -> None:
-    """The whole page (its scroll height), saved as a PNG."""
+    """The whole page (its scroll height), saved as a PNG (of 128 colors, a third of the bytes, when
+    Pillow is there: these pictures are committed)."""
+    driver.set_window_size(width, 400)             # else the page is at least as tall as the last window
     height, chrome = driver.execute_script(
         "return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight]")
     driver.set_window_size(width, min(max(height, 400), 1600) + chrome)
     driver.save_screenshot(str(path))
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(colors=128, method=Image.Quantize.FASTOCTREE)
+    small.save(path, optimize=True)

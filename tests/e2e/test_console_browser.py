@@ -18,6 +18,8 @@ import httpx
 import pytest
 from browser import find_chromium, screenshot, start
 from serve_process import ADMIN, Server
+from thread_server import serving
+from tiny_server import adapter_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -316,3 +318,37 @@ def test_the_status_view_agrees_with_the_servers_metrics(server, browser):
     assert shown()["adapters resident / registered"].endswith(f"/ {len(adapter_names(server))}")
     assert shown()["worker"] == "alive"
     shot(browser, "status")
+
+
+def test_a_server_with_an_api_key_asks_for_it_and_words_a_wrong_admin_key(browser, server, tmp_path):
+    """Another server (a tiny model in this process) with both keys; the page starts with none."""
+    with serving(tmp_path / "store", api_key="reader", admin_key="writer") as (app, url, bb):
+        assert httpx.put(f"{url}/v1/adapters/tiny-task", content=adapter_file(bb, "tiny-task"),
+                         headers={"Authorization": "Bearer writer"}).status_code == 201
+        try:
+            browser.get(url + "/")                 # another origin: its own, empty sessionStorage
+            # the Try view lists the adapters at once: a 401, and the dialog says why
+            wait(browser, lambda d: by_id(d, "key-dialog").is_displayed(), what="the key dialog")
+            assert "API key" in by_id(browser, "key-message").text
+            by_id(browser, "key-api").send_keys("reader")
+            by_id(browser, "key-save").click()
+            box = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#try-task-list input[value=tiny-task]"),
+                       what="the task list, read with the key")[0]
+            assert box.is_selected() and not by_id(browser, "try-error").text
+            by_id(browser, "try-text").send_keys("a few words")
+            by_id(browser, "try-submit").click()
+            card = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".result"), what="the answer")[0]
+            want = httpx.post(f"{url}/v1/classify", json={"inputs": "a few words", "task": "tiny-task"},
+                              headers={"Authorization": "Bearer reader"}).json()["results"][0][0]
+            assert card.find_element(By.CSS_SELECTOR, ".answer").text == want["label"]
+            # a delete with the API key only: 401, the dialog; a wrong admin key: the 403 in the API's words
+            open_view(browser, "adapters")
+            wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, 'button[aria-label="Delete tiny-task"]'))[0].click()
+            by_id(browser, "confirm-yes").click()
+            assert "admin key" in answer_keys_dialog(browser, "not-the-key")
+            error = wait(browser, lambda d: by_id(d, "adapters-error").text, what="the 403 message")
+            expected = httpx.delete(f"{url}/v1/adapters/tiny-task", headers={"Authorization": "Bearer not-the-key"})
+            assert expected.status_code == 403 and error == f"403: {expected.json()['error']['message']}"
+            assert httpx.get(f"{url}/v1/adapters/tiny-task", headers={"Authorization": "Bearer reader"}).status_code == 200
+        finally:
+            browser.get(server.url + "/")
