@@ -45,10 +45,11 @@ export function onKeyNeeded(handler) {
 
 /**
  * fetch() a path of the API and return its JSON (null for 204). Throws ApiError.
- * options: method, json (a body to send as JSON), body (sent as is), headers, admin (use the admin key).
+ * options: method, json (a body to send as JSON), body (sent as is), headers, admin (use the admin key),
+ * ask (default true; false for reads in the background: a 401 is thrown, no dialog opens).
  */
 export async function api(path, options = {}) {
-  const { method = "GET", json, admin = false } = options;
+  const { method = "GET", json, admin = false, ask = true } = options;
   for (let attempt = 0; ; attempt++) {
     const key = admin ? getKey("admin") : getKey("api") || getKey("admin");
     const headers = { ...(options.headers || {}) };
@@ -64,7 +65,7 @@ export async function api(path, options = {}) {
     // 401: no key or a wrong API key; 403 after sending an admin key: a wrong one. (A 403 with
     // no key sent means writes are disabled on the server: no key helps, the message says so.)
     const keyProblem = error.status === 401 || (error.status === 403 && admin && key);
-    if (keyProblem && attempt === 0 && (await askForKeys(admin ? "admin" : "api", error.message))) continue;
+    if (keyProblem && ask && attempt === 0 && (await askForKeys(admin ? "admin" : "api", error.message))) continue;
     throw error;
   }
 }
