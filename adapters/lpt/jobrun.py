@@ -1,6 +1,7 @@
 """One `lpt train` run as a child process that reports as it goes: `python -m lpt.jobrun`.
 
-    stdin, first line:  {"argv": ["--task", "t", "--data", "train.csv", ...]}   (`lpt train`'s arguments)
+    stdin, first line:  {"argv": ["--task", "t", "--data", "train.csv", ...], "nice": 10}
+                        (`lpt train`'s arguments; the niceness to run at, optional)
     stdin, later:       any line, or end of input: stop at the next step
     stdout:             JSON lines, one event each:
         {"event": "progress", "epoch", "epochs", "step", "steps", "loss", "dev_accuracy"}
@@ -88,6 +89,8 @@ def main() -> int:
     os.dup2(2, 1)                                         # anything printed goes to stderr
     sys.stdout = sys.stderr
     spec = json.loads(sys.stdin.readline() or "{}")
+    if spec.get("nice"):
+        os.nice(int(spec["nice"]))      # the server's requests get the CPU first
     stop = threading.Event()
     threading.Thread(target=_watch, args=(sys.stdin, stop), daemon=True).start()
     return run(spec, Reporter(out), stop)

@@ -123,18 +123,7 @@ class AsyncClient(ClientCore):
         seed: int | None = None,
         **options: Any,
     ) -> TrainingJob:
-        """Start a training job on the server: an adapter named `task` from a labelled file.
-
-        `data` (and `dev`, `test`) is a path to a .csv, .tsv or .jsonl file, or a (file name,
-        bytes) pair. Options are those of `lpt train` with `_` for `-` (`prompt_length=8`,
-        `labels=["neg", "pos"]`); unset ones take `lpt train`'s defaults. Needs the admin key.
-        Returns the queued job at once; bad data raises `BadRequest` with `lpt train`'s message.
-
-        Example:
-            >>> job = client.train("my-task", "train.csv", epochs=2)  # doctest: +SKIP
-            >>> client.wait_training(job.id).state  # doctest: +SKIP
-            'succeeded'
-        """
+        """Start a training job on the server; see `Client.train`."""
         fields = dict(text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
                       method=method, epochs=epochs, seed=seed, **options)
         files = [read_train_file(f) for f in (data, dev, test)]
@@ -160,9 +149,7 @@ class AsyncClient(ClientCore):
         timeout_s: float | None = None,
         on_update: Callable[[TrainingJob], None] | None = None,
     ) -> TrainingJob:
-        """Poll a job every `poll_s` seconds until it ends; returns it (check `state`: a failed
-        job is returned, not raised). `on_update` hears every poll's answer. Raises `Timeout`
-        if it has not ended within `timeout_s`."""
+        """Poll a job until it ends and return it; see `Client.wait_training`."""
         wait = TrainingWait(job_id, poll_s, timeout_s)
         while True:
             job = await self.get_training(job_id)

@@ -123,7 +123,7 @@ class Runtime:
         command, env = child_command(sys.executable, self.settings.train_threads)
         return Trainer(command=command, env=env, queue_limit=self.settings.train_queue,
                        commit=lambda name, data: self.registry.put(name, data)[0],
-                       explain=lambda e: describe(e)[2])
+                       explain=lambda e: describe(e)[2], nice=self.settings.train_nice)
 
     async def stop(self) -> None:
         """Finish what was accepted, then stop the worker."""

@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     train_queue: int = Field(4, ge=1, description="training jobs waiting at most (one runs at a time); more: 429")
     train_threads: int = Field(1, ge=1, description="torch CPU threads of the training process (serving keeps "
                                "its own)")
+    train_nice: int = Field(10, ge=0, le=19, description="the training process's CPU niceness: above 0, serving "
+                            "gets the CPU first when both want it")
 
     # slow clients: a connection holds a request only this long
     header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this "

@@ -198,6 +198,7 @@ def prepare_job(form: TrainForm, runner: Runner, backbone) -> TrainJob:
     will load): FormError with `lpt train`'s message. In a thread: it reads the files."""
     from lpt.cli import UsageError, check_training, parse_train_args, plan_training
     from lpt.data import DataError
+    from lpt.encoding import tokenizer_lock
     from lpt.methods import ADAPTER_METHODS
 
     workdir = Path(tempfile.mkdtemp(prefix="lpt-train-"))
@@ -214,7 +215,10 @@ def prepare_job(form: TrainForm, runner: Runner, backbone) -> TrainJob:
                 raise UsageError(f"--method {args.method} writes no adapter file: the server trains "
                                  f"{', '.join(ADAPTER_METHODS)}")
             plan = plan_training(args)
-            check_training(backbone, plan, args)
+            # the serving tokenizer is shared with the engine thread: HF fast tokenizers must
+            # not be called from two threads at once (encoding.py)
+            with tokenizer_lock(backbone.tokenizer):
+                check_training(backbone, plan, args)
         except (DataError, UsageError) as e:
             raise FormError(job.clean(str(e))) from None
         return job

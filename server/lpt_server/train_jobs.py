@@ -135,8 +135,9 @@ class Trainer:
     """The queue and the one thread that runs its jobs, one at a time."""
 
     def __init__(self, *, command: list[str], env: dict[str, str], queue_limit: int,
-                 commit: Callable[[str, bytes], dict], explain: Callable[[BaseException], str] = str):
-        self.command, self.env = command, env
+                 commit: Callable[[str, bytes], dict], explain: Callable[[BaseException], str] = str,
+                 nice: int = 0):
+        self.command, self.env, self.nice = command, env, nice
         self.queue_limit = queue_limit
         self.commit, self.explain = commit, explain
         self._lock = threading.Lock()
@@ -272,7 +273,7 @@ class Trainer:
             self._proc = proc
             cancelled = job.state == "cancelled"
         try:
-            proc.stdin.write(json.dumps({"argv": job.argv}).encode() + b"\n")
+            proc.stdin.write(json.dumps({"argv": job.argv, "nice": self.nice}).encode() + b"\n")
             proc.stdin.flush()
         except OSError:
             pass                                  # the child died at once: its exit code says why

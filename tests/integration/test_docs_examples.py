@@ -32,9 +32,12 @@ def tasks_used(code: str) -> set[str]:
 
 
 def tasks_uploaded(code: str) -> set[str]:
+    """Tasks a code block uploads, or trains on the server (POST /v1/train, `client.train`)."""
     return set(re.findall(r"-X PUT \S*/v1/adapters/([\w.-]+)", code)
                + re.findall(r"adapters upload (\S+)", code)
-               + re.findall(r"""upload_adapter\(\s*["']([^"']+)["']""", code))
+               + re.findall(r"""upload_adapter\(\s*["']([^"']+)["']""", code)
+               + re.findall(r"-F task=([\w.-]+)", code)
+               + re.findall(r"""\btrain\(\s*["']([^"']+)["']""", code))
 
 
 def test_the_demo_adapters_are_the_ones_named_here():
@@ -56,6 +59,13 @@ curl localhost:8080/v1/tasks/c/classify -d '{"inputs": "x", "task": "d", "tasks"
 client.classify(texts, tasks=["g", "h"]); client.classify(texts, task="i")
 lpt train --task not-a-request --data x.csv"""
     assert tasks_used(code) == set("abcdefghi")
+
+
+def test_the_upload_finder_sees_uploads_and_training():
+    code = """curl -X PUT localhost:8080/v1/adapters/a --data-binary @a.safetensors
+lpt adapters upload b b.safetensors; client.upload_adapter("c", "c.safetensors")
+curl localhost:8080/v1/train -F task=d -F data=@train.csv; job = client.train("e", "train.csv")"""
+    assert tasks_uploaded(code) == set("abcde")
 
 
 def openapi_examples(app) -> list[tuple[str, dict]]:

@@ -8,7 +8,7 @@ import io
 
 import httpx
 import pytest
-from tiny import make_backbone
+from tiny import make_backbone, save_backbone
 
 from lpt import cli as lpt_cli
 from lpt_server import upload
@@ -84,10 +84,7 @@ def test_safe_filename():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     bb = make_backbone("bert", lm_head=False)
-    path = tmp_path_factory.mktemp("tiny-model")
-    bb.model.save_pretrained(path)
-    bb.tokenizer.save_pretrained(path)
-    return path, bb
+    return save_backbone(bb, tmp_path_factory.mktemp("tiny-model")), bb
 
 
 def cli_message(tmp_path, monkeypatch, model, filename, content: bytes, options: list[str]) -> str:
@@ -138,7 +135,7 @@ def test_bad_data_and_options_get_lpt_trains_own_message(case, model_dir, tmp_pa
 def test_methods_that_write_no_adapter_are_refused(model_dir):
     model, bb = model_dir
     form = read({"task": "t", "method": "finetune"}, {"data": ("train.csv", ROWS.encode())})
-    with pytest.raises(FormError, match="--method finetune writes no adapter file"):
+    with pytest.raises(FormError, match="--method finetune writes no adapter file: the server trains lpt, static"):
         prepare_job(form, Runner(str(model), "cpu", "float32", 1), bb)
     assert not bb.model.embeddings.word_embeddings.weight.requires_grad    # the served model stays frozen
 

@@ -29,6 +29,12 @@ if mode == "crash":
 if mode == "error":
     send(event="error", kind="usage", message=f"{spec['argv'][2]}train.csv line 3: empty label")
     sys.exit(2)
+if mode == "late":         # finishes whatever it is told: the cancel came after its last step
+    send(event="progress", epoch=1, epochs=1, step=1, steps=1, loss=0.5, dev_accuracy=None)
+    time.sleep(1.0)
+    open(out, "wb").write(b"adapter bytes")
+    send(event="done", summary={"dev": None, "test": None})
+    sys.exit(0)
 steps = 4 if mode != "slow" else 10**6
 for step in range(1, steps + 1):
     if stop.is_set():
@@ -158,6 +164,21 @@ def test_queue_bound_cancel_and_conflict(make, tmp_path):
     assert [j["task"] for j in trainer.list()] == ["b", "a"]          # newest first
     # the runner is free: the next job runs
     assert wait(trainer, trainer.submit(job(tmp_path, "ok", task="d"))["id"])["state"] == "succeeded"
+
+
+def test_a_job_cancelled_as_it_finishes_stores_nothing(make, tmp_path):
+    trainer, store = make()
+    late = job(tmp_path, "late")
+    trainer.submit(late)
+    while trainer.get(late.id)["progress"]["step"] < 1:
+        time.sleep(0.01)
+    assert trainer.cancel(late.id)["state"] == "cancelled"
+    deadline = time.monotonic() + 10
+    while late.workdir.exists() and time.monotonic() < deadline:     # the child finished, its result was dropped
+        time.sleep(0.02)
+    assert not late.workdir.exists()
+    assert trainer.get(late.id)["state"] == "cancelled" and trainer.get(late.id)["adapter"] is None
+    assert store.puts == []
 
 
 def test_stopping_the_trainer_cancels_its_jobs(make, tmp_path):
