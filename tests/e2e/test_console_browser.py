@@ -10,6 +10,7 @@ as DIR/console-<view>.png (the README's pictures: CONSOLE_SCREENSHOTS=docs).
 """
 from __future__ import annotations
 
+import base64
 import os
 import time
 from pathlib import Path
@@ -111,6 +112,17 @@ def upload(driver, path: Path, name: str):
     by_id(driver, "upload-submit").click()
 
 
+def drop_file(driver, path: Path):
+    driver.execute_script("""
+        const [name, b64] = arguments;
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const data = new DataTransfer();
+        data.items.add(new File([bytes], name));
+        document.getElementById('drop-zone').dispatchEvent(
+            new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));""",
+        path.name, base64.b64encode(path.read_bytes()).decode())
+
+
 def test_upload_asks_for_the_admin_key_once_then_lists_the_adapter(server, browser):
     open_view(browser, "adapters")
     upload(browser, DEMO / "sentiment.safetensors", "sentiment")
@@ -124,8 +136,11 @@ def test_upload_asks_for_the_admin_key_once_then_lists_the_adapter(server, brows
     assert cells[:5] == ["sentiment", ", ".join(info["labels"]), str(info["layer"]), str(info["prompt_length"]),
                          f"{info['size_bytes'] / (1 << 20):.1f} MiB"]
     assert info["version"].startswith(cells[5]) and cells[6] == ("yes" if info["resident"] else "no")
-    # the key is kept for the tab: a second upload asks nothing
-    upload(browser, DEMO / "news-topic.safetensors", "news-topic")
+    # the second file dropped on the drop zone (a drop event carrying the file, as a desktop drag
+    # makes); the key is kept for the tab: nothing is asked again
+    drop_file(browser, DEMO / "news-topic.safetensors")
+    assert by_id(browser, "upload-name").get_attribute("value") == "news-topic"     # named after the file
+    by_id(browser, "upload-submit").click()
     wait(browser, lambda d: "Uploaded news-topic" in by_id(d, "adapters-note").text, what="the second upload")
     assert not by_id(browser, "key-dialog").is_displayed()
     assert browser.execute_script("return sessionStorage.getItem('lpt.adminKey')") == ADMIN
