@@ -311,6 +311,22 @@ def test_tabs_move_with_the_arrow_keys(browser):
         ["-1", "-1", "-1", "0"]
 
 
+def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """[(upper bound, cumulative count)] -> the q-quantile, linear inside its bucket."""
+    rank, lower, below = q * buckets[-1][1], 0.0, 0.0
+    for le, cumulative in buckets:
+        if cumulative >= rank:
+            if le == float("inf"):
+                return lower
+            return lower + (le - lower) * (rank - below) / (cumulative - below)
+        lower, below = le, cumulative
+    return lower
+
+
+def as_ms(seconds: float) -> str:
+    return f"{1000 * seconds:.{2 if seconds < 0.01 else 1}f} ms"
+
+
 def test_the_status_view_agrees_with_the_servers_metrics(server, browser):
     open_view(browser, "status")
     wait(browser, lambda d: by_id(d, "status-ready").text == "ready", what="readiness")
@@ -331,6 +347,14 @@ def test_the_status_view_agrees_with_the_servers_metrics(server, browser):
     wait(browser, lambda d: shown().get("batches run") == f"{batches:.0f}", what="the batch count")
     rows = sum(s.value for s in metric("lpt_batch_rows").samples if s.name.endswith("_sum"))
     assert shown()["rows per batch, mean"] == f"{rows / batches:.1f}"
+    # latency quantiles: interpolated inside the bucket (Prometheus' histogram_quantile), 200s only
+    latency = [s for s in metric("lpt_request_duration_seconds").samples
+               if s.name.endswith("_bucket") and s.labels["status"] == "200"]
+    cumulative = {}
+    for s in latency:
+        cumulative[float(s.labels["le"])] = cumulative.get(float(s.labels["le"]), 0) + s.value
+    want = " / ".join(as_ms(histogram_quantile(sorted(cumulative.items()), q)) for q in (0.5, 0.95))
+    assert shown()["latency p50 / p95 / mean (200s)"].startswith(want + " / ")
     assert shown()["adapters resident / registered"].endswith(f"/ {len(adapter_names(server))}")
     assert shown()["worker"] == "alive"
     shot(browser, "status")
