@@ -122,3 +122,24 @@ def test_the_registry_serves_either_store_and_follows_other_replicas(replicas, t
     assert other.delete("a")
     with pytest.raises(UnknownAdapter):
         registry.get("a")
+
+
+def test_two_replicas_racing_on_one_name_get_one_win_each_round(replicas):
+    """Both replicas create the same new name at the same moment, then both delete it: each
+    round exactly one create reports 'new' and exactly one delete reports 'existed'."""
+    stores = [replicas(), replicas()]
+    for round_ in range(12):
+        for op in ("put", "delete"):
+            barrier, results = threading.Barrier(2), [None, None]
+
+            def run(i):
+                barrier.wait()
+                s = stores[i]
+                results[i] = s.put("r", f"{round_}-{i}".encode()).created if op == "put" else s.delete("r")
+
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert sorted(results) == [False, True], (round_, op, results)
