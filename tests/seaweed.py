@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -39,7 +40,9 @@ def free_ports(n: int) -> list[int]:
 
 
 def weed_binary() -> str | None:
-    return shutil.which("weed")
+    """`weed` on PATH, or next to this Python (a virtual environment not activated)."""
+    beside = Path(sys.executable).parent / "weed"
+    return shutil.which("weed") or (str(beside) if beside.is_file() else None)
 
 
 class SeaweedS3:
