@@ -110,11 +110,12 @@ def batch_stats(server: Server) -> dict:
     metrics = httpx.get(server.url + "/metrics").text
     stats = {x.split()[0]: float(x.split()[1]) for x in metrics.splitlines()
              if x.startswith(("lpt_batch_rows_sum", "lpt_batch_rows_count", "lpt_batch_tasks_sum",
-                              "lpt_batch_tasks_count"))}
+                              "lpt_batch_tasks_count", "lpt_inference_duration_seconds_sum"))}
     if not stats.get("lpt_batch_rows_count"):
         return {}
     return {"batch_rows_sum": stats["lpt_batch_rows_sum"], "batches": stats["lpt_batch_rows_count"],
-            "batch_tasks_sum": stats["lpt_batch_tasks_sum"]}
+            "batch_tasks_sum": stats["lpt_batch_tasks_sum"],
+            "inference_s": stats.get("lpt_inference_duration_seconds_sum", 0.0)}
 
 
 def run(args, adapters: dict[str, bytes], workdir: Path) -> dict:

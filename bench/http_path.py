@@ -134,6 +134,12 @@ def server_pass(server: Server, tasks: list[str], bodies: list[str], args) -> di
     batches = after["batches"] - before.get("batches", 0)
     res["mean_batch_rows"] = round((after["batch_rows_sum"] - before.get("batch_rows_sum", 0)) / batches, 2)
     res["mean_batch_tasks"] = round((after["batch_tasks_sum"] - before.get("batch_tasks_sum", 0)) / batches, 2)
+    # the share of the loop's wall time the engine spent in predict(): what is left is the engine
+    # waiting (for a batch to be handed over, or for the GIL between its ops)
+    engine_s = after["inference_s"] - before.get("inference_s", 0.0)
+    res["engine_busy"] = round(engine_s / res["seconds"], 3)
+    # engine time per row inside the server, against the engine alone's (GIL and cache contention)
+    res["engine_ms_per_row"] = round(1000 * engine_s / (after["batch_rows_sum"] - before.get("batch_rows_sum", 0)), 2)
     return res
 
 
@@ -179,7 +185,8 @@ def run(args, workdir: Path) -> dict:
             print(f"repeat {r + 1}: engine {e['rows_per_s']:6.1f} rows/s ({e['cpu_ms_per_row']:.1f} CPU ms/row)  "
                   f"server {s['req_per_s']:6.1f} req/s p50 {s['p50_ms']:.0f} p99 {s['p99_ms']:.0f} ms, "
                   f"{s['server_cpu_ms_per_req']:.1f} CPU ms/req (threads {s['server_busiest_threads_cores']} cores), "
-                  f"batch {s['mean_batch_rows']:.1f} rows  "
+                  f"batch {s['mean_batch_rows']:.1f} rows, engine busy {s['engine_busy']:.2f} "
+                  f"at {s['engine_ms_per_row']:.1f} ms/row (alone {1000 / e['rows_per_s']:.1f})  "
                   f"ratio {s['req_per_s'] / e['rows_per_s']:.2f}  (load {load[0]:.2f}, other busy cores "
                   f"{e['other_busy_cores']:.2f} / {s['other_busy_cores']:.2f}, {s['errors']} errors)", flush=True)
     finally:
@@ -193,7 +200,8 @@ def summarize(runs: dict) -> dict:
     engine_rps, server_rps = median(r["rows_per_s"] for r in e), median(r["req_per_s"] for r in s)
     out = {"engine_rows_per_s": engine_rps, "engine_cpu_ms_per_row": median(r["cpu_ms_per_row"] for r in e),
            "server_req_per_s": server_rps}
-    for key in ("p50_ms", "p99_ms", "server_cpu_ms_per_req", "mean_batch_rows"):
+    for key in ("p50_ms", "p99_ms", "server_cpu_ms_per_req", "mean_batch_rows", "engine_busy",
+                "engine_ms_per_row"):
         out["server_" + key.removeprefix("server_")] = median(r[key] for r in s)
     out["server_busiest_threads_cores"] = [median(r["server_busiest_threads_cores"][i] for r in s) for i in range(2)]
     return out | {"ratio": round(server_rps / engine_rps, 3),

@@ -47,16 +47,20 @@ class RowError(ValueError):
 class CacheStats:
     hits: int = 0
     misses: int = 0
+    bytes: int = 0         # what the cached states hold now
 
 
 class StateCache:
     """Bounded LRU of layer-k hidden states, keyed by (k, token ids, token types).
 
-    The model is fixed per engine, so k and the tokens determine the states exactly.
+    The model is fixed per engine, so k and the tokens determine the states exactly. Bounded by
+    entries and by bytes: an entry's size grows with its text and the model's width (a 512-token
+    row of a 768-wide model is 1.5 MB in float32), so a count alone would not bound memory.
     """
 
-    def __init__(self, entries: int):
+    def __init__(self, entries: int, max_bytes: int | None = None):
         self.entries = entries
+        self.max_bytes = max_bytes
         self._data: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self.stats = CacheStats()
 
@@ -72,18 +76,28 @@ class StateCache:
     def put(self, key: tuple, value: torch.Tensor) -> None:
         """Keep a copy of value: it is usually one row's real tokens, a view into a padded batch
         that the cache must not keep alive."""
-        if self.entries <= 0:
+        size = _nbytes(value)
+        if self.entries <= 0 or (self.max_bytes is not None and size > self.max_bytes):
             return
+        old = self._data.pop(key, None)
+        if old is not None:
+            self.stats.bytes -= _nbytes(old)
         self._data[key] = value.clone()
-        self._data.move_to_end(key)
-        while len(self._data) > self.entries:
-            self._data.popitem(last=False)
+        self.stats.bytes += size
+        while len(self._data) > self.entries or (self.max_bytes is not None and self.stats.bytes > self.max_bytes):
+            _, evicted = self._data.popitem(last=False)
+            self.stats.bytes -= _nbytes(evicted)
 
     def __len__(self) -> int:
         return len(self._data)
 
     def clear(self) -> None:
         self._data.clear()
+        self.stats.bytes = 0
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 @dataclass
@@ -110,12 +124,13 @@ class _Lowered:
 
 class Engine:
     def __init__(self, backbone: Backbone, cache_entries: int = 2048, max_padding: float | None = 1.3,
-                 min_bucket_rows: int = 8):
+                 min_bucket_rows: int = 8, cache_bytes: int | None = None):
         """max_padding: a batch is cut into length buckets so that padded tokens stay within this
         factor of the real tokens (None: one bucket); a bucket keeps at least min_bucket_rows rows,
-        since tiny batches waste more in per-call overhead than padding costs."""
+        since tiny batches waste more in per-call overhead than padding costs. The layer-k cache
+        holds at most cache_entries rows and cache_bytes bytes (None: no byte bound)."""
         self.backbone = backbone
-        self.cache = StateCache(cache_entries)
+        self.cache = StateCache(cache_entries, cache_bytes)
         self.max_padding = max_padding
         self.min_bucket_rows = min_bucket_rows
 

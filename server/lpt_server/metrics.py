@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .batcher import BatchStats
@@ -31,8 +31,11 @@ class _CacheCollector(Collector):
         misses = CounterMetricFamily("lpt_layer_cache_misses", "layer-k state cache misses")
         hits.add_metric([], getattr(s, "hits", 0) if s is not None else 0)
         misses.add_metric([], getattr(s, "misses", 0) if s is not None else 0)
+        held = GaugeMetricFamily("lpt_layer_cache_bytes", "bytes of hidden states the layer-k cache holds")
+        held.add_metric([], getattr(s, "bytes", 0) if s is not None else 0)
         yield hits
         yield misses
+        yield held
 
 
 class Metrics:

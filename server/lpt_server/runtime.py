@@ -35,12 +35,19 @@ def default_engine(settings: Settings):
     """The real model: `settings.model` on `settings.device` in `settings.dtype`."""
     import torch
 
-    from lpt import Backbone, Engine
+    from lpt import Backbone
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    return Engine(Backbone.load(settings.model, settings.device, settings.dtype), settings.cache_entries,
-                  max_padding=settings.max_padding)
+    return engine_for(Backbone.load(settings.model, settings.device, settings.dtype), settings)
+
+
+def engine_for(backbone, settings: Settings):
+    """An engine on this backbone with the settings' cache and padding bounds."""
+    from lpt import Engine
+
+    return Engine(backbone, settings.cache_entries, max_padding=settings.max_padding,
+                  cache_bytes=int(settings.cache_mb * 2**20))
 
 
 def sweep_store(store: AdapterStore) -> None:

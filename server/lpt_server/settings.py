@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     # memory
     max_resident_adapters: int = Field(256, ge=1, description="adapters kept loaded (LRU)")
     cache_entries: int = Field(4096, ge=0, description="layer-k hidden-state cache entries (0: off)")
+    cache_mb: float = Field(64, gt=0, description="layer-k hidden-state cache memory budget, MiB")
     store_recheck_ms: float = Field(500.0, ge=0, description="how often a served adapter's store pointer is "
                                     "re-read: a replacement or delete through another replica is seen within "
                                     "this (a new name is looked up at once)")

@@ -136,7 +136,13 @@ class EngineWorker:
 
 
 def _finish_job(job: _Job, live: list[Item], results: list) -> None:
-    """On the event loop: resolve each row's future (unless its caller gave up meanwhile)."""
+    """On the event loop: resolve each row's future (unless its caller gave up meanwhile).
+
+    `job.done` is resolved first: the loop wakes awaiting tasks in the order their futures
+    resolve, so the batcher hands the engine its next batch before the finished batch's
+    requests are answered, and the engine does not sit idle behind their responses."""
+    if not job.done.done():
+        job.done.set_result(None)
     for it, r in zip(live, results):
         if it.future.done():
             continue
@@ -147,8 +153,6 @@ def _finish_job(job: _Job, live: list[Item], results: list) -> None:
     for it in job.items:
         if not it.future.done():
             it.future.cancel()
-    if not job.done.done():
-        job.done.set_result(None)
 
 
 def _fail_job(job: _Job, exc: Exception) -> None:

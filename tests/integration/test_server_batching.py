@@ -109,6 +109,51 @@ async def test_close_drains_what_was_accepted():
     assert [it.future.result() for it in items] == [("done", i) for i in range(5)]
 
 
+class RecordingEngine:
+    """Stands in for lpt.Engine on the worker thread: echoes its rows, slowly enough that rows
+    queue up behind each batch."""
+
+    def __init__(self, delay: float):
+        self.delay = delay
+
+    def predict(self, rows):
+        time.sleep(self.delay)
+        return [("done", r) for r in rows]
+
+
+async def test_the_engine_gets_its_next_batch_before_the_last_batch_is_answered():
+    # When a batch finishes, the rows queued meanwhile go to the engine before the finished
+    # rows' requests resume (their answers are written after): the engine does not wait behind
+    # a batch's worth of responses on the event loop.
+    from lpt_server.worker import EngineWorker
+
+    worker = EngineWorker(RecordingEngine(delay=0.05))
+    worker.start()
+    events = []
+
+    async def executor(items):
+        events.append(("handed", [it.payload for it in items]))
+        await worker.run(items)
+
+    b = batcher(executor, max_rows=2, max_wait_s=0.0)
+
+    async def request(payload):
+        [it] = b.submit([(payload, 1)])
+        await it.future
+        events.append(("answered", payload))
+
+    first = [asyncio.create_task(request(p)) for p in ("a", "b")]
+    await asyncio.sleep(0.01)                      # a and b are in the engine
+    later = [asyncio.create_task(request(p)) for p in ("c", "d")]
+    await asyncio.gather(*first, *later)
+    await b.close()
+    worker.stop(5)
+    assert events[0] == ("handed", ["a", "b"])
+    order = [e[0] if e[0] == "handed" else e[1] for e in events]
+    assert order.index("handed", 1) < order.index("a") and order.index("handed", 1) < order.index("b"), events
+    assert {e[1] for e in events if e[0] == "answered"} == {"a", "b", "c", "d"}
+
+
 # ---- through the app: timeouts, disconnects, failures -----------------------------------------------
 async def test_queue_full_is_429(tmp_path, tiny_bb):
     engine = HookedEngine(Engine(tiny_bb, 0), before=lambda rows: time.sleep(0.3))

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from tiny_server import running, upload
+from lpt_server.runtime import engine_for
 from lpt import Backbone, Engine, Row, load_adapter, new_adapter
 from lpt.adapter import adapter_bytes
 
@@ -20,7 +21,7 @@ async def test_minilm_mixed_tasks_equal_the_engine(tmp_path):
                                                    ("nli", ["entailment", "neutral", "contradiction"], 4, 3)]):
         torch.manual_seed(i)
         files[name] = adapter_bytes(new_adapter(bb, task=name, labels=labels, layer=k, prompt_length=length))
-    async with running(tmp_path, bb, engine_factory=lambda s: Engine(bb, s.cache_entries)) as (app, c):
+    async with running(tmp_path, bb, engine_factory=lambda s: engine_for(bb, s)) as (app, c):
         for name, data in files.items():
             r = await upload(c, name, data)
             assert r.status_code == 201, r.text

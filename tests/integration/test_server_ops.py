@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 METRICS = ["lpt_requests_total", "lpt_request_duration_seconds_bucket", "lpt_queue_size", "lpt_queue_wait_seconds",
            "lpt_batch_rows_bucket", "lpt_batch_tasks_bucket", "lpt_inference_duration_seconds",
            "lpt_adapters_resident", "lpt_adapters_registered", "lpt_adapter_load_duration_seconds",
-           "lpt_layer_cache_hits_total", "lpt_layer_cache_misses_total", "lpt_worker_alive"]
+           "lpt_layer_cache_hits_total", "lpt_layer_cache_misses_total", "lpt_layer_cache_bytes", "lpt_worker_alive"]
 
 
 @pytest.mark.asyncio
@@ -40,6 +40,8 @@ async def test_probes_info_and_metrics(tmp_path, tiny_bb):
             assert re.search(rf"^{name}", r.text, re.M), name
         assert 'lpt_requests_total{status="200",task="sent"} 2.0' in r.text
         assert "lpt_layer_cache_hits_total 1.0" in r.text
+        held = float(re.search(r"^lpt_layer_cache_bytes (\S+)", r.text, re.M).group(1))
+        assert held == app.state.runtime.engine.cache.stats.bytes > 0       # the one text's states
 
 
 @pytest.mark.asyncio

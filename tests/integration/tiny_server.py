@@ -17,9 +17,10 @@ from fastapi import FastAPI
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from lpt import Backbone, Engine, new_adapter
+from lpt import Backbone, new_adapter
 from lpt.adapter import CONFIG_KEY, adapter_bytes
 from lpt_server import Settings, create_app
+from lpt_server.runtime import engine_for
 
 
 ADMIN = "admin-secret"
@@ -51,7 +52,7 @@ class HookedEngine:
 async def running(tmp_path, bb, engine_factory=None, demo_dir=None, **overrides):
     """A started app (lifespan run) and a client for it."""
     settings = Settings(**{"store": tmp_path / "store", "demo_adapters": False, "admin_key": ADMIN, **overrides})
-    factory = engine_factory or (lambda s: Engine(bb, s.cache_entries))
+    factory = engine_factory or (lambda s: engine_for(bb, s))
     app = create_app(settings, engine_factory=factory, demo_dir=demo_dir)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -78,4 +79,4 @@ def with_config(data: bytes, **changes) -> bytes:
 def tiny_app(store: Path, bb: Backbone, **settings) -> FastAPI:
     """A complete app (not started) on `bb`, with an empty store and no demo adapters."""
     settings = Settings(**{"store": store, "demo_adapters": False, **settings})
-    return create_app(settings, engine_factory=lambda s: Engine(bb, s.cache_entries), demo_dir=None)
+    return create_app(settings, engine_factory=lambda s: engine_for(bb, s), demo_dir=None)

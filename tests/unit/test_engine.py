@@ -109,6 +109,34 @@ def test_cache_hits_skip_the_lower_layers():
     assert len(engine.cache) == 2
 
 
+def test_the_cache_holds_at_most_its_byte_budget_dropping_the_oldest():
+    from lpt.engine import StateCache
+
+    row = lambda n: torch.zeros(n, 4)                    # n tokens x 4 floats = 16 n bytes
+    cache = StateCache(entries=100, max_bytes=1000)
+    for i in range(10):
+        cache.put(("k", i), row(10))                     # 160 bytes each: 6 fit in 1000
+        assert cache.stats.bytes <= 1000
+    assert len(cache) == 6 and cache.stats.bytes == 960
+    assert cache.get(("k", 3)) is None and cache.get(("k", 4)) is not None     # oldest went first
+    cache.put(("k", 4), row(20))                         # replacing an entry counts its new size once
+    assert cache.stats.bytes == 5 * 160 + 320 - 160 and len(cache) == 5
+    cache.put(("big",), row(100))                        # larger than the whole budget: not kept
+    assert cache.get(("big",)) is None and cache.stats.bytes <= 1000
+    cache.clear()
+    assert cache.stats.bytes == 0 and len(cache) == 0
+
+
+def test_the_engine_cache_stays_within_its_byte_budget():
+    bb = make_backbone("bert")
+    (a,) = _adapters(bb, [(2, 5, "npg", "linear")])
+    engine = Engine(bb, cache_entries=1000, cache_bytes=20_000)
+    engine.logits(_rows([a], random_texts(40, seed=3)))
+    held = sum(t.numel() * t.element_size() for t in engine.cache._data.values())
+    assert 0 < held == engine.cache.stats.bytes <= 20_000
+    assert len(engine.cache) < 40                          # the budget, not the row count, bounded it
+
+
 def test_a_bad_row_fails_alone():
     bb = make_backbone("bert")
     (a,) = _adapters(bb, [(2, 5, "npg", "mlm")])
