@@ -19,7 +19,7 @@ from .metrics import Metrics
 from .registry import Registry, seed_demo_adapters
 from .settings import Settings
 from .store import StoreError
-from .stores import AdapterStore, open_store
+from .stores import AdapterStore, StoreUnavailable, open_store
 from .worker import EngineWorker
 
 log = logging.getLogger("lpt_server")
@@ -54,6 +54,9 @@ def sweep_store(store: AdapterStore) -> None:
     """Remove leftovers of killed writers; a failure is logged, never raised (the next sweep retries)."""
     try:
         removed = store.sweep()
+    except StoreUnavailable as e:
+        log.warning("adapter store sweep skipped: %s", e)
+        return
     except Exception:
         log.exception("adapter store sweep failed")
         return
@@ -126,7 +129,7 @@ class Runtime:
             await self.batcher.close(drain=True)
         if self.worker is not None:
             await asyncio.to_thread(self.worker.stop, 30)
-        if self.registry is not None and hasattr(self.registry.store, "close"):
+        if self.registry is not None:
             self.registry.store.close()
         log.info("stopped")
 

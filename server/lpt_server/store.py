@@ -199,6 +199,9 @@ class Store:
             self._health = Health(False, f"the store directory {self.root} is gone (no {ROOT_MARKER} in it)")
         return self._health
 
+    def close(self) -> None:
+        """Nothing held between calls."""
+
     # ---- reading (no locks) -------------------------------------------------------------------
     def names(self) -> list[str]:
         """Every name with a `current` pointer in a folder the store owns, sorted."""

@@ -56,6 +56,9 @@ class AdapterStore(Protocol):
     def ping(self) -> Health:
         """Reach the store now (one small request); never raises."""
 
+    def close(self) -> None:
+        """Release connections (at shutdown)."""
+
 
 def open_store(location: str, *, timeout_s: float = 5.0, cache_bytes: int = 256 << 20) -> AdapterStore:
     """The store at `location`: an s3:// URL (credentials and endpoint from the AWS_* variables)
