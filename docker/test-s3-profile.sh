@@ -34,6 +34,8 @@ compose --profile s3 up -d s3 >"$TMP/up-s3.log" 2>&1 || { cat "$TMP/up-s3.log"; 
 wait_for 60 s3_ready || { E logs "$S3C" 2>&1 | tail -20; die "SeaweedFS not ready within 60 s"; }
 # the replicas' environment changed: compose recreates them on the bucket
 compose --profile s3 up -d replica1 replica2 >>"$TMP/up-s3.log" 2>&1 || { cat "$TMP/up-s3.log"; die "compose --profile s3 up"; }
+# nginx resolved the old replicas' addresses when it started (docs/deploy.md): restart it
+compose restart lb >>"$TMP/up-s3.log" 2>&1 || { cat "$TMP/up-s3.log"; die "compose restart lb"; }
 if ! wait_for "$READY_TIMEOUT" topology_ready; then
     show "$R1" "$R2" "$S3C"; die "replicas on the S3 store not ready within $READY_TIMEOUT s"
 fi
