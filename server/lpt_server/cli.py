@@ -54,6 +54,12 @@ def settings_from_args(argv: Sequence[str]) -> Settings:
     return Settings(**vars(args))
 
 
+def drain_seconds(settings: Settings) -> int:
+    """How long a SIGTERM'd server lets in-flight requests finish: the request timeout and 5 s
+    (k8s/base/deployment.yaml's grace period covers it; a test checks)."""
+    return int(settings.request_timeout_s) + 5
+
+
 def serve(argv: Sequence[str]) -> int:
     import uvicorn
     from pydantic import ValidationError
@@ -76,8 +82,7 @@ def serve(argv: Sequence[str]) -> int:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             http=protocol_class(settings.header_timeout_s),
                             log_level=settings.log_level, access_log=True, lifespan="on",
-                            # on SIGTERM: in-flight requests get up to the request timeout to finish
-                            timeout_graceful_shutdown=int(settings.request_timeout_s) + 5)
+                            timeout_graceful_shutdown=drain_seconds(settings))
     server = uvicorn.Server(config)
 
     def on_signal(sig, frame):

@@ -3,8 +3,10 @@
     conf = write(replicas=["127.0.0.1:9001", "127.0.0.1:9002"], listen=9000, workdir=tmp)
     subprocess.Popen(nginx_args(find_nginx(), conf, tmp))
 
-The rendered file is the deployed one with only its addresses and paths changed: the upstream
-`server` lines (their parameters kept), the `listen` port, and pid/log/temp paths under `workdir`.
+The rendered file is the deployed one with only its addresses and paths changed: the `server`
+lines of every upstream block (their parameters kept), the `listen` port, and pid/log/temp paths
+under `workdir`. `affinity=False` sends every request to the least-connections pool (task
+affinity off, as docker/nginx.conf's comment says to do it).
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_CONF = ROOT / "docker" / "nginx.conf"
 
-_UPSTREAM = re.compile(r"(upstream\s+lpt_replicas\s*\{)(.*?)(\n\s*\})", re.S)
+_UPSTREAM = re.compile(r"(upstream\s+[\w-]+\s*\{)(.*?)(\n\s*\})", re.S)
+_AFFINITY = re.compile(r"^(\s*default\s+)lpt_by_task;", re.M)
 _SERVER = re.compile(r"^(\s*)server\s+\S+(\s[^;]*)?;\s*$", re.M)
 TEMP_MODULES = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
@@ -38,22 +41,28 @@ def _compiled_temp_modules(nginx: str | None) -> tuple[str, ...]:
     return tuple(m for m in TEMP_MODULES if m == "client_body" or f"--without-http_{m}_module" not in out)
 
 
-def render(replicas: list[str], listen: int | str, workdir: Path, source: Path = NGINX_CONF,
-           nginx: str | None = None) -> str:
-    """The deployed config with `replicas` (host:port) as upstreams, listening on `listen`."""
-    text = source.read_text()
-    match = _UPSTREAM.search(text)
-    if not match:
-        raise ValueError(f"{source}: no `upstream lpt_replicas {{...}}` block")
-    body = match.group(2)
+def _set_servers(body: str, replicas: list[str], source: Path) -> str:
+    """An upstream block's body with its `server` lines replaced by one per replica."""
     lines = list(_SERVER.finditer(body))
     if not lines:
-        raise ValueError(f"{source}: the upstream block has no `server` lines")
+        raise ValueError(f"{source}: an upstream block has no `server` lines")
     indent, params = lines[0].group(1), lines[0].group(2) or ""
     servers = "".join(f"{indent}server {addr}{params};\n" for addr in replicas)
     new_body = body[:lines[0].start()] + servers.rstrip("\n") + _SERVER.sub("", body[lines[0].end():]).rstrip()
-    new_body = re.sub(r"\n\s*\n(\s*\n)+", "\n\n", new_body)   # the removed lines leave no gaps
-    text = text[:match.start(2)] + new_body + text[match.end(2):]
+    return re.sub(r"\n\s*\n(\s*\n)+", "\n\n", new_body)   # the removed lines leave no gaps
+
+
+def render(replicas: list[str], listen: int | str, workdir: Path, source: Path = NGINX_CONF,
+           nginx: str | None = None, affinity: bool = True) -> str:
+    """The deployed config with `replicas` (host:port) as upstreams, listening on `listen`."""
+    text = source.read_text()
+    if not _UPSTREAM.search(text):
+        raise ValueError(f"{source}: no `upstream NAME {{...}}` block")
+    text = _UPSTREAM.sub(lambda m: m.group(1) + _set_servers(m.group(2), replicas, source) + m.group(3), text)
+    if not affinity:
+        text, n = _AFFINITY.subn(r"\1lpt_replicas;", text)
+        if n != 1:
+            raise ValueError(f"{source}: no `default lpt_by_task;` line in a map")
 
     listen_addr = f"127.0.0.1:{listen}" if str(listen).isdigit() else str(listen)
     text, n = re.subn(r"^(\s*)listen\s+[^;]+;", rf"\1listen {listen_addr};", text, count=1, flags=re.M)
@@ -70,10 +79,11 @@ def render(replicas: list[str], listen: int | str, workdir: Path, source: Path =
     return text
 
 
-def write(replicas: list[str], listen: int | str, workdir: Path, nginx: str | None = None) -> Path:
+def write(replicas: list[str], listen: int | str, workdir: Path, nginx: str | None = None,
+          affinity: bool = True) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "nginx.conf"
-    conf.write_text(render(replicas, listen, workdir, nginx=nginx))
+    conf.write_text(render(replicas, listen, workdir, nginx=nginx, affinity=affinity))
     return conf
 
 

@@ -75,12 +75,15 @@ def test_compose_config():
 
 
 def test_every_replica_is_balanced_and_scraped():
-    """compose replicas == nginx upstream servers == Prometheus targets (docs/deploy.md, Scale)."""
+    """compose replicas == nginx upstream servers (both pools) == Prometheus targets (docs/deploy.md, Scale)."""
     yaml = pytest.importorskip("yaml")
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     replicas = sorted(s for s in compose["services"] if s.startswith("replica"))
-    upstream = re.search(r"upstream\s+lpt_replicas\s*\{(.*?)\n\s*\}", (DOCKER / "nginx.conf").read_text(), re.S).group(1)
-    servers = sorted(re.findall(r"^\s*server\s+([\w.-]+):8080\b", upstream, re.M))
+    upstreams = re.findall(r"upstream\s+([\w-]+)\s*\{(.*?)\n\s*\}", (DOCKER / "nginx.conf").read_text(), re.S)
+    assert {name for name, _ in upstreams} == {"lpt_replicas", "lpt_by_task"}, upstreams
+    pools = {name: sorted(re.findall(r"^\s*server\s+([\w.-]+):8080\b", body, re.M)) for name, body in upstreams}
+    servers = pools["lpt_replicas"]
+    assert pools["lpt_by_task"] == servers, "the task-affinity pool lists other replicas than lpt_replicas"
     prom = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
     targets = sorted(t.split(":")[0] for job in prom["scrape_configs"] for sc in job["static_configs"]
                      for t in sc["targets"])
@@ -116,21 +119,3 @@ def test_prometheus_config():
                        text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
 
-
-def test_kubernetes_manifest_matches_the_image():
-    yaml = pytest.importorskip("yaml")
-    docs = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "k8s" / "lpt-serve.yaml").read_text())}
-    assert set(docs) == {"PersistentVolumeClaim", "Deployment", "Service", "PodDisruptionBudget"}
-    pod = docs["Deployment"]["spec"]["template"]["spec"]
-    (c,) = pod["containers"]
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    user = re.search(r"^USER (\d+):(\d+)", dockerfile, re.M)
-    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == \
-        (int(user.group(1)), int(user.group(2)))
-    assert c["readinessProbe"]["httpGet"]["path"] == "/ready" and c["livenessProbe"]["httpGet"]["path"] == "/health"
-    mounts = {m["mountPath"] for m in c["volumeMounts"]}
-    assert re.search(r"LPT_STORE=(\S+)", dockerfile).group(1) in mounts and "/tmp" in mounts
-    env = {e["name"]: e.get("value") for e in c["env"]}
-    drain = float(env["LPT_REQUEST_TIMEOUT_S"]) + 5 + float(c["lifecycle"]["preStop"]["exec"]["command"][1])
-    assert pod["terminationGracePeriodSeconds"] >= drain, "the grace period is shorter than the drain"
-    assert docs["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]

@@ -7,7 +7,9 @@ containers.
   every one gets a 200, the stopped replica exits 0 after finishing what it accepted, and the
   rest go to the other replica;
 - a replica killed (SIGKILL, as an OOM kill does) during a bounded load loses no classify
-  request either: nginx resends the ones it had in flight to the other replica.
+  request either: nginx resends the ones it had in flight to the other replica;
+- task affinity: every request that names one task (its upload, then /v1/tasks/{task}/classify)
+  reaches the same replica, which keeps that adapter resident: no adapter is loaded again.
 """
 from __future__ import annotations
 
@@ -180,6 +182,41 @@ def test_upload_through_lb_is_served_by_both_replicas(topology):
     got = [after[0] - before[0], after[1] - before[1]]
     assert sum(got) == 16, got
     assert got[0] > 0 and got[1] > 0, f"one replica answered nothing: {got}"
+
+
+def adapter_loads(replica: Replica) -> int:
+    """Adapters this replica loaded into memory (uploads and first uses), from its /metrics."""
+    text = httpx.get(replica.url + "/metrics", timeout=5).text
+    return int(float(re.search(r"^lpt_adapter_load_duration_seconds_count (\S+)$", text, re.M).group(1)))
+
+
+def test_requests_for_one_task_always_reach_the_same_replica(topology):
+    lb, replicas = topology["lb"], topology["replicas"]
+    body = topology["adapter"].read_bytes()
+    tasks = [f"affinity-{i}" for i in range(16)]
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    for t in tasks:                                   # each upload lands on (and loads into) its task's replica
+        r = httpx.put(f"{lb}/v1/adapters/{t}", content=body, headers=auth, timeout=60)
+        assert r.status_code in (200, 201), r.text
+    loads_before = [adapter_loads(r) for r in replicas]
+    # each round in another order: round robin (what least_conn does one request at a time)
+    # would send a task to another replica as soon as its place in the sequence changes parity
+    orders = [tasks, tasks[1:] + tasks[:1], tasks[::-1]]
+    with httpx.Client() as c:
+        for round_, order in enumerate(orders):
+            for t in order:
+                r = c.post(f"{lb}/v1/tasks/{t}/classify", json={"inputs": [f"round {round_}", "so so"]}, timeout=60)
+                assert r.status_code == 200, r.text
+    owners = {}
+    for t in tasks:
+        served = [r.served(t) for r in replicas]
+        assert sorted(served) == [0, 3], f"{t}: answered by more than one replica: {served}"
+        owners[t] = served.index(3)
+    assert set(owners.values()) == {0, 1}, f"every task hashed to one replica: {owners}"
+    # each replica already held its tasks' adapters from the upload: serving them loaded nothing
+    assert [adapter_loads(r) for r in replicas] == loads_before
+    for t in tasks:
+        assert httpx.delete(f"{lb}/v1/adapters/{t}", headers=auth, timeout=30).status_code == 204
 
 
 def test_unknown_task_and_oversized_upload_keep_the_api_error_format(topology):

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKED = ["README.md", "client/README.md", "Dockerfile", "docs/*.md", "bench/README.md", "bench/*.py",
-           "bench/*.sh", "k8s/*", "docker/*", "scripts/*"]
+           "bench/*.sh", "k8s/**/*", "docker/*", "scripts/*"]
 WORDS = [r"\bissues?\b( note| \d+)?", r"\bsessions?\b", r"\b(not|was|be) drawn\b", r"\bshared folder\b",
          r"\bthe team'?s?\b", r"\byour (issue|note|report)\b",
          r"(?<![\w.])/(work|home/\w+|Users/\w+|mnt/\w+)/"]     # absolute paths of someone's machine
