@@ -6,7 +6,7 @@
     client.delete("a/current", if_match=obj.etag)
     for item in client.list("a/"): ...
 
-Why not boto3: the store needs five calls, and boto3 with botocore adds about 100 MB to an image
+Why not boto3: the store needs four calls, and boto3 with botocore and s3transfer adds about 32 MB to an image
 for them; SigV4 is a few lines of hashlib/hmac and httpx is already a dependency.
 
 Works with AWS S3 and the S3-compatible servers (MinIO, Ceph RGW, Cloudflare R2, SeaweedFS):
