@@ -9,7 +9,7 @@
 Why not boto3: the store needs four calls, and boto3 with botocore and s3transfer adds about 32 MB to an image
 for them; SigV4 is a few lines of hashlib/hmac and httpx is already a dependency.
 
-Works with AWS S3 and the S3-compatible servers (MinIO, Ceph RGW, Cloudflare R2, SeaweedFS):
+Written for AWS S3 and the S3-compatible servers (MinIO, Ceph RGW, Cloudflare R2, SeaweedFS; the tests use SeaweedFS):
 path-style addressing (https://ENDPOINT/BUCKET/KEY) when an endpoint is set, virtual-hosted
 (https://BUCKET.s3.REGION.amazonaws.com/KEY) on AWS itself. Every call has a timeout. A failed
 connection, a timeout or a 5xx raises Unreachable; any other unexpected answer S3Error. The
