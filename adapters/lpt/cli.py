@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from .data import ENCODING_ERRORS, DataError, check_known_labels, holdout, label_set, read_examples
+from .data import ENCODING_ERRORS, DataError, Example, check_known_labels, holdout, label_set, read_examples
 from .methods import ADAPTER_METHODS, METHODS
 from .training import METHOD_DEFAULTS, TrainConfig
 
@@ -51,8 +53,15 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lpt", description="Train and evaluate Late Prompt Tuning adapters.")
+class _RaisingParser(argparse.ArgumentParser):
+    """A parser that raises UsageError instead of printing usage and exiting."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def build_parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser = parser_class(prog="lpt", description="Train and evaluate Late Prompt Tuning adapters.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train an adapter (or a comparison method) on a labelled file")
@@ -102,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--metrics-json", default=None, help="write the run's numbers to this JSON file")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
     _runtime_args(t)
+    r = t.add_argument_group("on a server (`lpt train --remote URL --admin-key KEY ...` uploads the files and "
+                             "follows the job; the other options are sent as they are)")
+    r.add_argument("--remote", metavar="URL", default=None, help="the lpt-serve server to train on")
+    r.add_argument("--admin-key", default=None, help="the server's admin key (default: $LPT_ADMIN_KEY)")
 
     e = sub.add_parser("eval", help="evaluate an adapter file on a labelled file")
     e.add_argument("--adapter", required=True, help="adapter .safetensors file")
@@ -113,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--plot", default=None, metavar="FILE", help="write the confusion matrix as a PNG")
     _runtime_args(e)
     return parser
+
+
+def parse_train_args(argv: list[str]) -> argparse.Namespace:
+    """`lpt train`'s arguments from a list (without the word `train`), exactly as the command
+    line reads them; a bad one raises UsageError with argparse's message instead of exiting."""
+    return build_parser(_RaisingParser).parse_args(["train", *argv])
 
 
 # ---- shared steps -----------------------------------------------------------------------------------
@@ -146,11 +165,21 @@ def _check_train_args(args) -> Path | None:
     return None
 
 
-def cmd_train(args) -> int:
-    from .adapter import AdapterError
-    from .metrics import classification_report, format_report
-    from .training import fit, predict, prepare, make_split
+@dataclass
+class TrainPlan:
+    """A training run's data, read and checked before any model is loaded."""
 
+    train: list[Example]
+    dev: list[Example]
+    dev_source: str                  # where the dev set came from, for the log
+    test: list[Example] | None
+    labels: list[str]
+    out: Path | None                 # the adapter file to write (None: none)
+
+
+def plan_training(args) -> TrainPlan:
+    """Every check of the arguments and the data that needs no model: DataError or UsageError
+    with the message `lpt train` prints. The server runs this too, before it queues a job."""
     out = _check_train_args(args)
     for name in ("epochs", "batch_size", "prompt_length", "bottleneck"):
         v = getattr(args, name)
@@ -174,8 +203,11 @@ def cmd_train(args) -> int:
     if args.label_words and len(args.label_words) != len(labels):
         raise UsageError(f"--label-words has {len(args.label_words)} words for {len(labels)} labels "
                          f"({', '.join(labels)}): give one word per label, in that order")
+    return TrainPlan(train_ex, dev_ex, dev_source, test_ex, labels, out)
 
-    bb = _load_backbone(args.model, args)
+
+def training_config(bb, args) -> tuple[TrainConfig, dict]:
+    """The optimisation settings and the adapter settings (`new_adapter`'s) of a run on `bb`."""
     head = args.head or (("lm" if bb.causal else "mlm") if args.label_words else "linear")
     cfg = TrainConfig(method=args.method, epochs=args.epochs, lr=args.lr, head_lr=args.head_lr,
                       weight_decay=args.weight_decay, warmup=args.warmup, batch_size=args.batch_size,
@@ -183,37 +215,82 @@ def cmd_train(args) -> int:
     adapter_config = dict(prompt_length=args.prompt_length, generator=args.generator, bottleneck=args.bottleneck,
                           head_kind=head, pooling=args.pooling, template=args.template,
                           label_words=args.label_words, max_length=args.max_length)
+    return cfg, adapter_config
+
+
+@contextmanager
+def _config_errors():
+    """An adapter configuration that does not fit the model, as the UsageError `lpt train` prints."""
+    from .adapter import AdapterError
+
     try:
-        method, train_split, dev_split, result = prepare(bb, train_ex, dev_ex, labels, cfg, task=args.task,
-                                                         layer=args.layer, log=_log, **adapter_config)
-        test_split = make_split(method, test_ex, labels) if test_ex else None
+        yield
     except AdapterError as e:
         raise UsageError("the adapter configuration is invalid:\n  - " + "\n  - ".join(e.problems)) from None
     except ValueError as e:
         raise UsageError(str(e)) from None
 
+
+def check_training(bb, plan: TrainPlan, args) -> None:
+    """Build (not train) an adapter method's model on `bb`: UsageError, with `lpt train`'s message,
+    for a configuration that does not fit the model. Lets a caller refuse a run before queueing
+    it; `bb` is not changed (only for ADAPTER_METHODS: finetune would unfreeze it)."""
+    from .methods import build_method
+
+    if args.method not in ADAPTER_METHODS:
+        raise ValueError(f"check_training builds adapter methods only, not {args.method!r}")
+    cfg, adapter_config = training_config(bb, args)
+    with _config_errors():
+        cfg.resolved()
+        build_method(bb, args.method, task=args.task, labels=plan.labels, layer=args.layer, **adapter_config)
+
+
+def run_training(bb, plan: TrainPlan, args, on_step=None) -> dict:
+    """Train, report, and write the adapter file (plan.out); returns the run's summary (what
+    --metrics-json writes). `on_step` hears `training.Progress` after every step."""
+    from .metrics import classification_report, format_report
+    from .training import fit, make_split, predict, prepare
+
+    cfg, adapter_config = training_config(bb, args)
+    with _config_errors():
+        method, train_split, dev_split, result = prepare(bb, plan.train, plan.dev, plan.labels, cfg, task=args.task,
+                                                         layer=args.layer, log=_log, **adapter_config)
+        test_split = make_split(method, plan.test, plan.labels) if plan.test else None
+
     rc = result.config
-    _log(f"{args.method}: {len(train_ex)} train examples, dev: {dev_source}; labels: {', '.join(labels)}")
+    _log(f"{args.method}: {len(plan.train)} train examples, dev: {plan.dev_source}; labels: {', '.join(plan.labels)}")
     _log(f"k={method.layer} of {bb.num_layers} layers, {method.trainable_parameters():,} trainable parameters; "
          f"lr {rc.lr:g}, head lr {rc.head_lr:g}, {rc.epochs} epochs, batch {rc.batch_size}, seed {rc.seed}; "
          + (f"layer-{method.layer} states cached ({result.cache_mb:.0f} MB, {result.cache_seconds:.1f} s)"
             if result.cached else "states not cached"))
-    fit(method, train_split, dev_split, cfg, result, progress=not args.quiet)
+    fit(method, train_split, dev_split, cfg, result, progress=not args.quiet, on_step=on_step)
     print(f"best dev accuracy {result.best_dev_accuracy:.4f} at epoch {result.best_epoch}/{rc.epochs}; "
           f"{result.seconds_per_epoch:.1f} s per epoch")
 
     summary = result.summary()
-    summary.update(task=args.task, model=args.model, train_examples=len(train_ex), dev_examples=len(dev_ex))
+    summary.update(task=args.task, model=args.model, train_examples=len(plan.train), dev_examples=len(plan.dev))
+    summary["dev"] = classification_report(dev_split.targets.tolist(), predict(method, dev_split).argmax(-1).tolist(),
+                                           plan.labels)
     if test_split is not None:
         report = classification_report(test_split.targets.tolist(), predict(method, test_split).argmax(-1).tolist(),
-                                        labels)
+                                       plan.labels)
         summary["test"] = report
         print(f"test ({args.test}):\n" + format_report(report))
-    if out is not None:
-        version = method.save(out)
-        size = out.stat().st_size
-        summary.update(adapter=str(out), version=version, adapter_bytes=size)
-        print(f"wrote {out} ({size / 1024:.0f} KiB, sha256 {version[:12]})")
+    if plan.out is not None:
+        version = method.save(plan.out)
+        size = plan.out.stat().st_size
+        summary.update(adapter=str(plan.out), version=version, adapter_bytes=size)
+        print(f"wrote {plan.out} ({size / 1024:.0f} KiB, sha256 {version[:12]})")
+    return summary
+
+
+def cmd_train(args) -> int:
+    if args.remote or args.admin_key:
+        raise UsageError("--remote and --admin-key are read by the `lpt` command (`lpt train --remote URL ...`), "
+                         "not by `python -m lpt.cli`")
+    plan = plan_training(args)
+    bb = _load_backbone(args.model, args)
+    summary = run_training(bb, plan, args)
     if args.metrics_json:
         Path(args.metrics_json).write_text(json.dumps(summary, indent=2))
     return 0

@@ -17,7 +17,7 @@ import torch
 from .adapter import LatePrompt
 from .backbone import Backbone
 from .encoding import Encoded
-from .forward import Group, late_forward, lower_pass, pad_states, pad_tokens
+from .forward import Group, late_forward, lower_pass, pad_states, pad_tokens, to_device, to_host
 
 
 @dataclass(frozen=True)
@@ -116,9 +116,12 @@ class _Lowered:
     valid: dict[int, torch.Tensor]      # k -> [R_k, T] bool
     row: dict[tuple, int]               # (k, token key) -> its row in states[k]
 
-    def gather(self, k: int, keys: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rows of these token keys at layer k -> states [n, T, d], valid [n, T]."""
-        idx = torch.tensor([self.row[(k, key)] for key in keys], device=self.states[k].device)
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.states.values())).device
+
+    def gather(self, k: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows idx (on the device) of the layer-k states -> states [n, T, d], valid [n, T]."""
         return self.states[k].index_select(0, idx), self.valid[k].index_select(0, idx)
 
 
@@ -206,24 +209,25 @@ class Engine:
             real += n
         return out + [cur]
 
-    def upper(self, items: list[_Encoded], lowered: _Lowered) -> dict[int, torch.Tensor]:
-        """One late_forward over every adapter present -> {row index: logits [C]}. Each adapter's
-        rows are gathered by index from the lower pass's padded states."""
+    def upper(self, items: list[_Encoded], lowered: _Lowered) -> tuple[list[int], list[torch.Tensor]]:
+        """One late_forward over every adapter present -> (row indices, logits [n_g, C_g] per
+        adapter, on the device, rows in that order). Each adapter's rows are gathered by index
+        from the lower pass's padded states; every group's indices and readout positions cross
+        to the device in one transfer."""
         by_adapter: dict[int, list[_Encoded]] = defaultdict(list)
         for it in items:
             by_adapter[id(it.adapter)].append(it)
-        groups, members = [], []
-        for its in by_adapter.values():
-            adapter = its[0].adapter
-            h, valid = lowered.gather(adapter.layer, [it.enc.key for it in its])
-            readout = torch.tensor([it.enc.readout for it in its], device=h.device)
-            groups.append(Group(adapter, h, valid, readout))
-            members.append(its)
-        out = {}
-        for its, logits in zip(members, late_forward(self.backbone, groups)):
-            for it, row in zip(its, logits.float().cpu()):
-                out[it.row_index] = row
-        return out
+        members = list(by_adapter.values())
+        host = [lowered.row[(its[0].adapter.layer, it.enc.key)] for its in members for it in its]
+        host += [it.enc.readout for its in members for it in its]
+        dev = to_device(torch.tensor(host), lowered.device)
+        groups, start, n = [], 0, len(items)
+        for its in members:
+            idx = dev[start:start + len(its)]
+            h, valid = lowered.gather(its[0].adapter.layer, idx)
+            groups.append(Group(its[0].adapter, h, valid, dev[n + start:n + start + len(its)]))
+            start += len(its)
+        return [it.row_index for its in members for it in its], late_forward(self.backbone, groups)
 
     # ---- entry points -------------------------------------------------------------------------
     def logits(self, rows: list[Row]) -> list[torch.Tensor | Exception]:
@@ -231,10 +235,21 @@ class Engine:
         if not rows:
             return []
         items, failed = self.encode(rows)
-        done: dict[int, torch.Tensor] = {}
+        order: list[int] = []            # row index of each answer, in the order of `parts`
+        widths: list[int] = []           # its number of logits
+        parts: list[torch.Tensor] = []
         with torch.inference_mode():
             for bucket in self.buckets(items) if items else []:
-                done.update(self.upper(bucket, self.lower(bucket)))
+                idx, logits = self.upper(bucket, self.lower(bucket))
+                order += idx
+                widths += [lg.shape[1] for lg in logits for _ in range(lg.shape[0])]
+                parts += [lg.float().reshape(-1) for lg in logits]
+            flat = to_host(torch.cat(parts)) if parts else None   # the batch's one copy back and one wait
+        done: dict[int, torch.Tensor] = {}
+        start = 0
+        for i, c in zip(order, widths):
+            done[i] = flat[start:start + c]
+            start += c
         return [failed[i] if i in failed else done[i] for i in range(len(rows))]
 
     def predict(self, rows: list[Row]) -> list[Prediction | Exception]:

@@ -11,7 +11,9 @@ share one token width T: the padded layout of the lower pass is kept up to the h
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 
+import numpy as np
 import torch
 
 from .backbone import Backbone
@@ -26,18 +28,47 @@ class TokenBatch:
 
 def _valid(lengths: list[int], width: int, device) -> torch.Tensor:
     """[n, width] bool, True at the first lengths[i] positions of row i."""
-    return torch.arange(width, device=device)[None] < torch.tensor(lengths, device=device)[:, None]
+    return torch.arange(width, device=device)[None] < to_device(torch.tensor(lengths), device)[:, None]
+
+
+def to_device(host: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on device. On CUDA through pinned memory and without blocking the host: no
+    sync, the copy is queued before the kernels that read it."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+def to_host(t: torch.Tensor) -> torch.Tensor:
+    """A device tensor on the host: one copy (into pinned memory on CUDA) and one wait."""
+    if t.device.type != "cuda":
+        return t.cpu()
+    out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    out.copy_(t, non_blocking=True)
+    torch.cuda.current_stream(t.device).synchronize()
+    return out
 
 
 def pad_tokens(seqs: list[tuple[int, ...]], types: list[tuple[int, ...] | None], pad_id: int,
                device, width: int | None = None) -> TokenBatch:
-    """Right-pad to width (default: the longest sequence)."""
+    """Right-pad to width (default: the longest sequence). Ids, token types and lengths are laid
+    out in one host buffer and cross to the device in one transfer."""
     t = max(len(s) for s in seqs) if width is None else width
-    ids = torch.tensor([[*s, *(pad_id,) * (t - len(s))] for s in seqs], dtype=torch.long, device=device)
-    tt = None
-    if types[0] is not None:
-        tt = torch.tensor([[*y, *(0,) * (t - len(y))] for y in types], dtype=torch.long, device=device)
-    return TokenBatch(ids, tt, _valid([len(s) for s in seqs], t, device))
+    n, parts = len(seqs), (1 if types[0] is None else 2)
+    lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=n)
+    real = np.arange(t)[None] < lengths[:, None]                # [n, t]; its row-major order is the sequences in turn
+    total = int(lengths.sum())
+    buf = np.zeros(parts * n * t + n, dtype=np.int64)          # [ids | types | lengths]
+    ids = buf[:n * t].reshape(n, t)
+    ids.fill(pad_id)
+    ids[real] = np.fromiter(chain.from_iterable(seqs), dtype=np.int64, count=total)
+    if parts == 2:
+        buf[n * t:2 * n * t].reshape(n, t)[real] = np.fromiter(chain.from_iterable(types), dtype=np.int64, count=total)
+    buf[parts * n * t:] = lengths
+    dev = to_device(torch.from_numpy(buf), device)
+    valid = torch.arange(t, device=dev.device)[None] < dev[parts * n * t:, None]
+    return TokenBatch(dev[:n * t].view(n, t), dev[n * t:2 * n * t].view(n, t) if parts == 2 else None, valid)
 
 
 def lower_pass(bb: Backbone, tokens: TokenBatch, stops: set[int]) -> dict[int, torch.Tensor]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -75,6 +76,20 @@ class EpochLog:
     train_seconds: float
     eval_seconds: float
     train_cpu_seconds: float          # process CPU time: less sensitive to other load on the machine
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What `fit` tells its `on_step` callback: after every step (dev_accuracy None), and once
+    more after each epoch's dev evaluation (dev_accuracy set). A callback that raises stops the
+    training: the exception leaves `fit`."""
+
+    epoch: int              # 1-based
+    epochs: int
+    step: int               # steps done, all epochs counted
+    steps: int              # steps in all: epochs x steps per epoch
+    loss: float             # mean training loss of this epoch so far
+    dev_accuracy: float | None = None
 
 
 @dataclass
@@ -190,8 +205,10 @@ def accuracy(method: Method, split: Split, batch_size: int = 64) -> float:
 
 
 def fit(method: Method, train_split: Split, dev_split: Split, cfg: TrainConfig,
-        result: TrainResult, progress: bool = True) -> TrainResult:
-    """The training loop; keeps the best-dev weights in `method` at the end."""
+        result: TrainResult, progress: bool = True,
+        on_step: Callable[[Progress], None] | None = None) -> TrainResult:
+    """The training loop; keeps the best-dev weights in `method` at the end. `on_step` hears
+    the progress (see `Progress`)."""
     from tqdm import tqdm
 
     cfg = cfg.resolved()
@@ -202,6 +219,7 @@ def fit(method: Method, train_split: Split, dev_split: Split, cfg: TrainConfig,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_warmup_decay(cfg.epochs * steps_per_epoch, cfg.warmup))
     params = [p for g in opt.param_groups for p in g["params"]]
     best, best_acc, last_acc = None, -1.0, None
+    steps, done = cfg.epochs * steps_per_epoch, 0
     for epoch in range(1, cfg.epochs + 1):
         batches = length_grouped_batches(train_split.lengths, cfg.batch_size, gen)
         method.train(True)
@@ -218,6 +236,9 @@ def fit(method: Method, train_split: Split, dev_split: Split, cfg: TrainConfig,
             sched.step()
             total += loss.item() * len(idx)
             seen += len(idx)
+            done += 1
+            if on_step is not None:
+                on_step(Progress(epoch, cfg.epochs, done, steps, total / seen))
             bar.set_postfix(loss=f"{total / seen:.4f}",
                             dev_acc="-" if last_acc is None else f"{last_acc:.4f}", refresh=False)
         train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -225,6 +246,8 @@ def fit(method: Method, train_split: Split, dev_split: Split, cfg: TrainConfig,
         acc = last_acc = accuracy(method, dev_split, cfg.eval_batch_size)
         eval_s = time.perf_counter() - t1
         result.history.append(EpochLog(epoch, total / seen, acc, train_s, eval_s, train_cpu))
+        if on_step is not None:
+            on_step(Progress(epoch, cfg.epochs, done, steps, total / seen, acc))
         if acc > best_acc:
             best, best_acc, result.best_epoch = method.snapshot(), acc, epoch
         bar.set_postfix(loss=f"{total / seen:.4f}", dev_acc=f"{acc:.4f}", best=f"{best_acc:.4f}@{result.best_epoch}")

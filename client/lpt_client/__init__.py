@@ -15,6 +15,7 @@ from .async_client import AsyncClient
 from .errors import (
     AuthError,
     BadRequest,
+    Conflict,
     ConnectionFailed,
     Forbidden,
     LptError,
@@ -26,7 +27,17 @@ from .errors import (
     Unauthorized,
     Unavailable,
 )
-from .models import AdapterInfo, ClassifyResult, Probe, ServerInfo, UploadResult
+from .models import (
+    AdapterInfo,
+    ClassifyResult,
+    Probe,
+    ServerInfo,
+    TrainedAdapter,
+    TrainingJob,
+    TrainingPoint,
+    TrainingProgress,
+    UploadResult,
+)
 from .sync_client import Client
 
 __all__ = [
@@ -36,6 +47,7 @@ __all__ = [
     "BadRequest",
     "ClassifyResult",
     "Client",
+    "Conflict",
     "ConnectionFailed",
     "Forbidden",
     "LptError",
@@ -47,6 +59,10 @@ __all__ = [
     "ServerError",
     "ServerInfo",
     "Timeout",
+    "TrainedAdapter",
+    "TrainingJob",
+    "TrainingPoint",
+    "TrainingProgress",
     "Unauthorized",
     "Unavailable",
     "UploadResult",

@@ -17,7 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ._config import Settings
 from .errors import LptError, error_from_response
-from .models import AdapterInfo, ClassifyResult, Probe, ServerInfo, UploadResult
+from .models import AdapterInfo, ClassifyResult, Probe, ServerInfo, TrainingJob, UploadResult
 
 T = TypeVar("T")
 
@@ -33,6 +33,8 @@ class Call(Generic[T]):
     parse: Callable[[httpx.Response], T]
     json: Any = None
     content: bytes | None = None
+    form: dict[str, list[str]] | None = None  # multipart/form-data fields (with `files`)
+    files: list[tuple[str, tuple[str, bytes]]] | None = None  # (field, (file name, bytes))
     key: KeyKind = "api"  # which key goes in the Bearer header
     retry: bool = True  # probes answer at once: no retries
     ok_statuses: frozenset[int] = field(default_factory=frozenset)  # non-2xx handed to parse
@@ -59,6 +61,8 @@ def build_request(
         settings.base_url + call.path,
         json=call.json,
         content=call.content,
+        data=call.form,
+        files=call.files,
         headers=headers,
     )
 
@@ -172,6 +176,57 @@ def _parse_upload(response: httpx.Response) -> UploadResult:
 def delete_adapter(name: str) -> Call[None]:
     """`DELETE /v1/adapters/{name}`; needs the admin key."""
     return Call("DELETE", _adapter_path(name), lambda response: None, key="admin")
+
+
+def train(
+    task: str,
+    data: tuple[str, bytes],
+    dev: tuple[str, bytes] | None = None,
+    test: tuple[str, bytes] | None = None,
+    options: dict[str, Any] | None = None,
+) -> Call[TrainingJob]:
+    """`POST /v1/train`: files as (file name, bytes); options are `lpt train`'s, `_` for `-`
+    (a list is sent as a repeated field); None values are left out. Needs the admin key."""
+    form: dict[str, list[str]] = {"task": [task]}
+    for name, value in (options or {}).items():
+        if value is None:
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        form[name] = [str(v) for v in values]
+    files = [(field, file) for field, file in (("data", data), ("dev", dev), ("test", test)) if file is not None]
+    return Call("POST", "/v1/train", _parse_job, form=form, files=files, key="admin")
+
+
+def get_training(job_id: str) -> Call[TrainingJob]:
+    """`GET /v1/train/{id}`."""
+    return Call("GET", _job_path(job_id), _parse_job, key="admin")
+
+
+def list_trainings() -> Call[list[TrainingJob]]:
+    """`GET /v1/train`: newest first."""
+    return Call("GET", "/v1/train", _parse_job_list, key="admin")
+
+
+def cancel_training(job_id: str) -> Call[TrainingJob]:
+    """`DELETE /v1/train/{id}`: the job, now cancelled."""
+    return Call("DELETE", _job_path(job_id), _parse_job, key="admin")
+
+
+_JOBS = TypeAdapter(list[TrainingJob])
+
+
+def _parse_job(response: httpx.Response) -> TrainingJob:
+    return TrainingJob.model_validate(response.json())
+
+
+def _parse_job_list(response: httpx.Response) -> list[TrainingJob]:
+    return _JOBS.validate_python(response.json()["jobs"])
+
+
+def _job_path(job_id: str) -> str:
+    if not job_id:
+        raise ValueError("job id must not be empty")
+    return "/v1/train/" + quote(job_id, safe="")
 
 
 def health() -> Call[Probe]:

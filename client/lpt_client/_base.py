@@ -7,6 +7,7 @@ that decides (which URL, which key, retry or not, which exception) lives here or
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import httpx
@@ -87,6 +88,34 @@ def injected_base_url(http_client: httpx.Client | httpx.AsyncClient | None) -> s
     if http_client is None:
         return None
     return str(http_client.base_url) or None
+
+
+def read_train_file(file: str | os.PathLike[str] | tuple[str, bytes] | None) -> tuple[str, bytes] | None:
+    """A training file as (file name, bytes): from a path (its name tells the server the format),
+    or a (name, bytes) pair as given."""
+    if file is None or isinstance(file, tuple):
+        return file
+    with open(file, "rb") as f:
+        return os.path.basename(os.fspath(file)), f.read()
+
+
+class TrainingWait:
+    """When `wait_training` polls next and when it gives up: shared by both clients."""
+
+    def __init__(self, job_id: str, poll_s: float, timeout_s: float | None) -> None:
+        if poll_s <= 0:
+            raise ValueError("poll_s must be positive")
+        self.job_id, self.poll_s = job_id, poll_s
+        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def next_delay(self) -> float:
+        """Seconds until the next poll; raises `Timeout` once the deadline has passed."""
+        if self.deadline is None:
+            return self.poll_s
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise Timeout(None, "client_timeout", f"training job {self.job_id} has not finished in time")
+        return min(self.poll_s, left)
 
 
 def read_upload(path: str | os.PathLike[str] | None, data: bytes | None) -> bytes:

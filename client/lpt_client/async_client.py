@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar, Union
 
 import httpx
 
 from . import _api
-from ._base import ClientCore, http_client_options, injected_base_url, read_upload
+from ._base import (ClientCore, TrainingWait, http_client_options, injected_base_url, read_train_file,
+                    read_upload)
 from ._retry import RetryPolicy
-from .models import AdapterInfo, ClassifyResult, Probe, ServerInfo, UploadResult
+from .models import AdapterInfo, ClassifyResult, Probe, ServerInfo, TrainingJob, UploadResult
+
+TrainFile = Union[str, "os.PathLike[str]", tuple[str, bytes]]
 
 T = TypeVar("T")
 
@@ -102,6 +105,59 @@ class AsyncClient(ClientCore):
     async def delete_adapter(self, name: str) -> None:
         """Delete an adapter; needs the admin key."""
         await self._send(_api.delete_adapter(name))
+
+    # -- training ------------------------------------------------------------------------------
+
+    async def train(
+        self,
+        task: str,
+        data: TrainFile,
+        *,
+        dev: TrainFile | None = None,
+        test: TrainFile | None = None,
+        text_column: str | None = None,
+        label_column: str | None = None,
+        text_pair_column: str | None = None,
+        method: str | None = None,
+        epochs: int | None = None,
+        seed: int | None = None,
+        **options: Any,
+    ) -> TrainingJob:
+        """Start a training job on the server; see `Client.train`."""
+        fields = dict(text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
+                      method=method, epochs=epochs, seed=seed, **options)
+        files = [read_train_file(f) for f in (data, dev, test)]
+        return await self._send(_api.train(task, files[0], files[1], files[2], fields))
+
+    async def get_training(self, job_id: str) -> TrainingJob:
+        """One training job; raises `NotFound` for an unknown id."""
+        return await self._send(_api.get_training(job_id))
+
+    async def list_trainings(self) -> list[TrainingJob]:
+        """The training jobs the server remembers, newest first."""
+        return await self._send(_api.list_trainings())
+
+    async def cancel_training(self, job_id: str) -> TrainingJob:
+        """Cancel a queued or running job; raises `BadRequest` (409) if it has ended."""
+        return await self._send(_api.cancel_training(job_id))
+
+    async def wait_training(
+        self,
+        job_id: str,
+        *,
+        poll_s: float = 1.0,
+        timeout_s: float | None = None,
+        on_update: Callable[[TrainingJob], None] | None = None,
+    ) -> TrainingJob:
+        """Poll a job until it ends and return it; see `Client.wait_training`."""
+        wait = TrainingWait(job_id, poll_s, timeout_s)
+        while True:
+            job = await self.get_training(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job.finished:
+                return job
+            await self._sleep(wait.next_delay())
 
     async def health(self) -> Probe:
         """Whether the process is alive (no retries)."""

@@ -6,8 +6,10 @@ Usage:
     lpt-client adapters show NAME [--json]
     lpt-client adapters upload NAME FILE [--json]
     lpt-client adapters delete NAME [--json]
+    lpt-client train --task T --data FILE [--dev FILE] [--test FILE] [lpt train options ...]
 
-(`lpt classify ...` and `lpt adapters ...` run the same code.)
+(`lpt classify ...` and `lpt adapters ...` run the same code; `lpt train --remote URL ...` runs
+`train`, see train_cli.py.)
 
 Every subcommand takes --url (else LPT_URL, else http://127.0.0.1:8080), --api-key
 (LPT_API_KEY), --admin-key (LPT_ADMIN_KEY), --timeout and --max-retries.
@@ -25,6 +27,7 @@ Exit codes:
     4  not found: unknown task or adapter (404)
     5  authentication failed or not allowed (401, 403)
     6  server unavailable: connection failed, timed out, overloaded (429), or any 5xx
+    7  a training job failed or was cancelled
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from . import train_cli
 from ._config import resolve_settings
 from .errors import AuthError, BadRequest, LptError, NotFound
 from .models import AdapterInfo, ClassifyResult
@@ -72,7 +76,10 @@ def main(
     """
     parser = build_parser(prog)
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra and not getattr(args, "forward_extra", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.extra = extra  # `train`: lpt train options for the server
     except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
@@ -161,6 +168,7 @@ def build_parser(prog: str = "lpt-client") -> argparse.ArgumentParser:
     delete = actions.add_parser("delete", parents=[common], help="delete an adapter")
     delete.add_argument("name")
     delete.set_defaults(run=run_delete, key="admin")
+    train_cli.add_parser(commands, common, UsageError)
     return parser
 
 

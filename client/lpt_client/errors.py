@@ -7,7 +7,8 @@ FastAPI `{"detail": ...}`, a proxy's HTML page).
 
     LptError
     |-- BadRequest          400, 422 and any other unlisted 4xx
-    |   `-- PayloadTooLarge 413
+    |   |-- PayloadTooLarge 413
+    |   `-- Conflict        409
     |-- AuthError
     |   |-- Unauthorized    401
     |   `-- Forbidden       403
@@ -58,6 +59,10 @@ class PayloadTooLarge(BadRequest):
     """Too many inputs, inputs too long, or an adapter file over the size limit (413)."""
 
 
+class Conflict(BadRequest):
+    """The request conflicts with the resource's state (409): e.g. cancelling a job that has ended."""
+
+
 class AuthError(LptError):
     """Missing, wrong or insufficient credentials."""
 
@@ -102,6 +107,7 @@ _BY_STATUS: dict[int, type[LptError]] = {
     401: Unauthorized,
     403: Forbidden,
     404: NotFound,
+    409: Conflict,
     413: PayloadTooLarge,
     422: BadRequest,
     429: Overloaded,

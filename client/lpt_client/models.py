@@ -82,3 +82,68 @@ class Probe(BaseModel):
 
     def __bool__(self) -> bool:
         return self.ok
+
+
+TRAINING_FINISHED = ("succeeded", "failed", "cancelled")
+
+
+class TrainingProgress(BaseModel):
+    """Where a training job is: `step` of `steps` (all epochs counted), in epoch `epoch`."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    steps: int = 0
+    loss: float | None = None  # mean training loss of the current epoch so far
+    dev_accuracy: float | None = None  # after the last finished epoch
+
+
+class TrainingPoint(BaseModel):
+    """One point of a job's (bounded) loss curve."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    step: int
+    epoch: float
+    loss: float | None = None
+    dev_accuracy: float | None = None  # set at the end of an epoch
+
+
+class TrainedAdapter(BaseModel):
+    """The adapter a succeeded job stored (served under `name` at once)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str
+    version: str
+
+
+class TrainingJob(BaseModel):
+    """A training job (`POST /v1/train`, `GET /v1/train/{id}`).
+
+    Example:
+        >>> job = TrainingJob(id="a1", task="my-task", state="queued", created_at=0.0)
+        >>> job.finished
+        False
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    id: str
+    task: str
+    state: str  # queued, running, succeeded, failed or cancelled
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: TrainingProgress = Field(default_factory=TrainingProgress)
+    history: list[TrainingPoint] = Field(default_factory=list)
+    error: str | None = None  # why it failed
+    adapter: TrainedAdapter | None = None
+    metrics: dict[str, Any] | None = None  # {"dev": {...}, "test": {...} or None}
+
+    @property
+    def finished(self) -> bool:
+        """The job has ended: succeeded, failed or cancelled."""
+        return self.state in TRAINING_FINISHED

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar, Union
 
 import httpx
 
 from . import _api
-from ._base import ClientCore, http_client_options, injected_base_url, read_upload
+from ._base import (ClientCore, TrainingWait, http_client_options, injected_base_url, read_train_file,
+                    read_upload)
 from ._retry import RetryPolicy
-from .models import AdapterInfo, ClassifyResult, Probe, ServerInfo, UploadResult
+from .models import AdapterInfo, ClassifyResult, Probe, ServerInfo, TrainingJob, UploadResult
+
+TrainFile = Union[str, "os.PathLike[str]", tuple[str, bytes]]
 
 T = TypeVar("T")
 
@@ -133,6 +136,72 @@ class Client(ClientCore):
     def delete_adapter(self, name: str) -> None:
         """Delete an adapter; needs the admin key."""
         self._send(_api.delete_adapter(name))
+
+    # -- training ------------------------------------------------------------------------------
+
+    def train(
+        self,
+        task: str,
+        data: TrainFile,
+        *,
+        dev: TrainFile | None = None,
+        test: TrainFile | None = None,
+        text_column: str | None = None,
+        label_column: str | None = None,
+        text_pair_column: str | None = None,
+        method: str | None = None,
+        epochs: int | None = None,
+        seed: int | None = None,
+        **options: Any,
+    ) -> TrainingJob:
+        """Start a training job on the server: an adapter named `task` from a labelled file.
+
+        `data` (and `dev`, `test`) is a path to a .csv, .tsv or .jsonl file, or a (file name,
+        bytes) pair. Options are those of `lpt train` with `_` for `-` (`prompt_length=8`,
+        `labels=["neg", "pos"]`); unset ones take `lpt train`'s defaults. Needs the admin key.
+        Returns the queued job at once; bad data raises `BadRequest` with `lpt train`'s message.
+
+        Example:
+            >>> job = client.train("my-task", "train.csv", epochs=2)  # doctest: +SKIP
+            >>> client.wait_training(job.id).state  # doctest: +SKIP
+            'succeeded'
+        """
+        fields = dict(text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
+                      method=method, epochs=epochs, seed=seed, **options)
+        files = [read_train_file(f) for f in (data, dev, test)]
+        return self._send(_api.train(task, files[0], files[1], files[2], fields))
+
+    def get_training(self, job_id: str) -> TrainingJob:
+        """One training job; raises `NotFound` for an unknown id."""
+        return self._send(_api.get_training(job_id))
+
+    def list_trainings(self) -> list[TrainingJob]:
+        """The training jobs the server remembers, newest first."""
+        return self._send(_api.list_trainings())
+
+    def cancel_training(self, job_id: str) -> TrainingJob:
+        """Cancel a queued or running job; raises `BadRequest` (409) if it has ended."""
+        return self._send(_api.cancel_training(job_id))
+
+    def wait_training(
+        self,
+        job_id: str,
+        *,
+        poll_s: float = 1.0,
+        timeout_s: float | None = None,
+        on_update: Callable[[TrainingJob], None] | None = None,
+    ) -> TrainingJob:
+        """Poll a job every `poll_s` seconds until it ends; returns it (check `state`: a failed
+        job is returned, not raised). `on_update` hears every poll's answer. Raises `Timeout`
+        if it has not ended within `timeout_s`."""
+        wait = TrainingWait(job_id, poll_s, timeout_s)
+        while True:
+            job = self.get_training(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job.finished:
+                return job
+            self._sleep(wait.next_delay())
 
     # -- server ------------------------------------------------------------------------------
 

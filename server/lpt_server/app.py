@@ -14,8 +14,9 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from . import __version__, docs, errors
+from . import __version__, console, docs, errors
 from .routes import adapters, classify, ops
+from .routes import train as train_routes
 from .runtime import EngineFactory, Runtime
 from .settings import Settings
 
@@ -42,6 +43,8 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
     errors.install(app)
     app.include_router(classify.router)
     app.include_router(adapters.router)
+    app.include_router(train_routes.router)
     app.include_router(ops.router)
     app.state.docs_mode = docs.install(app, docs.swagger_assets())
+    console.install(app)
     return app

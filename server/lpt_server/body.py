@@ -54,6 +54,26 @@ async def read_body(request: Request, *, limit: int, setting: str, timeout_s: fl
     return b"".join(parts)
 
 
+async def stream_into(request: Request, reader, *, limit: int, body_limit: int, setting: str, timeout_s: float,
+                      what: str = "upload"):
+    """Feed the body to an upload reader (`feed(chunk)`, `finish()`, see upload.py) as it
+    arrives and return what `finish` returns. A declared Content-Length over `body_limit` (the
+    file limit `limit` plus a form's own bytes) is a 413 before reading; the reader's TooLarge a 413 naming `setting`, its UploadError a 400."""
+    from . import upload
+
+    declared = request.headers.get("content-length")
+    try:
+        if declared and declared.isdigit() and int(declared) > body_limit:
+            raise upload.TooLarge(f"the {what} is {int(declared)} bytes, over the limit of {limit} bytes")
+        async for chunk in chunks(request, timeout_s=timeout_s, what=what):
+            reader.feed(chunk)
+        return reader.finish()
+    except upload.TooLarge as e:
+        raise PayloadTooLarge(f"{e} ({setting})") from None
+    except upload.UploadError as e:
+        raise BadRequest(str(e)) from None
+
+
 def _lone_surrogate(data: bytes) -> str | None:
     """Where a JSON body that the strict parser refused holds a lone surrogate ("\\ud800"), as
     `inputs[2]` (or `inputs[2][1]`); None if that is not why it was refused."""

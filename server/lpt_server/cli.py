@@ -2,6 +2,7 @@
 
     lpt serve [--model minilm] [--port 8080] [--store DIR] [--no-demo-adapters] ...   this package
     lpt train ... | lpt eval ...                                                       lpt.cli
+    lpt train --remote URL ...                                                         lpt_client.cli
     lpt classify ... | lpt adapters list|show|upload|delete ...                        lpt_client.cli
 
 `serve` has one flag per setting (generated from Settings, so they cannot drift apart); a flag
@@ -103,8 +104,13 @@ def serve(argv: Sequence[str]) -> int:
     return 0
 
 
+def _remote(argv: Sequence[str]) -> bool:
+    """`lpt train --remote URL ...`: the training runs on a server (the client's `train`)."""
+    return any(a == "--remote" or a.startswith("--remote=") for a in argv)
+
+
 def _dispatch(command: str, argv: Sequence[str]) -> int:
-    module = DISPATCH[command]
+    module = "lpt_client.cli" if command == "train" and _remote(argv) else DISPATCH[command]
     try:
         mod = importlib.import_module(module)
     except ImportError as e:
@@ -120,7 +126,7 @@ USAGE = """usage: lpt COMMAND [ARGS]
 
 commands:
   serve      run the HTTP server (lpt serve --help lists every setting)
-  train      train an adapter
+  train      train an adapter (--remote URL: as a job on a server)
   eval       evaluate an adapter
   classify   classify texts through a running server
   adapters   list | show | upload | delete adapters on a running server

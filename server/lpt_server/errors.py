@@ -21,6 +21,7 @@ from .batcher import BatcherClosed, QueueFull
 from .registry import UnknownAdapter
 from .store import InvalidName, StoreFull
 from .stores import StoreConflict, StoreUnavailable
+from .train_jobs import JobFinished, TrainQueueFull, UnknownJob
 from .worker import BatchFailed, WorkerDead
 
 log = logging.getLogger("lpt_server.errors")
@@ -89,7 +90,7 @@ class GatewayTimeout(ApiError):
 
 
 _STATUS_TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large",
+                 405: "method_not_allowed", 409: "conflict", 408: "request_timeout", 413: "payload_too_large",
                  415: "unsupported_media_type", 422: "validation_error", 429: "overloaded",
                  503: "unavailable", 504: "timeout"}
 
@@ -98,6 +99,9 @@ _STATUS_TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404:
 # status and are handled in `describe`; everything not listed here is a bug (500, logged).
 ERROR_TABLE: list[tuple[type[BaseException], int, str]] = [
     (UnknownAdapter, 404, "not_found"),
+    (UnknownJob, 404, "not_found"),
+    (JobFinished, 409, "conflict"),
+    (TrainQueueFull, 429, "overloaded"),
     (InvalidName, 400, "invalid_name"),
     (AdapterError, 400, "invalid_adapter"),
     (RowError, 400, "invalid_input"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +21,8 @@ from .registry import Registry, seed_demo_adapters
 from .settings import Settings
 from .store import StoreError
 from .stores import AdapterStore, StoreUnavailable, open_store
+from .train_form import Runner
+from .train_jobs import Trainer, child_command
 from .worker import EngineWorker
 
 log = logging.getLogger("lpt_server")
@@ -76,6 +79,8 @@ class Runtime:
         self.registry: Registry | None = None
         self.worker: EngineWorker | None = None
         self.batcher: Batcher | None = None
+        self.trainer: Trainer | None = None
+        self.train_runner = Runner(settings.model, settings.device, settings.dtype, settings.train_threads)
         self.started_at = time.time()
         self.load_seconds: float | None = None
         self.seeded: list[str] = []
@@ -114,10 +119,22 @@ class Runtime:
                                max_wait_s=s.max_wait_ms / 1000, queue_limit=s.queue_limit,
                                on_batch=self.metrics.observe_closed_batch)
         self.batcher.start()
+        self.trainer = self._make_trainer()
+        self.trainer.start()
         cache = getattr(self.engine, "cache", None)
         self.metrics.bind(queue_size=lambda: len(self.batcher), resident=lambda: self.registry.resident_count,
                           registered=lambda: self.registry.registered, worker_alive=lambda: self.worker.alive,
                           cache_stats=lambda: getattr(cache, "stats", None), store_up=lambda: store.health().up)
+
+    def _make_trainer(self) -> Trainer:
+        """Training jobs: run beside serving in child processes; a result is stored through the
+        registry, exactly as an upload."""
+        from .errors import describe
+
+        command, env = child_command(sys.executable, self.settings.train_threads)
+        return Trainer(command=command, env=env, queue_limit=self.settings.train_queue,
+                       commit=lambda name, data: self.registry.put(name, data)[0],
+                       explain=lambda e: describe(e)[2], nice=self.settings.train_nice)
 
     async def stop(self) -> None:
         """Finish what was accepted, then stop the worker."""
@@ -125,6 +142,8 @@ class Runtime:
         for task in (self._sweeper, self._prober):
             if task is not None:
                 task.cancel()
+        if self.trainer is not None:
+            await asyncio.to_thread(self.trainer.stop)
         if self.batcher is not None:
             await self.batcher.close(drain=True)
         if self.worker is not None:

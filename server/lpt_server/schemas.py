@@ -106,3 +106,63 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+# ---- training jobs (POST/GET/DELETE /v1/train) -------------------------------------------------
+_JOB_EXAMPLE = {
+    "id": "3f2a9c1b7d4e5a60", "task": "my-task", "state": "running", "created_at": 1767225600.0,
+    "started_at": 1767225600.4, "finished_at": None,
+    "progress": {"epoch": 1, "epochs": 2, "step": 3, "steps": 4, "loss": 0.6931, "dev_accuracy": None},
+    "history": [{"step": 1, "epoch": 0.5, "loss": 0.70, "dev_accuracy": None},
+                {"step": 2, "epoch": 1.0, "loss": 0.69, "dev_accuracy": 0.75}],
+    "error": None, "adapter": None, "metrics": None}
+
+
+class TrainProgress(BaseModel):
+    epoch: int = Field(description="the epoch running (1-based; 0 before the first step)")
+    epochs: int
+    step: int = Field(description="steps done, all epochs counted")
+    steps: int = Field(description="steps in all: epochs x steps per epoch")
+    loss: float | None = Field(description="mean training loss of the current epoch so far")
+    dev_accuracy: float | None = Field(description="dev accuracy after the last finished epoch")
+
+
+class TrainPoint(BaseModel):
+    step: int
+    epoch: float = Field(description="epochs done at this step (fractional)")
+    loss: float | None
+    dev_accuracy: float | None = Field(description="set at the end of an epoch")
+
+
+class TrainedAdapter(BaseModel):
+    name: str
+    version: str = Field(description="sha256 of the stored adapter file")
+
+
+class TrainMetrics(BaseModel):
+    dev: dict | None = Field(description="the chosen checkpoint on the dev set: accuracy, macro_f1, per_class, "
+                             "confusion_matrix")
+    test: dict | None = Field(description="the same on the test file, if one was sent")
+
+
+class TrainJobView(BaseModel):
+    """A training job. `history` is bounded (long runs are downsampled)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_JOB_EXAMPLE]})
+
+    id: str
+    task: str
+    state: str = Field(description="queued, running, succeeded, failed or cancelled",
+                       json_schema_extra={"enum": ["queued", "running", "succeeded", "failed", "cancelled"]})
+    created_at: float = Field(description="unix seconds")
+    started_at: float | None
+    finished_at: float | None
+    progress: TrainProgress
+    history: list[TrainPoint]
+    error: str | None = Field(description="why the job failed (the message `lpt train` would print)")
+    adapter: TrainedAdapter | None = Field(description="the stored adapter, once the job succeeded")
+    metrics: TrainMetrics | None
+
+
+class TrainJobList(BaseModel):
+    jobs: list[TrainJobView] = Field(description="newest first")

@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     max_adapter_bytes: int = Field(64 * MiB, ge=1, description="largest adapter file accepted")
     max_body_bytes: int = Field(2 * MiB, ge=1, description="largest classify request body; more: 413")
 
+    # training jobs (POST /v1/train)
+    max_train_bytes: int = Field(64 * MiB, ge=1, description="largest training upload (data, dev and test "
+                                 "files together); more: 413")
+    train_queue: int = Field(4, ge=1, description="training jobs waiting at most (one runs at a time); more: 429")
+    train_threads: int = Field(1, ge=1, description="torch CPU threads of the training process (serving keeps "
+                               "its own)")
+    train_nice: int = Field(10, ge=0, le=19, description="the training process's CPU niceness: above 0, serving "
+                            "gets the CPU first when both want it")
+
     # slow clients: a connection holds a request only this long
     header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this "
                                     "(from its first byte); else 408 and the connection is closed")

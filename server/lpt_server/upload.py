@@ -13,7 +13,8 @@ part, under any field name. Bytes in, bytes out: the route turns `UploadError` i
 """
 from __future__ import annotations
 
-from typing import Protocol
+import re
+from typing import Callable, Protocol
 
 MAX_HEADERS = 16 * 1024    # bytes of one part's headers
 OVERHEAD = 64 * 1024       # bytes a multipart body may hold besides the file: boundaries, headers
@@ -77,34 +78,37 @@ def boundary(content_type: str) -> bytes | None:
                       "in its Content-Type")
 
 
-class SinglePart:
-    """The one part of a multipart/form-data body."""
+class Sink(Protocol):
+    def feed(self, chunk: bytes) -> None: ...
 
-    def __init__(self, separator: bytes, limit: int):
+
+class Parts:
+    """The parts of a multipart/form-data body, as it streams in. At each part's start
+    `on_part(headers)` (lower-case names -> values) returns the sink its content is fed to,
+    in pieces as they arrive; it may raise UploadError to refuse the part. Bounds its own
+    buffers (headers); the caller counts the body's bytes."""
+
+    def __init__(self, separator: bytes, on_part: Callable[[dict[str, str]], Sink]):
         self.delimiter = b"\r\n--" + separator
-        self.file = Raw(limit)       # the part's content, counted against the limit
+        self.on_part = on_part
+        self.sink: Sink | None = None
         # the first delimiter may open the body without a CRLF in front: supply one
         self.buf = b"\r\n"
         self.state = "preamble"      # -> after_delimiter -> headers -> content -> after_delimiter -> done
         self.parts = 0
-        self.seen = 0                # bytes of body read
 
     def feed(self, chunk: bytes) -> None:
-        self.seen += len(chunk)
-        if self.seen > self.file.limit + OVERHEAD:
-            raise TooLarge(f"the upload is over the limit of {self.file.limit} bytes")
         if self.state == "done":     # the epilogue after the closing delimiter is ignored
             return
         self.buf += chunk
         while self._step():
             pass
 
-    def finish(self) -> bytes:
+    def finish(self) -> None:
         if self.state != "done":
             if self.parts == 0:
                 raise UploadError(NO_PART)
             raise UploadError("the multipart body ends before its closing boundary: the upload was cut short")
-        return self.file.finish()
 
     def _step(self) -> bool:
         """Advance as far as the buffer allows; True if the state changed (call again)."""
@@ -114,11 +118,11 @@ class SinglePart:
                 # keep a tail that may be the start of a delimiter split across chunks
                 cut = max(0, len(self.buf) - len(self.delimiter) + 1)
                 if self.state == "content":
-                    self.file.feed(self.buf[:cut])
+                    self.sink.feed(self.buf[:cut])
                 self.buf = self.buf[cut:]
                 return False
             if self.state == "content":
-                self.file.feed(self.buf[:at])
+                self.sink.feed(self.buf[:at])
             self.buf = self.buf[at + len(self.delimiter):]
             self.state = "after_delimiter"
             return True
@@ -136,9 +140,6 @@ class SinglePart:
             if self.buf[:line_end].strip(b" \t"):   # only transport padding may follow a delimiter
                 raise UploadError("a multipart boundary line is followed by unexpected bytes")
             self.parts += 1
-            if self.parts > 1:
-                raise UploadError("the multipart body holds more than one part: send only the adapter "
-                                  "file, e.g. curl -F file=@my-task.safetensors")
             self.buf = self.buf[line_end:]          # keep the CRLF: empty headers end at once
             self.state = "headers"
             return True
@@ -148,7 +149,54 @@ class SinglePart:
                 if len(self.buf) > MAX_HEADERS:
                     raise UploadError(f"the part's headers are over {MAX_HEADERS} bytes")
                 return False
+            self.sink = self.on_part(_headers(self.buf[2:end]))
             self.buf = self.buf[end + 4:]            # the content starts after the blank line
             self.state = "content"
             return True
         return False
+
+
+def _headers(block: bytes) -> dict[str, str]:
+    out = {}
+    for line in block.split(b"\r\n"):
+        name, sep, value = line.decode("utf-8", "replace").partition(":")
+        if sep:
+            out[name.strip().lower()] = value.strip()
+    return out
+
+
+def disposition(headers: dict[str, str]) -> tuple[str | None, str | None]:
+    """(name, filename) of a part's `Content-Disposition: form-data; name="..."; filename="..."`."""
+    params = {}
+    for m in _PARAM.finditer(headers.get("content-disposition", "")):
+        value = m.group(2)
+        params[m.group(1).lower()] = value[1:-1].replace('\\"', '"') if value.startswith('"') else value
+    return params.get("name"), params.get("filename")
+
+
+_PARAM = re.compile(r';\s*([A-Za-z*]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)')
+
+
+class SinglePart:
+    """The one part of a multipart/form-data body."""
+
+    def __init__(self, separator: bytes, limit: int):
+        self.file = Raw(limit)       # the part's content, counted against the limit
+        self.parts = Parts(separator, self._on_part)
+        self.seen = 0                # bytes of body read
+
+    def _on_part(self, headers: dict[str, str]) -> Sink:
+        if self.parts.parts > 1:
+            raise UploadError("the multipart body holds more than one part: send only the adapter "
+                              "file, e.g. curl -F file=@my-task.safetensors")
+        return self.file
+
+    def feed(self, chunk: bytes) -> None:
+        self.seen += len(chunk)
+        if self.seen > self.file.limit + OVERHEAD:
+            raise TooLarge(f"the upload is over the limit of {self.file.limit} bytes")
+        self.parts.feed(chunk)
+
+    def finish(self) -> bytes:
+        self.parts.finish()
+        return self.file.finish()

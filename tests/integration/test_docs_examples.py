@@ -1,5 +1,5 @@
 """What a new user tries first works on a fresh server: the Swagger examples, the tasks the READMEs
-name, and the server's bare address."""
+name, and the server's bare address (the console, linking the API docs)."""
 from __future__ import annotations
 
 import json
@@ -32,9 +32,12 @@ def tasks_used(code: str) -> set[str]:
 
 
 def tasks_uploaded(code: str) -> set[str]:
+    """Tasks a code block uploads, or trains on the server (POST /v1/train, `client.train`)."""
     return set(re.findall(r"-X PUT \S*/v1/adapters/([\w.-]+)", code)
                + re.findall(r"adapters upload (\S+)", code)
-               + re.findall(r"""upload_adapter\(\s*["']([^"']+)["']""", code))
+               + re.findall(r"""upload_adapter\(\s*["']([^"']+)["']""", code)
+               + re.findall(r"-F task=([\w.-]+)", code)
+               + re.findall(r"""\btrain\(\s*["']([^"']+)["']""", code))
 
 
 def test_the_demo_adapters_are_the_ones_named_here():
@@ -56,6 +59,13 @@ curl localhost:8080/v1/tasks/c/classify -d '{"inputs": "x", "task": "d", "tasks"
 client.classify(texts, tasks=["g", "h"]); client.classify(texts, task="i")
 lpt train --task not-a-request --data x.csv"""
     assert tasks_used(code) == set("abcdefghi")
+
+
+def test_the_upload_finder_sees_uploads_and_training():
+    code = """curl -X PUT localhost:8080/v1/adapters/a --data-binary @a.safetensors
+lpt adapters upload b b.safetensors; client.upload_adapter("c", "c.safetensors")
+curl localhost:8080/v1/train -F task=d -F data=@train.csv; job = client.train("e", "train.csv")"""
+    assert tasks_uploaded(code) == set("abcde")
 
 
 def openapi_examples(app) -> list[tuple[str, dict]]:
@@ -83,14 +93,14 @@ async def test_every_openapi_example_answers_200_on_the_demo_adapters(tmp_path, 
 
 
 @pytest.mark.asyncio
-async def test_the_bare_address_leads_to_the_api_docs(tmp_path, tiny_bb):
+async def test_the_bare_address_is_the_console_which_links_the_api_docs(tmp_path, tiny_bb):
     async with running(tmp_path, tiny_bb) as (app, c):
         r = await c.get("/")
-        assert r.status_code == 307 and r.headers["location"] == "docs"
-        r = await c.get("/", follow_redirects=True)
-        assert r.status_code == 200 and str(r.url) == "http://lpt.test/docs"
-        assert "text/html" in r.headers["content-type"] and "openapi.json" in r.text
-        assert "/" not in app.openapi()["paths"]          # a redirect, not an API route
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert re.search(r"""<a href="docs">API docs</a>""", r.text), "the console does not link the API docs"
+        docs = await c.get("/docs")       # the relative link, from the page at /
+        assert docs.status_code == 200 and "openapi.json" in docs.text
+        assert "/" not in app.openapi()["paths"]          # a page, not an API route
 
 
 @pytest.mark.parametrize("doc", [README, CLIENT_README], ids=lambda p: p.name if p == README else "client/README.md")

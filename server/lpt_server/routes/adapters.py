@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse
 
 from .. import upload
 from ..auth import require_admin_key, require_api_key
-from ..body import chunks
-from ..errors import BadRequest, NotFound, PayloadTooLarge
+from ..body import stream_into
+from ..errors import BadRequest, NotFound
 from ..runtime import Runtime
 from ..schemas import AdapterInfo, AdapterList, ErrorResponse
 from ..store import NAME_RE, check_name
@@ -47,17 +47,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
     content_type = request.headers.get("content-type", "")
     try:
         body = upload.reader(content_type, limit)
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > upload.body_limit(content_type, limit):
-            raise PayloadTooLarge(f"the upload is {int(declared)} bytes, over the limit of {limit} bytes "
-                                  f"(LPT_MAX_ADAPTER_BYTES)")
-        async for chunk in chunks(request, timeout_s=_rt(request).settings.body_timeout_s, what="upload"):
-            body.feed(chunk)
-        return body.finish()
-    except upload.TooLarge as e:
-        raise PayloadTooLarge(f"{e} (LPT_MAX_ADAPTER_BYTES)") from None
     except upload.UploadError as e:
         raise BadRequest(str(e)) from None
+    return await stream_into(request, body, limit=limit, body_limit=upload.body_limit(content_type, limit),
+                             setting="LPT_MAX_ADAPTER_BYTES", timeout_s=_rt(request).settings.body_timeout_s)
 
 
 @router.put("/{name:path}", response_model=AdapterInfo, status_code=201,

@@ -1,11 +1,11 @@
-"""Operations: / (to the API docs), /health (alive), /ready (can serve), /info, /metrics."""
+"""Operations: /health (alive), /ready (can serve), /info, /metrics. (`/` is the console: console.py.)"""
 from __future__ import annotations
 
 import platform
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import __version__
@@ -17,13 +17,6 @@ router = APIRouter(tags=["operations"])
 
 def _rt(request: Request) -> Runtime:
     return request.app.state.runtime
-
-
-# A person who opens the server's address in a browser lands on the API docs, not on a 404.
-# Relative, so that it also works behind a proxy that serves lpt-serve under a path prefix.
-@router.get("/", include_in_schema=False)
-async def root():
-    return RedirectResponse("docs", status_code=307)
 
 
 @router.get("/health", summary="The process is alive")

@@ -1,0 +1,89 @@
+// Adapters: the list (GET /v1/adapters), upload by file picker or drag and drop
+// (PUT /v1/adapters/{name}, the file as the body), delete after a confirmation.
+
+import { api } from "./api.js";
+import { $, bytes, confirmDialog, el, nameFromFile, showError } from "./ui.js";
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+let chosen = null;                       // the File to upload
+
+function message(error, note) {
+  showError($("adapters-error"), error);
+  $("adapters-note").textContent = note || "";
+}
+
+export async function load() {
+  let adapters;
+  try {
+    ({ adapters } = await api("v1/adapters"));
+  } catch (e) {
+    return message(e);
+  }
+  const rows = adapters.map((a) => el("tr", { "data-name": a.name },
+    el("th", { scope: "row" }, a.name),
+    el("td", {}, a.labels.join(", ")),
+    el("td", { class: "num" }, a.layer),
+    el("td", { class: "num" }, a.prompt_length),
+    el("td", { class: "num" }, bytes(a.size_bytes)),
+    el("td", {}, el("code", { title: a.version }, a.version.slice(0, 12))),
+    el("td", {}, a.resident ? "yes" : "no"),
+    el("td", {}, el("button", { type: "button", class: "danger", "aria-label": `Delete ${a.name}`,
+                                onclick: () => remove(a.name) }, "Delete"))));
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 8, class: "hint" }, "No adapters in the store.")));
+  $("adapters-table").tBodies[0].replaceChildren(...rows);
+}
+
+async function remove(name) {
+  if (!(await confirmDialog(`Delete the adapter "${name}"? Requests for it will answer 404.`))) return;
+  try {
+    await api(`v1/adapters/${encodeURIComponent(name)}`, { method: "DELETE", admin: true });
+    message(null, `Deleted ${name}.`);
+  } catch (e) {
+    message(e);
+  }
+  await load();
+}
+
+function choose(file) {
+  chosen = file;
+  if (!file) return;
+  nameFromFile($("upload-name"), file.name);
+  $("drop-zone").dataset.file = file.name;
+  message(null, `${file.name} (${bytes(file.size)}) chosen.`);
+}
+
+async function upload(event) {
+  event.preventDefault();
+  const name = $("upload-name").value.trim();
+  if (!chosen) return message("Choose an adapter file first.");
+  if (!NAME.test(name)) return message("Give the adapter a name: letters, digits, '.', '_' or '-', up to 64 characters.");
+  $("upload-submit").disabled = true;
+  try {
+    // no status here (api() returns the body): the list below shows the new version
+    const info = await api(`v1/adapters/${encodeURIComponent(name)}`, {
+      method: "PUT", body: chosen, admin: true, headers: { "Content-Type": "application/octet-stream" } });
+    message(null, `Uploaded ${info.name} (labels: ${info.labels.join(", ")}; version ${info.version.slice(0, 12)}).`);
+    $("upload-form").reset();
+    chosen = null;
+    delete $("drop-zone").dataset.file;
+  } catch (e) {
+    message(e);
+  } finally {
+    $("upload-submit").disabled = false;
+  }
+  await load();
+}
+
+export function init() {
+  $("upload-form").addEventListener("submit", upload);
+  $("upload-file").addEventListener("change", (e) => choose(e.target.files[0]));
+  $("adapters-refresh").addEventListener("click", load);
+  const zone = $("drop-zone");
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    zone.classList.remove("over");
+    choose(e.dataTransfer.files[0]);
+  });
+}

@@ -1,0 +1,86 @@
+// Calls to the lpt-serve HTTP API: the keys, the Authorization header, the error body.
+//
+// Keys are asked for when the server answers 401 (or 403 to a key that was sent), kept in
+// sessionStorage only (this tab, gone when it closes) and sent as `Authorization: Bearer <key>`.
+// Reads and classify use the API key (the admin key works there too); writes use the admin key.
+// URLs are relative to the page, so the console works under a path prefix too.
+
+const STORE = { api: "lpt.apiKey", admin: "lpt.adminKey" };
+
+export function getKey(kind) {
+  return sessionStorage.getItem(STORE[kind]) || "";
+}
+
+export function setKey(kind, value) {
+  if (value) sessionStorage.setItem(STORE[kind], value);
+  else sessionStorage.removeItem(STORE[kind]);
+}
+
+/** An error answer, with the server's own words (`{"error": {"type", "message"}}`). */
+export class ApiError extends Error {
+  constructor(status, type, message) {
+    super(message);
+    this.status = status;
+    this.type = type;
+  }
+  toString() {
+    return `${this.status}: ${this.message}`;
+  }
+}
+
+async function errorOf(response) {
+  let type = "http", message = response.statusText || "request failed";
+  try {
+    const body = await response.json();
+    if (body && body.error && body.error.message) ({ type, message } = body.error);
+  } catch (_) { /* not JSON: a proxy's page; keep the status text */ }
+  return new ApiError(response.status, type, message);
+}
+
+let askForKeys = async () => false;   // set by the page: shows the key dialog, true if a key was entered
+
+export function onKeyNeeded(handler) {
+  askForKeys = handler;
+}
+
+/**
+ * fetch() a path of the API and return its JSON (null for 204). Throws ApiError.
+ * options: method, json (a body to send as JSON), body (sent as is), headers, admin (use the admin key),
+ * ask (default true; false for reads in the background: a 401 is thrown, no dialog opens).
+ */
+export async function api(path, options = {}) {
+  const { method = "GET", json, admin = false, ask = true } = options;
+  for (let attempt = 0; ; attempt++) {
+    const key = admin ? getKey("admin") : getKey("api") || getKey("admin");
+    const headers = { ...(options.headers || {}) };
+    if (key) headers.Authorization = `Bearer ${key}`;
+    let body = options.body;
+    if (json !== undefined) {
+      headers["Content-Type"] = "application/json";
+      body = JSON.stringify(json);
+    }
+    const response = await fetch(path, { method, headers, body });
+    if (response.ok) return response.status === 204 ? null : response.json();
+    const error = await errorOf(response);
+    // 401: no key or a wrong API key; 403 after sending an admin key: a wrong one. (A 403 with
+    // no key sent means writes are disabled on the server: no key helps, the message says so.)
+    const keyProblem = error.status === 401 || (error.status === 403 && admin && key);
+    if (keyProblem && ask && attempt === 0 && (await askForKeys(admin ? "admin" : "api", error.message))) continue;
+    throw error;
+  }
+}
+
+/** The body of a plain-text endpoint (/metrics), with the same error handling. */
+export async function text(path) {
+  const response = await fetch(path);
+  if (!response.ok) throw await errorOf(response);
+  return response.text();
+}
+
+/** GET a probe (/ready) whose non-2xx answer is itself the information: [ok, body]. */
+export async function probe(path) {
+  const response = await fetch(path);
+  let body = null;
+  try { body = await response.json(); } catch (_) { /* empty */ }
+  return [response.ok, body];
+}

@@ -1,0 +1,164 @@
+// Train: a labelled file -> POST /v1/train (multipart) -> follow GET /v1/train/{id} until the job
+// ends, drawing its loss and dev accuracy; then try the new task in one click.
+
+import { api } from "./api.js";
+import { drawChart } from "./chart.js";
+import { readColumns } from "./columns.js";
+import { $, el, nameFromFile, showError } from "./ui.js";
+
+const POLL_MS = 1000;
+const ENDED = new Set(["succeeded", "failed", "cancelled"]);
+let following = null;                   // the id of the job shown
+let timer = null;
+let tryTask = () => {};
+
+function fillSelect(select, columns, preferred, optional) {
+  const old = select.value;
+  select.replaceChildren(...(optional ? [el("option", { value: "" }, "(none)")] : []),
+    ...columns.map((c) => el("option", { value: c }, c)));
+  const pick = [old, ...preferred].find((c) => columns.includes(c));
+  select.value = pick ?? (optional ? "" : columns[0] ?? "");
+}
+
+async function onData() {
+  const file = $("train-data").files[0];
+  showError($("train-error"), null);
+  $("train-columns-note").textContent = "";
+  if (!file) return;
+  let format, columns;
+  try {
+    ({ format, columns } = await readColumns(file));
+  } catch (e) {
+    return showError($("train-error"), `${file.name}: ${e.message}`);
+  }
+  fillSelect($("train-text"), columns, ["text", "sentence", "sentence1", "question", "content"], false);
+  fillSelect($("train-label"), columns, ["label", "labels", "category", "class", "target"], false);
+  fillSelect($("train-pair"), columns, ["text_pair", "sentence2"], true);
+  nameFromFile($("train-task"), file.name);
+  $("train-columns-note").textContent = `${file.name}: ${format.toUpperCase()}, columns ${columns.join(", ")}`;
+}
+
+function formData() {
+  const data = $("train-data").files[0], dev = $("train-dev").files[0];
+  if (!data) throw new Error("Choose a training file.");
+  const form = new FormData();
+  form.append("data", data, data.name);
+  if (dev) form.append("dev", dev, dev.name);
+  const fields = {
+    task: $("train-task").value.trim(), text_column: $("train-text").value, label_column: $("train-label").value,
+    text_pair_column: $("train-pair").value, method: $("train-method").value,
+    epochs: $("train-epochs").value, seed: $("train-seed").value,
+  };
+  if (!fields.task) throw new Error("Name the task.");
+  if (!fields.text_column || !fields.label_column) throw new Error("Pick the text and the label columns.");
+  for (const [k, v] of Object.entries(fields)) if (v !== "") form.append(k, v);
+  return form;
+}
+
+async function start(event) {
+  event.preventDefault();
+  showError($("train-error"), null);
+  let form;
+  try { form = formData(); } catch (e) { return showError($("train-error"), e.message); }
+  $("train-submit").disabled = true;
+  try {
+    const job = await api("v1/train", { method: "POST", body: form, admin: true });
+    follow(job);
+  } catch (e) {
+    showError($("train-error"), e);
+  } finally {
+    $("train-submit").disabled = false;
+  }
+  loadJobs();
+}
+
+// a time as the API gives it: an ISO string, or seconds since the epoch
+function when(v) {
+  return v === null || v === undefined ? "" : new Date(typeof v === "number" ? v * 1000 : v).toLocaleString();
+}
+
+function fmt(v, digits = 3) {
+  return Number.isFinite(v) ? v.toFixed(digits) : "-";
+}
+
+function metricText(name, m) {
+  if (m === null || m === undefined) return null;
+  const acc = typeof m === "number" ? m : m.accuracy;
+  return Number.isFinite(acc) ? `${name} accuracy ${(100 * acc).toFixed(1)}%` : `${name}: ${JSON.stringify(m)}`;
+}
+
+function render(job) {
+  $("train-job").hidden = false;
+  $("job-id").textContent = job.id;
+  $("job-task").textContent = job.task;
+  const state = $("job-state");
+  state.textContent = job.state;
+  state.dataset.state = job.state;
+  const p = job.progress || {};
+  $("job-progress").textContent = p.epochs
+    ? `epoch ${p.epoch ?? 0}/${p.epochs}, step ${p.step ?? 0}/${p.steps ?? "?"}, loss ${fmt(p.loss)}, dev accuracy ${fmt(p.dev_accuracy)}`
+    : "";
+  drawChart($("train-chart"), job.history || [], p.steps);
+  const metrics = job.metrics || {};
+  $("job-metrics").textContent = [metricText("dev", metrics.dev), metricText("test", metrics.test)].filter(Boolean).join("; ");
+  $("job-message").textContent = job.error ? `Failed: ${job.error}` : "";
+  $("job-cancel").hidden = ENDED.has(job.state);
+  const tryButton = $("job-try");
+  tryButton.hidden = !(job.state === "succeeded" && job.adapter);
+  if (job.adapter) tryButton.dataset.task = job.adapter.name;
+}
+
+function follow(job) {
+  following = job.id;
+  clearTimeout(timer);
+  render(job);
+  if (!ENDED.has(job.state)) timer = setTimeout(poll, POLL_MS);
+  else loadJobs();
+}
+
+async function poll() {
+  const id = following;
+  try {
+    const job = await api(`v1/train/${encodeURIComponent(id)}`, { admin: true, ask: false });
+    if (id === following) follow(job);
+  } catch (e) {
+    showError($("train-error"), e);
+    if (id === following && e.status >= 500) timer = setTimeout(poll, 3 * POLL_MS);   // a restart: try again
+  }
+}
+
+async function cancel() {
+  try {
+    follow(await api(`v1/train/${encodeURIComponent(following)}`, { method: "DELETE", admin: true }));
+  } catch (e) {
+    showError($("train-error"), e);
+  }
+}
+
+export async function loadJobs() {
+  let jobs;
+  try {
+    ({ jobs } = await api("v1/train", { admin: true, ask: false }));
+  } catch (e) {
+    // no admin key yet (401: the key is asked for on Start), or writes disabled (403): the server's words
+    return showError($("train-error"), e);
+  }
+  const rows = jobs.map((j) => el("tr", { "data-job": j.id },
+    el("th", { scope: "row" }, el("code", {}, j.id)), el("td", {}, j.task), el("td", {}, j.state),
+    el("td", {}, when(j.created_at)),
+    el("td", {}, el("button", { type: "button", "aria-label": `Show job ${j.id}`, onclick: () => follow(j) }, "Show"))));
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 5, class: "hint" }, "No training jobs yet.")));
+  $("jobs-table").tBodies[0].replaceChildren(...rows);
+  const shown = jobs.find((j) => j.id === following);
+  if (!following && jobs.length && !ENDED.has(jobs[0].state)) follow(jobs[0]);   // one running: show it
+  else if (shown && ENDED.has(shown.state)) render(shown);
+}
+
+export function init(onTry) {
+  tryTask = onTry;
+  $("train-data").addEventListener("change", onData);
+  $("train-form").addEventListener("submit", start);
+  $("job-cancel").addEventListener("click", cancel);
+  $("job-try").addEventListener("click", () => tryTask($("job-try").dataset.task));
+  $("jobs-refresh").addEventListener("click", loadJobs);
+}

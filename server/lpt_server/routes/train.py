@@ -1,0 +1,82 @@
+"""`POST /v1/train` (a training job from a form), `GET /v1/train[/{id}]`, `DELETE /v1/train/{id}`.
+
+The form is read with a bound (LPT_MAX_TRAIN_BYTES) and checked as `lpt train` checks its
+arguments and data, in a thread, before a job is queued: bad data is a 400 and no job. The job
+runs in a child process (train_jobs.py); these routes only read and change job records.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import JSONResponse
+
+from ..auth import require_admin_key
+from ..body import stream_into
+from ..errors import BadRequest
+from ..runtime import Runtime
+from ..schemas import ErrorResponse, TrainJobList, TrainJobView
+from ..train_form import FORM_SCHEMA, FormError, TrainFormReader, prepare_job
+
+router = APIRouter(prefix="/v1/train", tags=["training"], dependencies=[Depends(require_admin_key)])
+
+JobId = Annotated[str, Path(description="the job's id, as POST /v1/train answered it")]
+
+
+def _errors(*codes: int) -> dict:
+    return {c: {"model": ErrorResponse} for c in (401, 403, *codes)}
+
+
+def _rt(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+@router.post("", status_code=202, response_model=TrainJobView,
+             responses=_errors(400, 408, 413, 429),
+             openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
+                 "schema": FORM_SCHEMA}}}},
+             summary="Train an adapter: a job from a labelled file, run beside serving")
+async def start_training(request: Request):
+    """The form holds the data file and `lpt train`'s options (`text_column` for
+    `--text-column`, ...). Answers 202 with the job at once; follow it with GET /v1/train/{id}.
+    On success the adapter is stored and served under `task` as if uploaded.
+
+    `curl -F task=my-task -F data=@train.csv -F epochs=2 -H "Authorization: Bearer $LPT_ADMIN_KEY" URL/v1/train`"""
+    rt = _rt(request)
+    rt.trainer.check_room()                 # a full queue refuses before the upload is read
+    limit = rt.settings.max_train_bytes
+    try:
+        reader = TrainFormReader(request.headers.get("content-type", ""), limit)
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
+    try:
+        form = await stream_into(request, reader, limit=limit, body_limit=reader.body_limit(),
+                                 setting="LPT_MAX_TRAIN_BYTES", timeout_s=rt.settings.body_timeout_s,
+                                 what="training upload")
+        job = await asyncio.to_thread(prepare_job, form, rt.train_runner, rt.engine.backbone)
+    except FormError as e:
+        raise BadRequest(str(e)) from None
+    try:
+        view = rt.trainer.submit(job)
+    except BaseException:
+        await asyncio.to_thread(job.discard)
+        raise
+    return JSONResponse(view, status_code=202)
+
+
+@router.get("", response_model=TrainJobList, responses=_errors(), summary="List the training jobs, newest first")
+async def list_training(request: Request):
+    return {"jobs": _rt(request).trainer.list()}
+
+
+@router.get("/{job_id}", response_model=TrainJobView, responses=_errors(404), summary="One training job")
+async def get_training(job_id: JobId, request: Request):
+    return _rt(request).trainer.get(job_id)
+
+
+@router.delete("/{job_id}", response_model=TrainJobView, responses=_errors(404, 409),
+               summary="Cancel a training job (a queued one is dropped, a running one stops at its next step)")
+async def cancel_training(job_id: JobId, request: Request):
+    """200 with the job, now `cancelled`; 409 if it has ended already."""
+    return await asyncio.to_thread(_rt(request).trainer.cancel, job_id)
