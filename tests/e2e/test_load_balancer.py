@@ -219,6 +219,23 @@ def test_requests_for_one_task_always_reach_the_same_replica(topology):
         assert httpx.delete(f"{lb}/v1/adapters/{t}", headers=auth, timeout=30).status_code == 204
 
 
+def test_a_training_job_can_be_followed_and_cancelled_through_the_load_balancer(topology):
+    # A job lives on the replica that took it: every /v1/train request must reach that replica.
+    lb, auth = topology["lb"], {"Authorization": f"Bearer {ADMIN}"}
+    data = "text,label\n" + "".join(f"sample {i} text,{'pos' if i % 2 else 'neg'}\n" for i in range(8))
+    with httpx.Client(timeout=60, headers=auth) as c:
+        r = c.post(f"{lb}/v1/train", files={"data": ("tiny.csv", data.encode(), "text/csv")},
+                   data={"task": "lb-trained", "text_column": "text", "label_column": "label"})
+        assert r.status_code == 202, r.text
+        job = r.json()["id"]
+        for _ in range(6):        # least_conn alone would alternate replicas between these
+            r = c.get(f"{lb}/v1/train/{job}")
+            assert r.status_code == 200, r.text
+        assert job in [j["id"] for j in c.get(f"{lb}/v1/train").json()["jobs"]]
+        r = c.delete(f"{lb}/v1/train/{job}")
+        assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
+
+
 def test_unknown_task_and_oversized_upload_keep_the_api_error_format(topology):
     lb = topology["lb"]
     r = httpx.post(lb + "/v1/classify", json={"inputs": "x", "task": "no-such-task"}, timeout=30)
