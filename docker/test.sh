@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the lpt-serve image and check it with a real container engine: alone (no network) and
-# in the compose topology (nginx + two replicas on one adapter volume). docs/deploy.md.
+# in the compose topology (nginx + two replicas on one adapter volume, then on an S3 bucket:
+# docker/test-s3-profile.sh). docs/deploy.md.
 #
 #   docker/test.sh             build, check, remove every container/volume/network it made
 #   docker/test.sh --rmi       ... and the images it built (kept by default: the next build is cached)
@@ -400,6 +401,9 @@ else
     fail "replica2: exit $code after ${stop_s} s"; echo "$logs2" | tail -15
 fi
 grep -q "$r1_ip" <<<"$lb_log" || fail "nginx log shows no request on replica1 ($r1_ip)"
+
+# ---- the same topology on an S3 store (compose profile s3) ------------------------------------
+source docker/test-s3-profile.sh
 
 say "summary"
 echo "  engine $ENGINE, base $BASE_IMAGE, image $IMAGE: $((SIZE / 1000000)) MB${BUILD_S:+, built in ${BUILD_S} s}"

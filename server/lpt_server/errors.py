@@ -20,6 +20,7 @@ from lpt import AdapterError, RowError
 from .batcher import BatcherClosed, QueueFull
 from .registry import UnknownAdapter
 from .store import InvalidName, StoreFull
+from .stores import StoreConflict, StoreUnavailable
 from .train_jobs import JobFinished, TrainQueueFull, UnknownJob
 from .worker import BatchFailed, WorkerDead
 
@@ -109,6 +110,8 @@ ERROR_TABLE: list[tuple[type[BaseException], int, str]] = [
     (BatcherClosed, 503, "unavailable"),
     (WorkerDead, 503, "unavailable"),
     (StoreFull, 507, "insufficient_storage"),
+    (StoreUnavailable, 503, "store_unavailable"),
+    (StoreConflict, 409, "conflict"),
     (asyncio.TimeoutError, 504, "timeout"),
 ]
 

@@ -43,3 +43,6 @@ def configure(log_format: str = "text", level: str = "info") -> None:
         lg = logging.getLogger(name)
         lg.handlers.clear()
         lg.propagate = True
+    # httpx logs every request at info: an s3:// store's pointer checks and pings would flood the log
+    # (the store logs its own failures); --log-level debug still shows them
+    logging.getLogger("httpx").setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING)

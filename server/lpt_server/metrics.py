@@ -65,16 +65,19 @@ class Metrics:
         self.adapter_load_seconds = Histogram("lpt_adapter_load_duration_seconds", "time to load one adapter",
                                               buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1), registry=r)
         self.worker_alive = Gauge("lpt_worker_alive", "1 while the engine worker thread runs", registry=r)
+        self.store_up = Gauge("lpt_store_up", "1 while the adapter store answers (last call or ping)", registry=r)
         self._cache_stats: Callable[[], object | None] = lambda: None
         r.register(_CacheCollector(lambda: self._cache_stats()))
 
     def bind(self, *, queue_size: Callable[[], int], resident: Callable[[], int], registered: Callable[[], int],
-             worker_alive: Callable[[], bool], cache_stats: Callable[[], object | None]) -> None:
+             worker_alive: Callable[[], bool], cache_stats: Callable[[], object | None],
+             store_up: Callable[[], bool] = lambda: True) -> None:
         """Point the scrape-time gauges at the live objects (once they exist)."""
         self.queue_size.set_function(queue_size)
         self.adapters_resident.set_function(resident)
         self.adapters_registered.set_function(registered)
         self.worker_alive.set_function(lambda: float(worker_alive()))
+        self.store_up.set_function(lambda: float(store_up()))
         self._cache_stats = cache_stats
 
     # ---- observers (called by the batcher, the worker thread, the registry, the routes) ------

@@ -16,6 +16,11 @@ once per `recheck_s` per name, so an upload or delete through another replica is
 that time without a restart. A version new to this replica is read and parsed once: the check
 that registers it hands the parsed file on to the load.
 
+A store that cannot be reached (StoreUnavailable) does not stop what is known: a name already
+registered keeps its version (and, resident, keeps serving) until the store answers again, and
+while the store is known to be down its pointers are not re-read (no request waits on a dead
+store's timeout). A name not known yet, an upload or a delete raise StoreUnavailable (503).
+
 A stored file that cannot serve here (invalid, another base model, a config the API cannot
 describe) is logged once per version, listed in problems() and skipped: it never breaks a
 listing or a description.
@@ -32,7 +37,8 @@ from typing import Callable
 
 from lpt import AdapterConfig, AdapterError, AdapterFile, Backbone, LatePrompt, load_adapter, read_adapter, validate
 
-from .store import Store, StoreError, check_name
+from .store import StoreError, check_name
+from .stores import AdapterStore, StoreUnavailable
 
 log = logging.getLogger("lpt_server.registry")
 
@@ -99,7 +105,7 @@ class Entry:
 
 
 class Registry:
-    def __init__(self, store: Store, backbone: Backbone, *, max_resident: int = 256,
+    def __init__(self, store: AdapterStore, backbone: Backbone, *, max_resident: int = 256,
                  max_bytes: int | None = None, recheck_s: float = 0.5,
                  on_load: Callable[[float], None] | None = None):
         self.store = store
@@ -147,6 +153,18 @@ class Registry:
         e = self._entries.get(name)
         if e is not None and not force and now - e.checked_at < self.recheck_s:
             return e, None
+        if e is not None and not self.store.health().up:
+            e.checked_at = now                    # the store is down: keep what we know until it is back
+            return e, None
+        try:
+            return self._reread(name, e, now)
+        except StoreUnavailable:
+            if e is None:
+                raise
+            e.checked_at = now
+            return e, None
+
+    def _reread(self, name: str, e: Entry | None, now: float) -> tuple[Entry | None, AdapterFile | None]:
         version = self.store.current(name)
         if version is None:                       # deleted (maybe by another replica)
             self._forget(name)

@@ -2,7 +2,9 @@
 
 One per app, built by create_app and started/stopped by its lifespan. Routes reach it as
 `request.app.state.runtime`; they call its parts, never the model directly. The store is swept
-of what killed writers left (Store.sweep) at start and every SWEEP_EVERY_S, off the event loop.
+of what killed writers left (Store.sweep) at start and every SWEEP_EVERY_S, off the event loop,
+and pinged every PROBE_UP_S (every PROBE_DOWN_S while down), so /info and lpt_store_up say whether
+it can be reached even when no request touches it, and a store that comes back is used at once.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from .batcher import Batcher
 from .metrics import Metrics
 from .registry import Registry, seed_demo_adapters
 from .settings import Settings
-from .store import Store, StoreError
+from .store import StoreError
+from .stores import AdapterStore, StoreUnavailable, open_store
 from .train_form import Runner
 from .train_jobs import Trainer, child_command
 from .worker import EngineWorker
@@ -25,6 +28,8 @@ from .worker import EngineWorker
 log = logging.getLogger("lpt_server")
 
 SWEEP_EVERY_S = 600.0
+PROBE_UP_S = 10.0
+PROBE_DOWN_S = 1.0
 
 EngineFactory = Callable[[Settings], Any]   # returns an lpt.Engine (or anything with .backbone and .predict)
 
@@ -48,10 +53,13 @@ def engine_for(backbone, settings: Settings):
                   cache_bytes=int(settings.cache_mb * 2**20))
 
 
-def sweep_store(store: Store) -> None:
+def sweep_store(store: AdapterStore) -> None:
     """Remove leftovers of killed writers; a failure is logged, never raised (the next sweep retries)."""
     try:
         removed = store.sweep()
+    except StoreUnavailable as e:
+        log.warning("adapter store sweep skipped: %s", e)
+        return
     except Exception:
         log.exception("adapter store sweep failed")
         return
@@ -78,11 +86,13 @@ class Runtime:
         self.seeded: list[str] = []
         self.draining = False      # set on SIGTERM: /ready says 503 while in-flight requests finish
         self._sweeper: asyncio.Task | None = None
+        self._prober: asyncio.Task | None = None
 
     async def start(self) -> None:
         s = self.settings
         try:                          # before the model: a store that cannot be used fails fast
-            store = await asyncio.to_thread(Store, s.store)
+            store = await asyncio.to_thread(open_store, s.store, timeout_s=s.store_timeout_s,
+                                            cache_bytes=s.store_cache_mb << 20)
         except StoreError as e:
             log.error("%s", e)
             raise
@@ -102,6 +112,7 @@ class Runtime:
         log.info("adapter store %s: %d adapter(s) usable, %d skipped", s.store, self.registry.registered,
                  len(self.registry.problems()))
         self._sweeper = asyncio.create_task(self._sweep_every(SWEEP_EVERY_S))
+        self._prober = asyncio.create_task(self._probe_store())
         self.worker = EngineWorker(self.engine, on_batch=self.metrics.observe_engine_batch)
         self.worker.start()
         self.batcher = Batcher(self.worker.run, max_rows=s.max_batch_rows, max_tokens=s.max_batch_tokens,
@@ -113,7 +124,7 @@ class Runtime:
         cache = getattr(self.engine, "cache", None)
         self.metrics.bind(queue_size=lambda: len(self.batcher), resident=lambda: self.registry.resident_count,
                           registered=lambda: self.registry.registered, worker_alive=lambda: self.worker.alive,
-                          cache_stats=lambda: getattr(cache, "stats", None))
+                          cache_stats=lambda: getattr(cache, "stats", None), store_up=lambda: store.health().up)
 
     def _make_trainer(self) -> Trainer:
         """Training jobs: run beside serving in child processes; a result is stored through the
@@ -128,20 +139,43 @@ class Runtime:
     async def stop(self) -> None:
         """Finish what was accepted, then stop the worker."""
         self.draining = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._prober):
+            if task is not None:
+                task.cancel()
         if self.trainer is not None:
             await asyncio.to_thread(self.trainer.stop)
         if self.batcher is not None:
             await self.batcher.close(drain=True)
         if self.worker is not None:
             await asyncio.to_thread(self.worker.stop, 30)
+        if self.registry is not None:
+            self.registry.store.close()
         log.info("stopped")
 
     async def _sweep_every(self, seconds: float) -> None:
         while True:
             await asyncio.sleep(seconds)
             await asyncio.to_thread(sweep_store, self.registry.store)
+
+    async def _probe_store(self) -> None:
+        store = self.registry.store
+        while True:
+            await asyncio.sleep(PROBE_UP_S if store.health().up else PROBE_DOWN_S)
+            was = store.health()
+            now = await asyncio.to_thread(store.ping)
+            if was.up and not now.up:
+                log.warning("adapter store %s is unreachable: %s (loaded adapters keep serving; uploads and "
+                            "deletes answer 503 until it is back)", store.location, now.error)
+            elif now.up and not was.up:
+                log.info("adapter store %s is reachable again", store.location)
+
+    def store_info(self) -> dict:
+        """What /info shows of the store."""
+        if self.registry is None:
+            return {"location": self.settings.store, "up": None}
+        store = self.registry.store
+        h = store.health()
+        return {"kind": store.kind, "location": store.location, "up": h.up, "error": h.error}
 
     def readiness(self) -> tuple[bool, str]:
         if self.engine is None:

@@ -39,8 +39,12 @@ class Settings(BaseSettings):
     # where
     host: str = Field("127.0.0.1", description="bind address")
     port: int = Field(8080, ge=0, le=65535, description="bind port")
-    store: Path = Field(default_factory=default_store, description="adapter store directory (shared "
-                        "by replicas; default $XDG_DATA_HOME/lpt-serve/adapters, else ~/.local/share/lpt-serve/adapters)")
+    store: str = Field(default_factory=lambda: str(default_store()), description="adapter store: a directory "
+                       "or s3://BUCKET/PREFIX (AWS_* variables), shared by replicas; default $XDG_DATA_HOME/"
+                       "lpt-serve/adapters, else ~/.local/share/lpt-serve/adapters")
+    store_cache_mb: int = Field(256, ge=0, description="an s3:// store's in-memory cache of adapter files, MiB")
+    store_timeout_s: float = Field(5.0, gt=0, description="each call to an s3:// store gives up after this: "
+                                   "uploads and deletes then answer 503, loaded adapters keep serving")
     demo_adapters: bool = Field(True, description="seed the store with the shipped demo adapters")
 
     # batching and backpressure
@@ -86,6 +90,11 @@ class Settings(BaseSettings):
     admin_key: str | None = Field(None, description="Bearer key for adapter writes (unset: writes refused)")
     log_format: Literal["text", "json"] = Field("text", description="log line format")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+
+    @field_validator("store", mode="before")
+    @classmethod
+    def _path_is_text(cls, v):
+        return os.fspath(v) if isinstance(v, os.PathLike) else v
 
     @field_validator("api_key", "admin_key", mode="before")
     @classmethod

@@ -111,16 +111,27 @@ def _full(root: Path) -> StoreFull:
 
 
 @dataclass(frozen=True)
+class Health:
+    up: bool
+    error: str | None = None     # why it is down (None when up)
+
+
+@dataclass(frozen=True)
 class Stored:
     name: str
     version: str
-    path: Path
     created: bool    # no version of this name existed before
 
 
 class Store:
+    """The directory backend of stores.AdapterStore."""
+
+    kind = "directory"
+
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self.location = str(self.root)
+        self._health = Health(True)
         try:
             self._open()
         except OSError as e:
@@ -177,6 +188,20 @@ class Store:
             return True
         return False
 
+    # ---- health: a local directory is there or not ------------------------------------------------
+    def health(self) -> Health:
+        return self._health
+
+    def ping(self) -> Health:
+        if (self.root / ROOT_MARKER).is_file():
+            self._health = Health(True)
+        else:
+            self._health = Health(False, f"the store directory {self.root} is gone (no {ROOT_MARKER} in it)")
+        return self._health
+
+    def close(self) -> None:
+        """Nothing held between calls."""
+
     # ---- reading (no locks) -------------------------------------------------------------------
     def names(self) -> list[str]:
         """Every name with a `current` pointer in a folder the store owns, sorted."""
@@ -229,7 +254,7 @@ class Store:
                 self._collect(d, keep={version, previous})
             except OSError as e:      # the upload took effect; the sweep retries the clean-up
                 log.warning("adapter %r: old versions not removed yet: %s", name, e)
-        return Stored(name, version, path, created=previous is None)
+        return Stored(name, version, created=previous is None)
 
     def _claim(self, d: Path) -> bool:
         """Make sure the store owns `d`: True if the folder is new (created now)."""

@@ -26,7 +26,7 @@ def free_port() -> int:
 class Server:
     """One `lpt serve` process on a free port, logging to a file."""
 
-    def __init__(self, store, log_path, *args):
+    def __init__(self, store, log_path, *args, env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -35,7 +35,7 @@ class Server:
         # one torch thread: the servers and the test share the machine's cores (args may override)
         cmd += ["serve", "--port", str(self.port), "--store", str(store), "--no-demo-adapters",
                 "--admin-key", ADMIN, "--log-format", "json", "--threads", "1", *args]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LPT_")}
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("LPT_")}, **(env or {})}
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 

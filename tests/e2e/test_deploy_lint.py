@@ -67,7 +67,11 @@ def test_compose_config():
     assert r.returncode == 0, r.stdout + r.stderr
     r = subprocess.run([compose, "-f", str(DOCKER / "compose.yaml"), "config", "--services"],
                        capture_output=True, text=True, timeout=60, env=env, cwd=DOCKER)
-    assert set(r.stdout.split()) == {"replica1", "replica2", "lb", "prometheus", "grafana"}, r.stdout + r.stderr
+    assert set(r.stdout.split()) == {"replica1", "replica2", "lb", "prometheus", "grafana", "s3"}, r.stdout + r.stderr
+    yaml = pytest.importorskip("yaml")
+    services = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
+    # the S3 server runs only with --profile s3; the replicas keep the volume unless told otherwise
+    assert [name for name, s in services.items() if s.get("profiles")] == ["s3"] and services["s3"]["profiles"] == ["s3"]
 
 
 def test_every_replica_is_balanced_and_scraped():

@@ -93,7 +93,7 @@ def test_serve_flags_override_env(monkeypatch, tmp_path):
     s = cli.settings_from_args(["--port", "1234", "--no-demo-adapters", "--store", str(tmp_path),
                                 "--log-format", "json", "--no-truncate", "--max-wait-ms", "2.5"])
     assert (s.port, s.max_batch_rows, s.demo_adapters, s.store, s.log_format, s.truncate, s.max_wait_ms) == \
-        (1234, 7, False, tmp_path, "json", False, 2.5)
+        (1234, 7, False, str(tmp_path), "json", False, 2.5)
     # every setting has a flag
     flags = cli.serve_parser().format_help()
     for name in Settings.model_fields:

@@ -113,3 +113,10 @@ async def test_the_server_sweeps_leftovers_at_start_and_periodically(tmp_path, t
             await asyncio.sleep(0.05)
         assert not later.exists()
         assert sorted(p.name for p in (root / "a").iterdir()) == sorted([MARKER, "current", f"{kept}.safetensors"])
+
+
+async def test_info_and_metrics_say_where_the_store_is_and_that_it_answers(tmp_path, tiny_bb):
+    async with running(tmp_path, tiny_bb) as (app, c):
+        assert (await c.get("/info")).json()["store"] == {"kind": "directory", "location": str(tmp_path / "store"),
+                                                          "up": True, "error": None}
+        assert "\nlpt_store_up 1.0\n" in (await c.get("/metrics")).text

@@ -353,10 +353,11 @@ def test_the_default_store_is_a_per_user_data_directory_never_the_working_direct
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    assert Settings().store == tmp_path / "xdg" / "lpt-serve" / "adapters"
+    assert Settings().store == str(tmp_path / "xdg" / "lpt-serve" / "adapters")
     for xdg in ("", "relative/data"):                      # unset, or relative (the spec ignores it)
         monkeypatch.setenv("XDG_DATA_HOME", xdg)
-        assert Settings().store == tmp_path / "home" / ".local" / "share" / "lpt-serve" / "adapters"
+        assert Settings().store == str(tmp_path / "home" / ".local" / "share" / "lpt-serve" / "adapters")
     monkeypatch.setenv("LPT_STORE", str(tmp_path / "chosen"))
-    assert Settings().store == tmp_path / "chosen"
-    assert Settings(store=tmp_path / "flag").store == tmp_path / "flag"
+    assert Settings().store == str(tmp_path / "chosen")
+    assert Settings(store=tmp_path / "flag").store == str(tmp_path / "flag")
+    assert Settings(store="s3://bucket//pre/fix").store == "s3://bucket//pre/fix"   # a URL is kept as written

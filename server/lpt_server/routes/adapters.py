@@ -18,7 +18,7 @@ from ..store import NAME_RE, check_name
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 
-ERRORS = {c: {"model": ErrorResponse} for c in (400, 401, 403, 404, 413)}
+ERRORS = {c: {"model": ErrorResponse} for c in (400, 401, 403, 404, 413, 503)}
 # The pattern documents the name rule; check_name enforces it with a 400 that says what to fix.
 Name = Annotated[str, Path(description="adapter name", json_schema_extra={"pattern": NAME_RE.pattern})]
 
@@ -54,7 +54,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 @router.put("/{name:path}", response_model=AdapterInfo, status_code=201,
-            responses={**ERRORS, 200: {}, 408: {"model": ErrorResponse}, 507: {"model": ErrorResponse}},
+            responses={**ERRORS, 200: {}, **{c: {"model": ErrorResponse} for c in (408, 409, 507)}},
             dependencies=[Depends(require_admin_key)],
             openapi_extra={"requestBody": {"required": True, "content": {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},

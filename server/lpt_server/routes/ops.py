@@ -56,6 +56,7 @@ async def info(request: Request):
                      "resident": rt.registry.resident_count if rt.registry else 0,
                      "demo_seeded": rt.seeded,
                      "problems": rt.registry.problems() if rt.registry else {}},
+        "store": rt.store_info(),
         "settings": rt.settings.public(),
         "docs": request.app.state.docs_mode,
         "uptime_s": round(time.time() - rt.started_at, 1),

@@ -1,0 +1,218 @@
+"""A small S3 client: the few calls the adapter store makes, signed with AWS Signature V4 over httpx.
+
+    client = S3Client(S3Config.from_env(), bucket="adapters", timeout_s=5)
+    etag = client.put("a/current", b"...", if_none_match=True)   # 412 -> PreconditionFailed
+    obj = client.get("a/current")                                  # None when absent
+    client.delete("a/current", if_match=obj.etag)
+    for item in client.list("a/"): ...
+
+Why not boto3: the store needs four calls, and boto3 with botocore and s3transfer adds about 32 MB to an image
+for them; SigV4 is a few lines of hashlib/hmac and httpx is already a dependency.
+
+Written for AWS S3 and the S3-compatible servers (MinIO, Ceph RGW, Cloudflare R2, SeaweedFS; the tests use SeaweedFS):
+path-style addressing (https://ENDPOINT/BUCKET/KEY) when an endpoint is set, virtual-hosted
+(https://BUCKET.s3.REGION.amazonaws.com/KEY) on AWS itself. Every call has a timeout. A failed
+connection, a timeout or a 5xx raises Unreachable; any other unexpected answer S3Error. The
+client is synchronous: callers run it in a thread, never on an event loop.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Iterator, Mapping
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+
+
+class S3Error(Exception):
+    """The S3 server answered, but not as expected (bad credentials, no such bucket, ...)."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"{status} {code}: {message}" if message else f"{status} {code}")
+        self.status, self.code = status, code
+
+
+class Unreachable(Exception):
+    """No answer from the S3 server (connection refused, timeout) or a 5xx."""
+
+
+class PreconditionFailed(Exception):
+    """A conditional write or delete lost: the object changed (or appeared) since it was read."""
+
+
+@dataclass(frozen=True)
+class S3Config:
+    endpoint: str | None       # None: AWS itself, virtual-hosted
+    region: str
+    access_key: str
+    secret_key: str
+    session_token: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "S3Config":
+        """The standard AWS variables: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, AWS_REGION (or
+        AWS_DEFAULT_REGION), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN."""
+        missing = [k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not env.get(k)]
+        if missing:
+            raise ValueError(f"an s3:// store needs credentials: set {' and '.join(missing)}")
+        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        if endpoint and urlsplit(endpoint).scheme not in ("http", "https"):
+            raise ValueError(f"AWS_ENDPOINT_URL must start with http:// or https://, got {endpoint!r}")
+        return cls(endpoint=endpoint.rstrip("/") if endpoint else None,
+                   region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+                   access_key=env["AWS_ACCESS_KEY_ID"], secret_key=env["AWS_SECRET_ACCESS_KEY"],
+                   session_token=env.get("AWS_SESSION_TOKEN") or None)
+
+
+def _uri_encode(text: str, safe: str) -> str:
+    return quote(text, safe=safe + "-_.~")
+
+
+def sign(method: str, url: str, headers: dict[str, str], payload_sha256: str, cfg: S3Config,
+         now: datetime) -> dict[str, str]:
+    """The headers to send: `headers` plus host, x-amz-date, x-amz-content-sha256 (and the
+    session token) and the SigV4 Authorization over all of them. `url`'s path and query must be
+    encoded already (as they go on the wire)."""
+    parts = urlsplit(url)
+    stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    out = {**headers, "host": parts.netloc, "x-amz-date": stamp, "x-amz-content-sha256": payload_sha256}
+    if cfg.session_token:
+        out["x-amz-security-token"] = cfg.session_token
+    lowered = {k.lower(): " ".join(str(v).split()) for k, v in out.items()}
+    signed = sorted(lowered)
+    query = "&".join(sorted(parts.query.split("&"), key=lambda kv: kv.split("=", 1))) if parts.query else ""
+    canonical = "\n".join([method, parts.path or "/", query, *(f"{k}:{lowered[k]}" for k in signed), "",
+                           ";".join(signed), payload_sha256])
+    scope = f"{day}/{cfg.region}/s3/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = ("AWS4" + cfg.secret_key).encode()
+    for part in (day, cfg.region, "s3", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    out["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={cfg.access_key}/{scope}, "
+                            f"SignedHeaders={';'.join(signed)}, Signature={signature}")
+    return out
+
+
+@dataclass(frozen=True)
+class Object:
+    body: bytes
+    etag: str
+
+
+@dataclass(frozen=True)
+class Listed:
+    key: str
+    size: int
+    modified: float     # seconds since the epoch, the server's clock
+
+
+class S3Client:
+    def __init__(self, cfg: S3Config, bucket: str, timeout_s: float = 5.0,
+                 transport: httpx.BaseTransport | None = None):
+        self.cfg, self.bucket = cfg, bucket
+        if cfg.endpoint:
+            self.base = f"{cfg.endpoint}/{_uri_encode(bucket, '')}"
+        else:
+            self.base = f"https://{bucket}.s3.{cfg.region}.amazonaws.com"
+        self.endpoint = cfg.endpoint or self.base
+        self.http = httpx.Client(timeout=httpx.Timeout(timeout_s), transport=transport)
+        self.server_time: float | None = None    # the Date of the last answer (for ages of objects)
+
+    def close(self) -> None:
+        self.http.close()
+
+    # ---- the calls ------------------------------------------------------------------------------
+    def get(self, key: str) -> Object | None:
+        r = self._send("GET", key)
+        if r.status_code == 404:
+            return None
+        self._expect(r, 200)
+        return Object(r.content, r.headers.get("etag", ""))
+
+    def put(self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> str:
+        """Write `data`; with if_match only over that ETag, with if_none_match only if absent."""
+        headers = {"content-type": "application/octet-stream", "content-length": str(len(data))}
+        if if_match is not None:
+            headers["if-match"] = if_match
+        if if_none_match:
+            headers["if-none-match"] = "*"
+        r = self._send("PUT", key, headers=headers, body=data)
+        if r.status_code == 412 or (if_match is not None and r.status_code == 404):
+            raise PreconditionFailed(key)
+        if r.status_code == 409 and (if_match is not None or if_none_match):   # a concurrent conditional write
+            raise PreconditionFailed(key)
+        self._expect(r, 200)
+        return r.headers.get("etag", "")
+
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        r = self._send("DELETE", key, headers={"if-match": if_match} if if_match is not None else {})
+        if if_match is not None and r.status_code in (404, 412):
+            raise PreconditionFailed(key)
+        self._expect(r, 204, 200, 404)
+
+    def list(self, prefix: str, max_keys: int | None = None) -> Iterator[Listed]:
+        """Every object under `prefix` (ListObjectsV2, page by page)."""
+        token = None
+        while True:
+            query = {"list-type": "2", "prefix": prefix}
+            if token:
+                query["continuation-token"] = token
+            if max_keys:
+                query["max-keys"] = str(max_keys)
+            r = self._send("GET", "", query=query)
+            self._expect(r, 200)
+            root = ET.fromstring(r.content)
+            for c in root.iter(f"{NS}Contents"):
+                modified = datetime.fromisoformat(c.findtext(f"{NS}LastModified", "").replace("Z", "+00:00"))
+                yield Listed(c.findtext(f"{NS}Key", ""), int(c.findtext(f"{NS}Size", "0")), modified.timestamp())
+            token = root.findtext(f"{NS}NextContinuationToken")
+            if max_keys or root.findtext(f"{NS}IsTruncated") != "true" or not token:
+                return
+
+    # ---- the wire -------------------------------------------------------------------------------
+    def _send(self, method: str, key: str, *, headers: dict[str, str] | None = None, body: bytes = b"",
+              query: dict[str, str] | None = None) -> httpx.Response:
+        url = self.base + "/" + _uri_encode(key, "/") if key else self.base + "/"
+        if query:
+            url += "?" + "&".join(f"{_uri_encode(k, '')}={_uri_encode(v, '')}" for k, v in sorted(query.items()))
+        payload = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
+        signed = sign(method, url, headers or {}, payload, self.cfg, datetime.now(timezone.utc))
+        signed.pop("host")      # httpx sets Host from the URL (the same value)
+        try:
+            r = self.http.request(method, url, headers=signed, content=body or None)
+        except httpx.HTTPError as e:
+            raise Unreachable(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from e
+        if r.status_code >= 500:
+            raise Unreachable(f"{r.status_code} from the S3 server: {_error(r)[1] or r.reason_phrase}")
+        date = r.headers.get("date")
+        if date:
+            try:
+                self.server_time = parsedate_to_datetime(date).timestamp()
+            except (TypeError, ValueError):
+                pass
+        return r
+
+    @staticmethod
+    def _expect(r: httpx.Response, *ok: int) -> None:
+        if r.status_code not in ok:
+            code, message = _error(r)
+            raise S3Error(r.status_code, code or r.reason_phrase, message)
+
+
+def _error(r: httpx.Response) -> tuple[str, str]:
+    """(Code, Message) of an S3 error body, or empty strings."""
+    try:
+        root = ET.fromstring(r.content)
+    except ET.ParseError:
+        return "", ""
+    return root.findtext("Code", ""), root.findtext("Message", "")

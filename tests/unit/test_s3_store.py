@@ -1,0 +1,171 @@
+"""The S3 store's own logic on an in-memory S3 (fake_s3.py): signing, opening, conflicts, the
+store going down and coming back, the file cache, old versions. The same store against a real
+S3 server: tests/integration/test_store_contract.py and tests/e2e/test_s3_replicas.py."""
+import hashlib
+from datetime import datetime, timezone
+
+import pytest
+import torch
+
+from fake_s3 import FakeS3
+from lpt import new_adapter
+from lpt.adapter import adapter_bytes
+from lpt_server import s3_store
+from lpt_server.registry import Registry
+from lpt_server.s3 import EMPTY_SHA256, S3Client, S3Config, sign
+from lpt_server.s3_store import FileCache, S3Store, parse_url
+from lpt_server.store import NotAStore
+from lpt_server.stores import StoreConflict, StoreUnavailable
+from tiny import make_backbone
+
+pytestmark = pytest.mark.unit
+URL = "s3://b/adapters"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_signature_v4_matches_the_aws_documented_example():
+    """AWS's 'GET Object' example of Signature Version 4 (the S3 API reference)."""
+    cfg = S3Config(None, "us-east-1", "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+    headers = sign("GET", "https://examplebucket.s3.amazonaws.com/test.txt", {"Range": "bytes=0-9"}, EMPTY_SHA256,
+                   cfg, datetime(2013, 5, 24, tzinfo=timezone.utc))
+    assert headers["Authorization"] == (
+        "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "
+        "SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, "
+        "Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41")
+
+
+def test_the_standard_aws_variables_configure_the_client():
+    env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "eu-west-3"}
+    aws = S3Client(S3Config.from_env(env), "bkt")
+    assert aws.base == "https://bkt.s3.eu-west-3.amazonaws.com"          # AWS itself: virtual-hosted
+    cfg = S3Config.from_env({**env, "AWS_ENDPOINT_URL": "http://minio:9000/", "AWS_ENDPOINT_URL_S3": "http://s3:8333"})
+    assert S3Client(cfg, "bkt").base == "http://s3:8333/bkt"            # the S3-specific one wins, path-style
+    with pytest.raises(ValueError, match="AWS_SECRET_ACCESS_KEY"):
+        S3Config.from_env({"AWS_ACCESS_KEY_ID": "k"})
+    with pytest.raises(ValueError, match="http:// or https://"):
+        S3Config.from_env({**env, "AWS_ENDPOINT_URL": "minio:9000"})
+
+
+def test_store_urls():
+    assert parse_url("s3://bucket") == ("bucket", "")
+    assert parse_url("s3://bucket/") == ("bucket", "")
+    assert parse_url("s3://bucket/a/b/") == ("bucket", "a/b/")
+    with pytest.raises(NotAStore, match="s3://BUCKET"):
+        parse_url("s3:///prefix")
+
+
+def test_a_server_that_ignores_conditional_writes_is_refused_at_start():
+    fake = FakeS3()
+    fake.ignore_conditions = True
+    with pytest.raises(NotAStore, match="ignores If-None-Match on PUT"):
+        S3Store(URL, client=fake.client())
+
+
+def test_a_prefix_lpt_serve_did_not_create_is_refused_and_left_alone():
+    fake = FakeS3()
+    fake.client().put("adapters/report.pdf", b"someone's file")
+    before = dict(fake.objects)
+    with pytest.raises(NotAStore, match="not empty and lpt-serve did not create it .*report.pdf"):
+        S3Store(URL, client=fake.client())
+    assert fake.objects == before
+    S3Store("s3://b/elsewhere", client=fake.client()).put("a", b"x")     # another prefix: fine
+
+
+def test_a_writer_that_keeps_losing_the_race_gets_a_conflict_and_changes_nothing():
+    fake = FakeS3()
+    store = S3Store(URL, client=fake.client())
+    store.put("a", b"one")
+    fake.always_412 = True
+    with pytest.raises(StoreConflict, match="did not take effect: retry"):
+        store.put("a", b"two")
+    with pytest.raises(StoreConflict):
+        store.delete("a")
+    fake.always_412 = False
+    assert store.current("a") == sha(b"one")
+
+
+def test_a_store_that_goes_down_says_so_and_comes_back_by_itself():
+    fake = FakeS3()
+    store = S3Store(URL, client=fake.client())
+    store.put("a", b"one")
+    fake.down = True
+    for call in (lambda: store.put("a", b"two"), lambda: store.delete("a"), store.names,
+                 lambda: store.current("a")):
+        with pytest.raises(StoreUnavailable, match="s3://b/adapters/ is unreachable .*fake-s3.test"):
+            call()
+    assert store.health().up is False and "unreachable" in store.health().error
+    assert store.ping().up is False
+    fake.down = False
+    assert store.ping().up is True and store.health().error is None
+    assert store.current("a") == sha(b"one")                 # the failed upload changed nothing
+
+
+def test_version_files_are_cached_within_the_bound():
+    fake = FakeS3()
+    store = S3Store(URL, client=fake.client(), cache_bytes=10)
+    other = S3Store(URL, client=fake.client(), cache_bytes=10)   # another replica, cold cache
+    v = store.put("a", b"12345678").version
+    fake.calls.clear()
+    assert other.read("a", v) == b"12345678" and other.read("a", v) == b"12345678"
+    assert [c for c in fake.calls if c[0] == "GET"] == [("GET", f"adapters/a/{v}.safetensors")]
+    fake.down = True
+    assert other.read("a", v) == b"12345678"                 # versions never change: the cache serves
+    cache = FileCache(10)
+    cache.put("x", b"123456")
+    cache.put("y", b"1234")
+    cache.get("x")                                           # x used last: y goes first
+    cache.put("z", b"12")
+    assert (cache.get("y"), cache.get("x"), cache.get("z")) == (None, b"123456", b"12") and cache.size == 8
+    cache.put("big", b"x" * 11)                              # over the bound: never cached
+    assert cache.get("big") is None
+
+
+def test_old_versions_go_once_no_pointer_names_them_and_foreign_objects_stay(monkeypatch):
+    fake = FakeS3()
+    store = S3Store(URL, client=fake.client())
+    v1 = store.put("a", b"one").version
+    fake.client().put("adapters/a/notes.txt", b"not ours")
+    v2 = store.put("a", b"two").version
+    assert f"adapters/a/{v1}.safetensors" in fake.objects      # younger than the write window: kept
+    monkeypatch.setattr(s3_store, "WRITE_WINDOW_S", 0.0)
+    v3 = store.put("a", b"three").version
+    keys = set(fake.objects)
+    assert f"adapters/a/{v3}.safetensors" in keys and "adapters/a/notes.txt" in keys
+    assert not {f"adapters/a/{v}.safetensors" for v in (v1, v2)} & keys
+    assert store.delete("a") and set(k for k in fake.objects if k.startswith("adapters/a/")) == {"adapters/a/notes.txt"}
+
+
+@pytest.fixture(scope="module")
+def bb():
+    return make_backbone("bert", lm_head=False)
+
+
+def adapter(bb, seed: int) -> bytes:
+    torch.manual_seed(seed)
+    return adapter_bytes(new_adapter(bb, task="t", labels=["a", "b"], layer=2, prompt_length=4).eval())
+
+
+def test_the_registry_keeps_serving_what_it_knows_while_the_store_is_down(bb):
+    fake = FakeS3()
+    other = S3Store(URL, client=fake.client())                   # another replica
+    registry = Registry(S3Store(URL, client=fake.client()), bb, recheck_s=0)
+    v1 = other.put("a", adapter(bb, 1)).version
+    assert registry.get("a").version == v1
+    fake.down = True
+    assert registry.get("a").version == v1                       # the failed recheck keeps the known version
+    fake.calls.clear()
+    for _ in range(3):
+        assert registry.get("a").version == v1                   # known down: no request waits on it
+    assert fake.calls == []
+    for call in (lambda: registry.get("new"), lambda: registry.put("b", adapter(bb, 2)), registry.list,
+                 lambda: registry.delete("a")):
+        with pytest.raises(StoreUnavailable):
+            call()
+    fake.down = False
+    v2 = other.put("a", adapter(bb, 3)).version
+    assert registry.get("a").version == v1                       # not rechecked until the store is seen back
+    registry.store.ping()
+    assert registry.get("a").version == v2
