@@ -120,7 +120,7 @@ class Runtime:
                                on_batch=self.metrics.observe_closed_batch)
         self.batcher.start()
         self.trainer = self._make_trainer()
-        self.trainer.start()
+        await asyncio.to_thread(self.trainer.start)      # reads its journal, if any
         cache = getattr(self.engine, "cache", None)
         self.metrics.bind(queue_size=lambda: len(self.batcher), resident=lambda: self.registry.resident_count,
                           registered=lambda: self.registry.registered, worker_alive=lambda: self.worker.alive,
@@ -134,7 +134,8 @@ class Runtime:
         command, env = child_command(sys.executable, self.settings.train_threads)
         return Trainer(command=command, env=env, queue_limit=self.settings.train_queue,
                        commit=lambda name, data: self.registry.put(name, data)[0],
-                       explain=lambda e: describe(e)[2], nice=self.settings.train_nice)
+                       explain=lambda e: describe(e)[2], nice=self.settings.train_nice,
+                       journal=self.settings.train_journal)
 
     async def stop(self) -> None:
         """Finish what was accepted, then stop the worker."""

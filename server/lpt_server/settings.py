@@ -71,6 +71,9 @@ class Settings(BaseSettings):
                                "its own)")
     train_nice: int = Field(10, ge=0, le=19, description="the training process's CPU niceness: above 0, serving "
                             "gets the CPU first when both want it")
+    train_journal: Path | None = Field(None, description="a JSON file where this server keeps its training "
+                                       "jobs' records across restarts (a job a restart interrupted is "
+                                       "reported failed); unset: in memory only. One file per server")
 
     # slow clients: a connection holds a request only this long
     header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this "

@@ -13,9 +13,12 @@ unpickled. It writes the adapter file into the job's folder; the parent then sto
 the child, so the event loop never does; the job objects are read under a lock held for
 microseconds.
 
-States: queued -> running -> succeeded | failed | cancelled (queued -> cancelled too). Jobs live
-in memory only: a restart forgets them, and since an adapter is stored only by `commit`, after
-the run, a restart never leaves one half-registered.
+States: queued -> running -> succeeded | failed | cancelled (queued -> cancelled too). With a
+journal (LPT_TRAIN_JOURNAL) the job records are also written to a JSON file, by a thread of their
+own whenever they change, and read back at start: a job that was queued or running when the
+server went away is reported failed, with that reason. Without one they live in memory only.
+Since an adapter is stored only by `commit`, after the run, a restart never leaves one
+half-registered.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ KEEP_FINISHED = 100         # finished jobs remembered; the oldest are forgotten
 CANCEL_GRACE_S = 10.0       # a cancelled child that has not stopped by then is killed
 STDERR_LINES = 20           # the child's last stderr lines, kept for a crash's message
 MAX_EVENT_BYTES = 1 << 20   # one event line from the child at most
+WORKDIR_PREFIX = "lpt-train-"   # a job's folder of uploaded files (train_form makes it)
 
 
 class UnknownJob(LookupError):
@@ -131,13 +135,57 @@ class TrainJob:
             self.stride *= 2
 
 
+class Journal:
+    """The job records in one JSON file, replaced whole (write a temp file, then rename): a reader
+    sees the old records or the new ones, never half of them."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def load(self) -> list[dict]:
+        try:
+            records = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as e:
+            log.warning("training journal %s unreadable, starting without it: %s", self.path, e)
+            return []
+        return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+
+    def save(self, records: list[dict]) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(records), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as e:          # the jobs go on; only their record after a restart is at stake
+            log.warning("training journal %s not written: %s", self.path, e)
+
+
+def restored(record: dict) -> tuple[TrainJob, bool]:
+    """A job read back from the journal, and whether the restart interrupted it: one that was
+    queued or running has lost its process with the server, so it failed, and says why."""
+    job = TrainJob(record["task"], [], Path(record.get("workdir") or ""), Path(""), id=record["id"])
+    for key in ("created_at", "state", "started_at", "finished_at", "progress", "history", "error",
+                "adapter", "metrics"):
+        if key in record:
+            setattr(job, key, record[key])
+    if job.state in FINISHED:
+        return job, False
+    job.error = f"the server restarted while the job was {job.state}: nothing was stored; start the job again"
+    job.state, job.finished_at = "failed", time.time()
+    return job, True
+
+
 class Trainer:
     """The queue and the one thread that runs its jobs, one at a time."""
 
     def __init__(self, *, command: list[str], env: dict[str, str], queue_limit: int,
                  commit: Callable[[str, bytes], dict], explain: Callable[[BaseException], str] = str,
-                 nice: int = 0):
+                 nice: int = 0, journal: Path | None = None):
         self.command, self.env, self.nice = command, env, nice
+        self.journal = Journal(journal) if journal is not None else None
+        self._dirty = threading.Event()       # the records changed since the journal was written
         self.queue_limit = queue_limit
         self.commit, self.explain = commit, explain
         self._lock = threading.Lock()
@@ -147,6 +195,7 @@ class Trainer:
         self._proc: subprocess.Popen | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="lpt-train", daemon=True)
+        self._writer = threading.Thread(target=self._write_journal, name="lpt-train-journal", daemon=True)
 
     # ---- the API's calls (event loop: only the lock, no I/O) -------------------------------------
     def check_room(self) -> None:
@@ -168,6 +217,7 @@ class Trainer:
             self._queue.append(job)
             self._forget_old()
             self._wake.notify()
+            self._dirty.set()
             return job.view()
 
     def get(self, job_id: str) -> dict:
@@ -202,12 +252,13 @@ class Trainer:
     def _job(self, job_id: str) -> TrainJob:
         job = self._jobs.get(job_id)
         if job is None:
-            raise UnknownJob(f"no training job {job_id!r} (GET /v1/train lists them; jobs are not kept "
-                             "across server restarts)")
+            raise UnknownJob(f"no training job {job_id!r} (GET /v1/train lists them; without "
+                             "LPT_TRAIN_JOURNAL, jobs are not kept across server restarts)")
         return job
 
     def _end(self, job: TrainJob, state: str, error: str | None = None) -> None:
         job.state, job.finished_at, job.error = state, time.time(), error
+        self._dirty.set()
 
     def _forget_old(self) -> None:
         finished = [j for j in self._jobs.values() if j.state in FINISHED]
@@ -216,7 +267,39 @@ class Trainer:
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
+        if self.journal is not None:
+            self._restore()
+            self._writer.start()
         self._thread.start()
+
+    def _restore(self) -> None:
+        jobs = []
+        for record in self.journal.load():
+            try:
+                job, interrupted = restored(record)
+            except (KeyError, TypeError) as e:
+                log.warning("training journal: a record skipped (%r)", e)
+                continue
+            if interrupted:
+                log.warning("training job %s (task %r): %s", job.id, job.task, job.error)
+                if job.workdir.name.startswith(WORKDIR_PREFIX):      # its uploaded files
+                    _remove(job.workdir)
+            jobs.append(job)
+        with self._lock:
+            self._jobs.update((j.id, j) for j in sorted(jobs, key=lambda j: j.created_at))
+            self._forget_old()
+        if jobs:
+            self._dirty.set()
+
+    def _records(self) -> list[dict]:
+        with self._lock:
+            return [j.view() | {"workdir": str(j.workdir)} for j in self._jobs.values()]
+
+    def _write_journal(self) -> None:
+        while not self._closed:
+            self._dirty.wait()
+            self._dirty.clear()
+            self.journal.save(self._records())
 
     def stop(self, timeout: float = 30.0) -> None:
         """Refuse new jobs, cancel the queued ones, stop the running one, wait for the thread."""
@@ -237,6 +320,10 @@ class Trainer:
             self._stop_child(proc)
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if self.journal is not None:            # the jobs' last states, written once more
+            self._dirty.set()
+            self._writer.join(timeout)
+            self.journal.save(self._records())
 
     # ---- the runner thread ------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -248,6 +335,7 @@ class Trainer:
                     return
                 job = self._queue.popleft()
                 job.state, job.started_at = "running", time.time()
+                self._dirty.set()
             try:
                 self._run(job)
             except Exception as e:               # a bug here must not stop the queue

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lpt_server.train_jobs import (MAX_HISTORY, JobFinished, Trainer, TrainJob, TrainQueueFull, UnknownJob)
+from lpt_server.train_jobs import (MAX_HISTORY, WORKDIR_PREFIX, JobFinished, Trainer, TrainJob, TrainQueueFull,
+                                   UnknownJob)
 
 pytestmark = pytest.mark.unit
 
@@ -78,7 +79,7 @@ def make(tmp_path):
 
 
 def job(tmp_path: Path, mode: str, task: str = "t") -> TrainJob:
-    workdir = tmp_path / f"job-{mode}-{time.monotonic_ns()}"
+    workdir = tmp_path / f"{WORKDIR_PREFIX}{mode}-{time.monotonic_ns()}"
     workdir.mkdir()
     out = workdir / "out.safetensors"
     return TrainJob(task, [mode, str(out), f"{workdir}/data/"], workdir, out, {f"{workdir}/data/": ""})
@@ -224,3 +225,57 @@ def test_bad_progress_events_are_ignored():
     assert j.history == [] and j.progress["steps"] == 0
     j.record({"epoch": 1, "epochs": 1, "step": 1, "steps": 2, "loss": float("nan")})
     assert j.progress["loss"] is None                                # NaN cannot go into a JSON answer
+
+
+def test_a_journal_keeps_the_jobs_across_a_restart_and_fails_the_interrupted_ones(tmp_path):
+    journal = tmp_path / "state" / "jobs.json"
+    store = Store()
+
+    def trainer():
+        t = Trainer(command=[sys.executable, "-c", CHILD], env={}, queue_limit=4, commit=store.put, journal=journal)
+        t.start()
+        return t
+
+    first = trainer()
+    done = job(tmp_path, "ok")
+    first.submit(done)
+    finished = wait(first, done.id)
+    assert finished["state"] == "succeeded"
+    running = job(tmp_path, "slow")
+    first.submit(running)
+    wait(first, running.id, states=("running",))
+    deadline = time.monotonic() + 10          # the journal is written by its own thread
+    while time.monotonic() < deadline and '"running"' not in journal.read_text():
+        time.sleep(0.02)
+    # the server dies without stopping its trainer (kill -9): what the journal says is all there is
+    first._closed = True
+    first._stop_child(first._proc)
+
+    second = trainer()
+    try:
+        again = second.get(done.id)
+        assert again["state"] == "succeeded" and again["adapter"] == finished["adapter"]
+        assert again["history"] == finished["history"] and again["metrics"] == finished["metrics"]
+        lost = second.get(running.id)
+        assert lost["state"] == "failed" and "restarted while the job was running" in lost["error"]
+        assert lost["finished_at"] is not None and not running.workdir.exists()
+        assert [j["id"] for j in second.list()] == [running.id, done.id]        # newest first
+    finally:
+        second.stop()
+    assert store.puts == [("t", b"adapter bytes")]                # the interrupted job stored nothing
+    third = trainer()                                               # what the second one wrote
+    try:
+        assert third.get(running.id)["state"] == "failed" and third.get(done.id)["state"] == "succeeded"
+    finally:
+        third.stop()
+
+
+def test_without_a_journal_a_restart_forgets_the_jobs(make, tmp_path):
+    trainer, _ = make()
+    j = job(tmp_path, "ok")
+    trainer.submit(j)
+    wait(trainer, j.id)
+    trainer.stop()
+    again, _ = make()
+    with pytest.raises(UnknownJob, match="LPT_TRAIN_JOURNAL"):
+        again.get(j.id)
