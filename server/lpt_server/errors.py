@@ -21,6 +21,7 @@ from .batcher import BatcherClosed, QueueFull
 from .registry import UnknownAdapter
 from .store import InvalidName, StoreFull
 from .stores import StoreConflict, StoreUnavailable
+from .train_form import FormError
 from .train_jobs import JobFinished, TrainQueueFull, UnknownJob
 from .worker import BatchFailed, WorkerDead
 
@@ -102,6 +103,7 @@ ERROR_TABLE: list[tuple[type[BaseException], int, str]] = [
     (UnknownJob, 404, "not_found"),
     (JobFinished, 409, "conflict"),
     (TrainQueueFull, 429, "overloaded"),
+    (FormError, 400, "bad_request"),
     (InvalidName, 400, "invalid_name"),
     (AdapterError, 400, "invalid_adapter"),
     (RowError, 400, "invalid_input"),

@@ -17,7 +17,7 @@ from ..body import stream_into
 from ..errors import BadRequest
 from ..runtime import Runtime
 from ..schemas import ErrorResponse, TrainJobList, TrainJobView
-from ..train_form import FORM_SCHEMA, FormError, TrainFormReader, prepare_job
+from ..train_form import FORM_SCHEMA, TrainFormReader, prepare_job
 
 router = APIRouter(prefix="/v1/train", tags=["training"], dependencies=[Depends(require_admin_key)])
 
@@ -50,13 +50,10 @@ async def start_training(request: Request):
         reader = TrainFormReader(request.headers.get("content-type", ""), limit)
     except ValueError as e:
         raise BadRequest(str(e)) from None
-    try:
-        form = await stream_into(request, reader, limit=limit, body_limit=reader.body_limit(),
-                                 setting="LPT_MAX_TRAIN_BYTES", timeout_s=rt.settings.body_timeout_s,
-                                 what="training upload")
-        job = await asyncio.to_thread(prepare_job, form, rt.train_runner, rt.engine.backbone)
-    except FormError as e:
-        raise BadRequest(str(e)) from None
+    form = await stream_into(request, reader, limit=limit, body_limit=reader.body_limit(),
+                             setting="LPT_MAX_TRAIN_BYTES", timeout_s=rt.settings.body_timeout_s,
+                             what="training upload")
+    job = await asyncio.to_thread(prepare_job, form, rt.train_runner, rt.engine.backbone)   # FormError: 400
     try:
         view = rt.trainer.submit(job)
     except BaseException:
