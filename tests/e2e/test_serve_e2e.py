@@ -7,7 +7,7 @@ import signal
 import httpx
 import pytest
 import torch
-from serve_process import ADMIN, Server
+from serve_process import ADMIN, Server, all_ready
 
 from lpt import Backbone, Engine, Row, load_adapter, new_adapter, save_adapter
 
@@ -40,14 +40,8 @@ def adapters(bb, tmp_path_factory):
 def replicas(tmp_path_factory):
     """Two servers on one shared store, started together."""
     root = tmp_path_factory.mktemp("e2e")
-    servers = [Server(root / "store", root / f"server{i}.log") for i in range(2)]
-    try:
-        for s in servers:
-            s.wait_ready()
+    with all_ready([Server(root / "store", root / f"server{i}.log") for i in range(2)]) as servers:
         yield servers
-    finally:
-        for s in servers:
-            s.stop()
 
 
 def engine_answer(bb, data, text):
