@@ -138,7 +138,7 @@ class AsyncClient(ClientCore):
         return await self._send(_api.list_trainings())
 
     async def cancel_training(self, job_id: str) -> TrainingJob:
-        """Cancel a queued or running job; raises `BadRequest` (409) if it has ended."""
+        """Cancel a queued or running job; raises `Conflict` (409) if it has ended."""
         return await self._send(_api.cancel_training(job_id))
 
     async def wait_training(

@@ -180,7 +180,7 @@ class Client(ClientCore):
         return self._send(_api.list_trainings())
 
     def cancel_training(self, job_id: str) -> TrainingJob:
-        """Cancel a queued or running job; raises `BadRequest` (409) if it has ended."""
+        """Cancel a queued or running job; raises `Conflict` (409) if it has ended."""
         return self._send(_api.cancel_training(job_id))
 
     def wait_training(
