@@ -5,10 +5,13 @@
 
 Stages: encode (each adapter's template) -> lower (layers [0, k) once per distinct token
 sequence, or the layer-k cache) -> late_forward (generators once per adapter, one upper pass)
--> predictions. The engine knows nothing of HTTP or threads: call it from one thread.
+-> predictions. The engine knows nothing of HTTP. Several threads may call `predict` at once
+(a server runs one batch per engine worker): the layer-k cache is locked, everything else a
+call touches is its own or read-only, and torch's kernels release the GIL.
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 
@@ -63,15 +66,17 @@ class StateCache:
         self.max_bytes = max_bytes
         self._data: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self.stats = CacheStats()
+        self._lock = threading.Lock()     # engine workers share one cache
 
     def get(self, key: tuple) -> torch.Tensor | None:
-        t = self._data.get(key)
-        if t is None:
-            self.stats.misses += 1
-            return None
-        self._data.move_to_end(key)
-        self.stats.hits += 1
-        return t
+        with self._lock:
+            t = self._data.get(key)
+            if t is None:
+                self.stats.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.stats.hits += 1
+            return t
 
     def put(self, key: tuple, value: torch.Tensor) -> None:
         """Keep a copy of value: it is usually one row's real tokens, a view into a padded batch
@@ -79,21 +84,24 @@ class StateCache:
         size = _nbytes(value)
         if self.entries <= 0 or (self.max_bytes is not None and size > self.max_bytes):
             return
-        old = self._data.pop(key, None)
-        if old is not None:
-            self.stats.bytes -= _nbytes(old)
-        self._data[key] = value.clone()
-        self.stats.bytes += size
-        while len(self._data) > self.entries or (self.max_bytes is not None and self.stats.bytes > self.max_bytes):
-            _, evicted = self._data.popitem(last=False)
-            self.stats.bytes -= _nbytes(evicted)
+        copy = value.clone()
+        with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self.stats.bytes -= _nbytes(old)
+            self._data[key] = copy
+            self.stats.bytes += size
+            while len(self._data) > self.entries or (self.max_bytes is not None and self.stats.bytes > self.max_bytes):
+                _, evicted = self._data.popitem(last=False)
+                self.stats.bytes -= _nbytes(evicted)
 
     def __len__(self) -> int:
         return len(self._data)
 
     def clear(self) -> None:
-        self._data.clear()
-        self.stats.bytes = 0
+        with self._lock:
+            self._data.clear()
+            self.stats.bytes = 0
 
 
 def _nbytes(t: torch.Tensor) -> int:

@@ -5,7 +5,7 @@
 
 No globals: two apps in one process share nothing (each has its own runtime and metrics).
 The model loads in the lifespan startup, so a server only accepts connections once it can
-answer; shutdown drains the batcher before the worker thread stops.
+answer; shutdown drains the batcher before the worker threads stop.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The batcher: an asyncio queue of opaque rows that closes batches for one executor.
 
-    batcher = Batcher(worker.run, max_rows=64, max_tokens=8192, max_wait_s=0.005, queue_limit=1024)
+    batcher = Batcher(worker.run, max_rows=64, max_tokens=8192, max_wait_s=0.005, queue_limit=1024, lanes=2)
     batcher.start()
     items = batcher.submit([(row, cost), ...])        # QueueFull when the queue is full
     results = await asyncio.gather(*(it.future for it in items))
@@ -8,9 +8,10 @@
 It knows nothing of tensors or tasks: a row is any object, its cost an int (its token count),
 and the executor an async function that runs a list of items and resolves their futures.
 
-Batching is *pull*-driven: one batch is in the executor at a time, and the next one is
-closed when the executor is free. Under load rows pile up while a batch runs, so batches grow
-by themselves; when idle a row waits at most `max_wait_s` for company.
+Batching is *pull*-driven: each of `lanes` lanes (one per engine worker) holds one batch in
+the executor at a time and closes its next one when that returns. Under load rows pile up while
+batches run, so batches grow by themselves; when idle a row waits at most `max_wait_s` for
+company.
 
 Rows are grouped by cost (length), whatever their task: padding, not the prompt, is what a
 mixed batch pays for. The oldest row anchors each batch (no row starves) and the rows nearest
@@ -66,8 +67,11 @@ class BatchStats:
 
 class Batcher:
     def __init__(self, execute: Executor, *, max_rows: int, max_tokens: int, max_wait_s: float,
-                 queue_limit: int, on_batch: Callable[[BatchStats], None] | None = None):
+                 queue_limit: int, on_batch: Callable[[BatchStats], None] | None = None, lanes: int = 1):
+        if lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {lanes}")
         self.execute = execute
+        self.lanes = lanes
         self.max_rows = max_rows
         self.max_tokens = max_tokens
         self.max_wait_s = max_wait_s
@@ -183,31 +187,42 @@ class Batcher:
                 return batch
 
     async def _loop(self) -> None:
+        lanes = [asyncio.create_task(self._lane(), name=f"lpt-batcher-lane-{i}") for i in range(self.lanes)]
         try:
-            while True:
-                batch = await self._next_batch()
-                if not batch:
-                    return                       # closing and drained
-                now = time.monotonic()
-                for it in batch:
-                    it.queue_s = now - it.enqueued
-                if self.on_batch is not None:
-                    self.on_batch(BatchStats(len(batch), len(batch) * max(it.cost for it in batch),
-                                             [it.queue_s for it in batch]))
-                try:
-                    await self.execute(batch)
-                except Exception as e:           # the executor is gone: fail these rows, stop
-                    for it in batch:
-                        if not it.future.done():
-                            it.future.set_exception(BatcherClosed(f"the inference worker failed: {e!r}"))
-                    raise
-                for it in batch:                 # an executor that forgot a row must not hang it
-                    if not it.future.done():
-                        it.future.set_exception(RuntimeError("the executor returned no result for this row"))
+            done, _ = await asyncio.wait(lanes, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:                       # a lane that raised stops the batcher
+                if not t.cancelled() and t.exception() is not None:
+                    raise t.exception()
         except BaseException as e:
+            for t in lanes:                      # the other lanes fail their own batches as they go
+                t.cancel()
+            await asyncio.gather(*lanes, return_exceptions=True)
             self._failed = e if not isinstance(e, asyncio.CancelledError) else None
             self._fail_pending(BatcherClosed(f"the batcher stopped: {e!r}"))
             raise
+
+    async def _lane(self) -> None:
+        """Close a batch, run it, repeat; returns when closing and drained."""
+        while True:
+            batch = await self._next_batch()
+            if not batch:
+                return
+            now = time.monotonic()
+            for it in batch:
+                it.queue_s = now - it.enqueued
+            if self.on_batch is not None:
+                self.on_batch(BatchStats(len(batch), len(batch) * max(it.cost for it in batch),
+                                         [it.queue_s for it in batch]))
+            try:
+                await self.execute(batch)
+            except BaseException as e:           # the executor is gone (or this lane stops): fail these rows
+                for it in batch:
+                    if not it.future.done():
+                        it.future.set_exception(BatcherClosed(f"the inference worker failed: {e!r}"))
+                raise
+            for it in batch:                     # an executor that forgot a row must not hang it
+                if not it.future.done():
+                    it.future.set_exception(RuntimeError("the executor returned no result for this row"))
 
     def _fail_pending(self, exc: Exception) -> None:
         for it in self._pending.values():

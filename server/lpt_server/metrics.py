@@ -64,7 +64,7 @@ class Metrics:
         self.adapters_registered = Gauge("lpt_adapters_registered", "usable adapters known", registry=r)
         self.adapter_load_seconds = Histogram("lpt_adapter_load_duration_seconds", "time to load one adapter",
                                               buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1), registry=r)
-        self.worker_alive = Gauge("lpt_worker_alive", "1 while the engine worker thread runs", registry=r)
+        self.worker_alive = Gauge("lpt_worker_alive", "1 while every engine worker thread runs", registry=r)
         self.store_up = Gauge("lpt_store_up", "1 while the adapter store answers (last call or ping)", registry=r)
         self._cache_stats: Callable[[], object | None] = lambda: None
         r.register(_CacheCollector(lambda: self._cache_stats()))

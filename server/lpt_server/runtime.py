@@ -1,4 +1,4 @@
-"""The serving runtime: engine, worker thread, batcher, adapter registry, wired together.
+"""The serving runtime: engine, worker threads, batcher, adapter registry, wired together.
 
 One per app, built by create_app and started/stopped by its lifespan. Routes reach it as
 `request.app.state.runtime`; they call its parts, never the model directly. The store is swept
@@ -23,6 +23,7 @@ from .store import StoreError
 from .stores import AdapterStore, StoreUnavailable, open_store
 from .train_form import Runner
 from .train_jobs import Trainer, child_command
+from .threads import ThreadPlan, thread_plan
 from .worker import EngineWorker
 
 log = logging.getLogger("lpt_server")
@@ -40,8 +41,7 @@ def default_engine(settings: Settings):
 
     from lpt import Backbone
 
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    torch.set_num_threads(thread_plan(settings).torch_threads)
     return engine_for(Backbone.load(settings.model, settings.device, settings.dtype), settings)
 
 
@@ -82,6 +82,7 @@ class Runtime:
         self.trainer: Trainer | None = None
         self.train_runner = Runner(settings.model, settings.device, settings.dtype, settings.train_threads)
         self.started_at = time.time()
+        self.plan: ThreadPlan = thread_plan(settings)
         self.load_seconds: float | None = None
         self.seeded: list[str] = []
         self.draining = False      # set on SIGTERM: /ready says 503 while in-flight requests finish
@@ -113,11 +114,12 @@ class Runtime:
                  len(self.registry.problems()))
         self._sweeper = asyncio.create_task(self._sweep_every(SWEEP_EVERY_S))
         self._prober = asyncio.create_task(self._probe_store())
-        self.worker = EngineWorker(self.engine, on_batch=self.metrics.observe_engine_batch)
+        self.worker = EngineWorker(self.engine, on_batch=self.metrics.observe_engine_batch,
+                                   threads=self.plan.workers)
         self.worker.start()
         self.batcher = Batcher(self.worker.run, max_rows=s.max_batch_rows, max_tokens=s.max_batch_tokens,
                                max_wait_s=s.max_wait_ms / 1000, queue_limit=s.queue_limit,
-                               on_batch=self.metrics.observe_closed_batch)
+                               on_batch=self.metrics.observe_closed_batch, lanes=self.plan.workers)
         self.batcher.start()
         self.trainer = self._make_trainer()
         await asyncio.to_thread(self.trainer.start)      # reads its journal, if any

@@ -33,8 +33,10 @@ class Settings(BaseSettings):
     device: str = Field("cpu", description="cpu, cuda, cuda:1, ...")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
         "float32", description="model dtype; auto: bfloat16 on a GPU and on a CPU with AMX, else float32")
-    threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default, one per core; "
-                         "1 is faster on a machine whose cores are busy with other work)")
+    threads: int = Field(0, ge=0, description="CPU threads the model uses in all (0: OMP_NUM_THREADS if set, else "
+                         "one per core); shared out among the engine workers")
+    workers: int = Field(0, ge=0, description="engine workers: batches run at once, each on threads/workers torch "
+                         "threads (0: one per thread on a CPU, at most 8; one on a GPU)")
 
     # where
     host: str = Field("127.0.0.1", description="bind address")

@@ -1,12 +1,14 @@
-"""The one engine worker thread: the only place that calls the engine.
+"""The engine workers: the only threads that call the engine.
 
-    worker = EngineWorker(engine, on_batch=metrics.observe_batch)
-    worker.start(loop)
+    worker = EngineWorker(engine, on_batch=metrics.observe_batch, threads=2)
+    worker.start()
     await worker.run(items)        # the batcher's executor: resolves every item's future
 
-The engine is not thread-safe and PyTorch runs best with one caller, so every batch goes
-through this thread, one at a time, while the event loop keeps parsing and answering.
-A batch whose engine call raises fails only its own rows; the thread lives on. If the thread
+Each thread takes one batch at a time from a shared queue, so up to `threads` batches run at
+once (the batcher closes one per free thread) while the event loop keeps parsing and answering.
+PyTorch's kernels release the GIL: on a CPU, two threads of one torch thread each keep two cores
+busy, which is faster for a small model than one batch on two torch threads (threads.py).
+A batch whose engine call raises fails only its own rows; the thread lives on. If a thread
 itself dies (a BaseException, a bug here), `alive` turns False and /ready says 503.
 """
 from __future__ import annotations
@@ -51,27 +53,35 @@ class _Job:
 
 
 class EngineWorker:
-    def __init__(self, engine: Any, on_batch: Callable[[BatchReport], None] | None = None):
+    def __init__(self, engine: Any, on_batch: Callable[[BatchReport], None] | None = None, threads: int = 1):
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
         self.engine = engine
         self.on_batch = on_batch
+        self.threads = threads
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.error: BaseException | None = None
+        self._lock = threading.Lock()
         self.batches = 0
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._main, name="lpt-engine", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._main, name=f"lpt-engine-{i}", daemon=True)
+                         for i in range(self.threads)]
+        for t in self._threads:
+            t.start()
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and self.error is None
+        return bool(self._threads) and all(t.is_alive() for t in self._threads) and self.error is None
 
     def stop(self, timeout: float | None = None) -> None:
-        """Let the thread finish its current batch and exit."""
-        if self.alive:
+        """Let each thread finish its current batch and exit (timeout: for all of them together)."""
+        for _ in self._threads:
             self._jobs.put(None)
-            self._thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     async def run(self, items: list[Item]) -> None:
         """Run one batch on the thread; returns when every item's future is resolved."""
@@ -125,7 +135,8 @@ class EngineWorker:
         seconds = time.perf_counter() - t0
         for it in live:
             it.inference_s = seconds
-        self.batches += 1
+        with self._lock:
+            self.batches += 1
         job.loop.call_soon_threadsafe(_finish_job, job, live, results)
         if self.on_batch is not None:
             tasks = len({id(getattr(it.payload, "adapter", None)) for it in live})

@@ -50,8 +50,10 @@ class HookedEngine:
 
 @asynccontextmanager
 async def running(tmp_path, bb, engine_factory=None, demo_dir=None, **overrides):
-    """A started app (lifespan run) and a client for it."""
-    settings = Settings(**{"store": tmp_path / "store", "demo_adapters": False, "admin_key": ADMIN, **overrides})
+    """A started app (lifespan run) and a client for it. One engine worker unless `workers` is
+    given: the tests that hold the engine busy to fill the queue count on one batch at a time."""
+    settings = Settings(**{"store": tmp_path / "store", "demo_adapters": False, "admin_key": ADMIN, "workers": 1,
+                           **overrides})
     factory = engine_factory or (lambda s: engine_for(bb, s))
     app = create_app(settings, engine_factory=factory, demo_dir=demo_dir)
     async with app.router.lifespan_context(app):

@@ -57,6 +57,7 @@ async def info(request: Request):
                      "demo_seeded": rt.seeded,
                      "problems": rt.registry.problems() if rt.registry else {}},
         "store": rt.store_info(),
+        "engine": {"workers": rt.plan.workers, "torch_threads": rt.plan.torch_threads},
         "settings": rt.settings.public(),
         "docs": request.app.state.docs_mode,
         "uptime_s": round(time.time() - rt.started_at, 1),

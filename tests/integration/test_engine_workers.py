@@ -1,0 +1,203 @@
+"""Several engine workers: batches run at once, on one shared engine, with the same answers."""
+import asyncio
+import threading
+import time
+
+import pytest
+import torch
+
+from tiny import WORDS
+from tiny_server import adapter_file, running, upload
+from lpt import Engine, Row, load_adapter
+from lpt_server.batcher import Batcher
+from lpt_server.worker import EngineWorker
+
+pytestmark = pytest.mark.integration
+
+
+class Overlap:
+    """Counts how many calls are inside at once (the most seen), from threads or tasks."""
+
+    def __init__(self):
+        self.inside = self.most = 0
+        self.lock = threading.Lock()
+
+    def enter(self):
+        with self.lock:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+
+    def leave(self):
+        with self.lock:
+            self.inside -= 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("lanes", [1, 2, 3])
+async def test_each_lane_holds_one_batch_in_the_executor(lanes):
+    seen = Overlap()
+
+    async def executor(items):
+        seen.enter()
+        await asyncio.sleep(0.03)
+        seen.leave()
+        for it in items:
+            it.future.set_result(it.payload)
+
+    b = Batcher(executor, max_rows=2, max_tokens=1000, max_wait_s=0.0, queue_limit=100, lanes=lanes)
+    b.start()
+    items = b.submit([(i, 1) for i in range(12)])
+    assert [await it.future for it in items] == list(range(12))
+    await b.close()
+    assert seen.most == lanes
+
+
+@pytest.mark.asyncio
+async def test_a_lane_whose_executor_dies_stops_the_batcher_and_fails_every_row():
+    calls = []
+
+    async def executor(items):
+        calls.append([it.payload for it in items])
+        if len(calls) == 1:
+            await asyncio.sleep(0.05)            # the other lane's batch fails meanwhile
+            for it in items:
+                it.future.set_result(it.payload)
+            return
+        raise RuntimeError("executor gone")
+
+    b = Batcher(executor, max_rows=1, max_tokens=1000, max_wait_s=0.0, queue_limit=100, lanes=2)
+    b.start()
+    items = b.submit([(i, 1) for i in range(4)])
+    results = await asyncio.gather(*(it.future for it in items), return_exceptions=True)
+    assert not b.alive
+    assert all(isinstance(r, Exception) for r in results[1:]), results
+    assert "executor gone" in str(results[1])
+
+
+class SleepyEngine:
+    def __init__(self, delay):
+        self.delay, self.seen, self.threads = delay, Overlap(), set()
+
+    def predict(self, rows):
+        self.seen.enter()
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.delay)
+        self.seen.leave()
+        return [("done", r) for r in rows]
+
+
+@pytest.mark.asyncio
+async def test_two_worker_threads_run_two_batches_at_once():
+    engine = SleepyEngine(0.2)
+    worker = EngineWorker(engine, threads=2)
+    worker.start()
+    b = Batcher(worker.run, max_rows=1, max_tokens=1000, max_wait_s=0.0, queue_limit=100, lanes=2)
+    b.start()
+    t0 = time.monotonic()
+    items = b.submit([("a", 1), ("b", 1)])
+    assert [await it.future for it in items] == [("done", "a"), ("done", "b")]
+    elapsed = time.monotonic() - t0
+    await b.close()
+    await asyncio.to_thread(worker.stop, 5)
+    assert engine.seen.most == 2 and engine.threads == {"lpt-engine-0", "lpt-engine-1"}
+    assert elapsed < 0.38, f"two 0.2 s batches took {elapsed:.2f} s: they did not overlap"
+    assert worker.batches == 2 and not worker.alive
+
+
+def test_one_engine_called_from_several_threads_answers_as_it_does_alone(tiny_bb):
+    # The workers share one engine and its layer-k cache: the same rows, run from four threads
+    # at once (texts repeat across batches, so the cache is read and written concurrently),
+    # get exactly the logits they get one call at a time, and the cache's books balance.
+    adapters = [load_adapter(adapter_file(tiny_bb, f"t{i}", seed=i, layer=1 + i % 3), tiny_bb) for i in range(4)]
+    texts = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(2 + i % 9)) for i in range(24)]
+    batches = [[Row(adapters[(b + i) % 4], texts[(b * 5 + i) % 24]) for i in range(6)] for b in range(48)]
+    alone = [Engine(tiny_bb, cache_entries=0).logits(batch) for batch in batches]
+
+    shared = Engine(tiny_bb, cache_entries=40)       # small: entries are evicted while others read
+    got: dict[int, list] = {}
+    errors = []
+
+    def run(part):
+        try:
+            for i in part:
+                got[i] = shared.logits(batches[i])
+        except Exception as e:      # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(range(w, len(batches), 4),)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, batch in enumerate(alone):
+        for a, b in zip(batch, got[i]):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    stats = shared.cache.stats
+    assert stats.hits > 0 and stats.hits + stats.misses == sum(len(b) for b in batches)
+    assert len(shared.cache) <= 40
+    assert stats.bytes == sum(t.numel() * t.element_size() for t in shared.cache._data.values())
+
+
+@pytest.mark.asyncio
+async def test_a_server_with_two_workers_serves_what_one_worker_serves(tmp_path, tiny_bb):
+    texts = [" ".join(WORDS[(i * 3 + j) % len(WORDS)] for j in range(1 + i % 12)) for i in range(40)]
+    answers = {}
+    for workers in (1, 2):
+        async with running(tmp_path / str(workers), tiny_bb, workers=workers, threads=2, max_batch_rows=4,
+                           max_wait_ms=1) as (app, c):
+            for t in ("sent", "topic"):
+                assert (await upload(c, t, adapter_file(tiny_bb, t, seed=len(t)))).status_code == 201
+            rt = app.state.runtime
+            assert sorted(t.name for t in threading.enumerate() if t.name.startswith("lpt-engine-")) == \
+                [f"lpt-engine-{i}" for i in range(workers)] and rt.batcher.lanes == workers
+            info = (await c.get("/info")).json()
+            assert info["engine"] == {"workers": workers, "torch_threads": 2 // workers}
+            rs = await asyncio.gather(*(c.post("/v1/classify", json={"inputs": [x], "tasks": ["sent", "topic"], "raw_scores": True})
+                                        for x in texts))
+            assert [r.status_code for r in rs] == [200] * len(texts), rs[0].text
+            answers[workers] = [r.json() for r in rs]
+            assert rt.worker.batches >= 40 // 4
+    for one, two in zip(answers[1], answers[2]):
+        [a_sent, a_topic], [b_sent, b_topic] = one["results"][0], two["results"][0]
+        for a, b in ((a_sent, b_sent), (a_topic, b_topic)):
+            assert a["label"] == b["label"] and a["scores"] == pytest.approx(b["scores"], abs=1e-5)
+
+
+def test_the_layer_k_cache_keeps_its_books_under_concurrent_use():
+    # Threads switched as often as CPython allows, all reading, writing and evicting one small
+    # cache: no lookup may fail on an entry another thread just evicted, and the byte count
+    # stays the sum of what the cache holds.
+    import sys
+
+    from lpt.engine import StateCache
+
+    cache = StateCache(entries=8, max_bytes=8 * 4 * 16)
+    values = [torch.full((4, 4), float(i)) for i in range(32)]
+    errors = []
+
+    def hammer(seed):
+        try:
+            for n in range(6000):
+                key = ((seed * 7 + n * 13) % 32,)
+                found = cache.get(key)
+                if found is None:
+                    cache.put(key, values[key[0]])
+                else:
+                    assert float(found[0, 0]) == key[0]
+        except Exception as e:   # reported below
+            errors.append(e)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=hammer, args=(s,)) for s in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors[:3]
+    assert len(cache) <= 8 and cache.stats.hits + cache.stats.misses == 6 * 6000
+    assert cache.stats.bytes == sum(t.numel() * t.element_size() for t in cache._data.values())
