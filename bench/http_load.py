@@ -2,9 +2,11 @@
 
     python bench/http_load.py                          # 300 requests per config, concurrency 32
     python bench/http_load.py --requests 600 --concurrency 64 --tasks 1 8 64
+    python bench/http_load.py --tasks 16 --server-args="--threads 2" --baseline-args="--workers 1" --baseline-name one-worker
 
 Starts `lpt serve` twice on loopback (a temp store, the real model): once with the default
-batching, once with `--max-batch-rows 1` (every request its own forward pass: the baseline).
+batching, once with `--max-batch-rows 1` (every request its own forward pass: the baseline;
+`--baseline-args` names another, `--server-args` go to both).
 For 1, 8 and 64 tasks it runs a closed loop (each of `concurrency` clients sends its next
 request when the last one is answered; one text and one task per request, tasks round-robin,
 every text distinct so the layer-k cache cannot help), bounded by a request count and a time
@@ -96,7 +98,8 @@ def upload_adapters(url: str, adapters: dict[str, bytes]) -> None:
 
 def start_servers(args, adapters: dict[str, bytes], workdir: Path) -> dict[str, Server]:
     """Both servers up and loaded with every adapter before any clock starts."""
-    modes = {"batched": [], "unbatched": ["--max-batch-rows", "1"]}
+    modes = {"batched": args.server_args.split(),
+             args.baseline_name: args.server_args.split() + args.baseline_args.split()}
     servers = {name: Server(args.model, workdir / f"store-{name}", workdir / f"server-{name}.log", extra)
                for name, extra in modes.items()}
     for name, server in servers.items():
@@ -159,27 +162,32 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", type=int, nargs="+", default=[1, 8, 64])
     p.add_argument("--words", type=int, nargs=2, default=[4, 40], metavar=("MIN", "MAX"),
                    help="words per text (uniform); shorter texts favour batching more")
+    p.add_argument("--server-args", default="", help="extra `lpt serve` flags for both servers")
+    p.add_argument("--baseline-args", default="--max-batch-rows 1", help="`lpt serve` flags of the baseline")
+    p.add_argument("--baseline-name", default="unbatched")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "http.json")
     args = p.parse_args(argv)
+    base = args.baseline_name
 
     print(f"making {max(args.tasks)} adapters on {args.model} ...", flush=True)
     adapters = make_adapters(args.model, max(args.tasks))
     with tempfile.TemporaryDirectory() as tmp:
         results = run(args, adapters, Path(tmp))
 
-    print(f"\n{'tasks':>5} | {'batched req/s':>13} | {'unbatched req/s':>15} | {'ratio':>5} | "
+    print(f"\n{'tasks':>5} | {'batched req/s':>13} | {base + ' req/s':>15} | {'ratio':>5} | "
           f"{'p50 b/u ms':>15} | {'p99 b/u ms':>15}")
     ratios = {}
     for n in map(str, args.tasks):
-        b, u = results["batched"][n], results["unbatched"][n]
+        b, u = results["batched"][n], results[base][n]
         ratios[n] = round(b["req_per_s"] / u["req_per_s"], 2) if u["req_per_s"] else None
         print(f"{n:>5} | {b['req_per_s']:13.1f} | {u['req_per_s']:15.1f} | {ratios[n]:5.2f} | "
               f"{b['p50_ms']:6.1f} / {u['p50_ms']:6.1f} | {b['p99_ms']:6.1f} / {u['p99_ms']:6.1f}")
     out = {"model": args.model, "concurrency": args.concurrency, "requests_per_config": args.requests,
            "words_per_text": args.words, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+           "server_args": args.server_args, "baseline": {"name": base, "args": args.baseline_args},
            "time_limit_s": args.time_limit, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                                         "python": platform.python_version()},
-           "results": results, "throughput_ratio_batched_over_unbatched": ratios,
+           "results": results, f"throughput_ratio_batched_over_{base}": ratios,
            "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")

@@ -4,8 +4,8 @@
     plan(threads=4, workers=0, device="cpu")  # ThreadPlan(workers=4, torch_threads=1, budget=4)
 
 A small model's operators are too small to keep several OpenMP threads busy: on two cores, two
-workers of one thread each, each running its own batch, serve about 1.35x the rows of one worker
-with two threads (bench/README.md). So on a CPU the default is one worker per thread of the
+workers of one thread each, each running its own batch, served 1.31-1.35x the requests of one
+worker with two threads (bench/README.md, http-workers.json). So on a CPU the default is one worker per thread of the
 budget (at most MAX_AUTO_WORKERS; past that, workers get several threads each). On a GPU one
 worker feeds the device and torch keeps its own thread count for the host-side work.
 """
