@@ -39,12 +39,18 @@ async def chunks(request: Request, *, timeout_s: float, what: str = "request bod
         yield chunk
 
 
+def refuse_declared(request: Request, *, body_limit: int, limit: int, setting: str, what: str) -> None:
+    """413 before a byte is read when the declared Content-Length passes `body_limit` (the limit
+    named to the client is `limit`, the file's, which a form body may pass by its own headers)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > body_limit:
+        raise PayloadTooLarge(f"the {what} is {int(declared)} bytes, over the limit of {limit} bytes ({setting})")
+
+
 async def read_body(request: Request, *, limit: int, setting: str, timeout_s: float, what: str = "request body") -> bytes:
     """The whole body, refused with 413 as soon as it passes `limit` (a declared Content-Length
     over it is refused before a byte is read) and with 408 if it is not complete in `timeout_s`."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"{what} is {int(declared)} bytes, the limit is {limit} ({setting})")
+    refuse_declared(request, body_limit=limit, limit=limit, setting=setting, what=what)
     parts, size = [], 0
     async for chunk in chunks(request, timeout_s=timeout_s, what=what):
         size += len(chunk)
@@ -58,20 +64,17 @@ async def stream_into(request: Request, reader, *, limit: int, body_limit: int, 
                       what: str = "upload"):
     """Feed the body to an upload reader (`feed(chunk)`, `finish()`, see upload.py) as it
     arrives and return what `finish` returns. A declared Content-Length over `body_limit` (the
-    file limit `limit` plus a form's own bytes) is a 413 before reading; the reader's TooLarge a 413 naming `setting`, its UploadError a 400."""
+    file limit `limit` plus a form's own bytes) is a 413 before reading; the reader's TooLarge a
+    413 naming `setting` (its UploadError is a 400 through the error table)."""
     from . import upload
 
-    declared = request.headers.get("content-length")
+    refuse_declared(request, body_limit=body_limit, limit=limit, setting=setting, what=what)
     try:
-        if declared and declared.isdigit() and int(declared) > body_limit:
-            raise upload.TooLarge(f"the {what} is {int(declared)} bytes, over the limit of {limit} bytes")
         async for chunk in chunks(request, timeout_s=timeout_s, what=what):
             reader.feed(chunk)
         return reader.finish()
     except upload.TooLarge as e:
         raise PayloadTooLarge(f"{e} ({setting})") from None
-    except upload.UploadError as e:
-        raise BadRequest(str(e)) from None
 
 
 def _lone_surrogate(data: bytes) -> str | None:

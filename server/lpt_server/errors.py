@@ -21,8 +21,10 @@ from .batcher import BatcherClosed, QueueFull
 from .registry import UnknownAdapter
 from .store import InvalidName, StoreFull
 from .stores import StoreConflict, StoreUnavailable
+from .texts import InputTooLong
 from .train_form import FormError
 from .train_jobs import JobFinished, TrainQueueFull, UnknownJob
+from .upload import UploadError
 from .worker import BatchFailed, WorkerDead
 
 log = logging.getLogger("lpt_server.errors")
@@ -104,6 +106,8 @@ ERROR_TABLE: list[tuple[type[BaseException], int, str]] = [
     (JobFinished, 409, "conflict"),
     (TrainQueueFull, 429, "overloaded"),
     (FormError, 400, "bad_request"),
+    (UploadError, 400, "bad_request"),
+    (InputTooLong, 413, "payload_too_large"),
     (InvalidName, 400, "invalid_name"),
     (AdapterError, 400, "invalid_adapter"),
     (RowError, 400, "invalid_input"),

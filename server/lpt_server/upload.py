@@ -8,8 +8,8 @@ HTML forms wrap it in a multipart body (RFC 7578):
 
 Both readers are fed the body chunk by chunk, keep only the file's bytes (the body is never held
 twice) and count them against the size limit as they arrive. `SinglePart` accepts exactly one
-part, under any field name. Bytes in, bytes out: the route turns `UploadError` into a 400 and
-`TooLarge` into a 413.
+part, under any field name. Bytes in, bytes out: `UploadError` is a 400 (the error table),
+`TooLarge` a 413 naming the setting (body.stream_into).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from .. import upload
 from ..auth import require_admin_key, require_api_key
 from ..body import stream_into
-from ..errors import BadRequest, NotFound
+from ..errors import NotFound
 from ..runtime import Runtime
 from ..schemas import AdapterInfo, AdapterList, ErrorResponse
 from ..store import NAME_RE, check_name
@@ -45,10 +45,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     """The adapter file, the body itself or the one part of a multipart/form-data body; refused
     with 413 as soon as it passes the limit (not after reading it all)."""
     content_type = request.headers.get("content-type", "")
-    try:
-        body = upload.reader(content_type, limit)
-    except upload.UploadError as e:
-        raise BadRequest(str(e)) from None
+    body = upload.reader(content_type, limit)          # UploadError: 400
     return await stream_into(request, body, limit=limit, body_limit=upload.body_limit(content_type, limit),
                              setting="LPT_MAX_ADAPTER_BYTES", timeout_s=_rt(request).settings.body_timeout_s)
 

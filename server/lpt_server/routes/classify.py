@@ -23,7 +23,7 @@ from ..errors import ClientClosed, GatewayTimeout, NotFound, PayloadTooLarge, Un
 from ..runtime import Runtime
 from ..schemas import ClassifyRequest, ClassifyResponse, ErrorResponse, TaskClassifyRequest, is_blank
 from ..store import InvalidName
-from ..texts import EncodedInputs, InputTooLong, encode_inputs
+from ..texts import EncodedInputs, encode_inputs
 
 router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[Depends(require_api_key)])
 
@@ -75,10 +75,8 @@ async def parse(rt: Runtime, inputs, tasks: list[str]) -> Job:
             adapters.append(await _resolve(rt, name))
         except InvalidName:
             raise NotFound(f"unknown task {name!r}: not a valid adapter name") from None
-    try:      # tokenizing is CPU work: off the loop
-        encoded = await asyncio.to_thread(encode_inputs, pairs, tasks, adapters, s.max_input_tokens, s.truncate)
-    except InputTooLong as e:
-        raise PayloadTooLarge(str(e)) from None
+    # tokenizing is CPU work: off the loop (InputTooLong: 413)
+    encoded = await asyncio.to_thread(encode_inputs, pairs, tasks, adapters, s.max_input_tokens, s.truncate)
     return Job(tasks, adapters, pairs, encoded)
 
 

@@ -14,7 +14,6 @@ from fastapi.responses import JSONResponse
 
 from ..auth import require_admin_key
 from ..body import stream_into
-from ..errors import BadRequest
 from ..runtime import Runtime
 from ..schemas import ErrorResponse, TrainJobList, TrainJobView
 from ..train_form import FORM_SCHEMA, TrainFormReader, prepare_job
@@ -46,10 +45,7 @@ async def start_training(request: Request):
     rt = _rt(request)
     rt.trainer.check_room()                 # a full queue refuses before the upload is read
     limit = rt.settings.max_train_bytes
-    try:
-        reader = TrainFormReader(request.headers.get("content-type", ""), limit)
-    except ValueError as e:
-        raise BadRequest(str(e)) from None
+    reader = TrainFormReader(request.headers.get("content-type", ""), limit)     # UploadError: 400
     form = await stream_into(request, reader, limit=limit, body_limit=reader.body_limit(),
                              setting="LPT_MAX_TRAIN_BYTES", timeout_s=rt.settings.body_timeout_s,
                              what="training upload")
