@@ -101,8 +101,9 @@ class Runtime:
         self.engine = await asyncio.to_thread(self.engine_factory, s)
         self.load_seconds = time.perf_counter() - t0
         backbone = self.engine.backbone
-        log.info("model %r loaded in %.1f s (%s, %s)", getattr(backbone, "model_id", s.model),
-                 self.load_seconds, getattr(backbone, "device", s.device), getattr(backbone, "dtype", s.dtype))
+        log.info("model %r loaded in %.1f s (%s, %s); %d engine worker(s) x %d torch thread(s)",
+                 getattr(backbone, "model_id", s.model), self.load_seconds, getattr(backbone, "device", s.device),
+                 getattr(backbone, "dtype", s.dtype), self.plan.workers, self.plan.torch_threads)
         await asyncio.to_thread(sweep_store, store)
         self.registry = Registry(store, backbone, max_resident=s.max_resident_adapters,
                                  max_bytes=s.max_adapter_bytes,
