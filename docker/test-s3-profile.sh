@@ -52,12 +52,12 @@ put_code() {
 served_s3() {
     inside "$1" /metrics | awk -v t="task=\"$S3TASK\"" '/^lpt_requests_total\{/ && index($0, t) && /status="200"/ {s += $NF} END {print s + 0}'
 }
-classify_all() {   # classify_all N: N requests through nginx, every one 200
+classify_all() {   # classify_all N: N requests through nginx, every one 200 (else: the first other answer)
     local i c
     for i in $(seq "$1"); do
-        c=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' \
+        c=$(curl -s -o "$TMP/classify-s3.json" -w '%{http_code}' -H 'Content-Type: application/json' \
             -d "{\"inputs\": [\"s3 request $i\"], \"task\": \"$S3TASK\"}" "$LB/v1/classify")
-        [[ $c == 200 ]] || { echo "$c"; return 1; }
+        [[ $c == 200 ]] || { echo "request $i: $c $(head -c 400 "$TMP/classify-s3.json")"; return 1; }
     done
 }
 

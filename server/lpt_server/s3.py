@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,6 +32,7 @@ import httpx
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+READ_RETRY_PAUSES_S = (0.05, 0.2)     # a read is tried up to three times
 
 
 class S3Error(Exception):
@@ -186,14 +188,27 @@ class S3Client:
         if query:
             url += "?" + "&".join(f"{_uri_encode(k, '')}={_uri_encode(v, '')}" for k, v in sorted(query.items()))
         payload = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
-        signed = sign(method, url, headers or {}, payload, self.cfg, datetime.now(timezone.utc))
-        signed.pop("host")      # httpx sets Host from the URL (the same value)
-        try:
-            r = self.http.request(method, url, headers=signed, content=body or None)
-        except httpx.HTTPError as e:
-            raise Unreachable(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from e
-        if r.status_code >= 500:
-            raise Unreachable(f"{r.status_code} from the S3 server: {_error(r)[1] or r.reason_phrase}")
+        # Reads are retried after a 5xx (S3's SlowDown / InternalError) or a refused or dropped
+        # connection, as the AWS SDKs do; not after a timeout (that already cost its wait), and
+        # writes never (a conditional write that did land would then look like a lost race).
+        pauses = READ_RETRY_PAUSES_S if method == "GET" else ()
+        for attempt in range(len(pauses) + 1):
+            signed = sign(method, url, headers or {}, payload, self.cfg, datetime.now(timezone.utc))
+            signed.pop("host")      # httpx sets Host from the URL (the same value)
+            try:
+                r = self.http.request(method, url, headers=signed, content=body or None)
+            except httpx.HTTPError as e:
+                failure = Unreachable(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+                failure.__cause__ = e
+                if isinstance(e, httpx.TimeoutException):
+                    raise failure from e
+            else:
+                if r.status_code < 500:
+                    break
+                failure = Unreachable(f"{r.status_code} from the S3 server: {_error(r)[1] or r.reason_phrase}")
+            if attempt == len(pauses):
+                raise failure
+            time.sleep(pauses[attempt])
         date = r.headers.get("date")
         if date:
             try:

@@ -1,7 +1,8 @@
 """An in-memory S3 behind httpx.MockTransport, for the fast unit tests only (the real server,
 SeaweedFS, runs in the integration and e2e tests). It checks nothing of the signature; it can
-go down (connection refused), ignore conditional headers (a server without conditional writes)
-or fail every conditional write (other writers always ahead)."""
+go down (connection refused), answer the next requests with 503 (`busy`), ignore conditional
+headers (a server without conditional writes) or fail every conditional write (other writers
+always ahead)."""
 from __future__ import annotations
 
 import hashlib
@@ -19,6 +20,7 @@ class FakeS3:
         self.bucket = bucket
         self.objects: dict[str, tuple[bytes, str, float]] = {}
         self.down = False
+        self.busy = 0          # the next this many requests answer 503 SlowDown
         self.ignore_conditions = False
         self.always_412 = False
         self.calls: list[tuple[str, str]] = []
@@ -30,6 +32,10 @@ class FakeS3:
     def handle(self, request: httpx.Request) -> httpx.Response:
         if self.down:
             raise httpx.ConnectError("connection refused", request=request)
+        if self.busy > 0:
+            self.busy -= 1
+            self.calls.append((request.method, "503"))
+            return httpx.Response(503, content=b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>")
         url = urlsplit(str(request.url))
         path = unquote(url.path).split("/", 2)
         assert path[1] == self.bucket and "authorization" in request.headers

@@ -10,7 +10,7 @@ import torch
 from fake_s3 import FakeS3
 from lpt import new_adapter
 from lpt.adapter import adapter_bytes
-from lpt_server import s3_store
+from lpt_server import s3, s3_store
 from lpt_server.registry import Registry
 from lpt_server.s3 import EMPTY_SHA256, S3Client, S3Config, sign
 from lpt_server.s3_store import FileCache, S3Store, parse_url
@@ -85,6 +85,27 @@ def test_a_writer_that_keeps_losing_the_race_gets_a_conflict_and_changes_nothing
         store.delete("a")
     fake.always_412 = False
     assert store.current("a") == sha(b"one")
+
+
+def test_a_busy_server_is_asked_again_for_reads_but_never_for_writes():
+    # S3 answers 503 SlowDown under load: a read is tried up to three times (as the AWS SDKs do),
+    # a write is not (a conditional write that did land would look like a lost race).
+    fake = FakeS3()
+    client = fake.client()
+    client.put("k", b"v")
+    fake.busy, fake.calls = 2, []
+    assert client.get("k").body == b"v"
+    assert fake.calls == [("GET", "503"), ("GET", "503"), ("GET", "k")]
+    fake.busy, fake.calls = 2, []
+    assert [x.key for x in client.list("k")] == ["k"]
+    fake.busy, fake.calls = 3, []
+    with pytest.raises(s3.Unreachable, match="503 from the S3 server: Please reduce your request rate"):
+        client.get("k")
+    assert len(fake.calls) == 3
+    fake.busy, fake.calls = 1, []
+    with pytest.raises(s3.Unreachable, match="503"):
+        client.put("k", b"w")
+    assert fake.calls == [("PUT", "503")] and client.get("k").body == b"v"
 
 
 def test_a_store_that_goes_down_says_so_and_comes_back_by_itself():
