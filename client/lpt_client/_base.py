@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Union
 
 import httpx
 
 from ._version import __version__
+from . import _api
 from ._api import Call
 from ._config import DEFAULT_TIMEOUT_S, resolve_settings
 from ._retry import RetryPolicy
@@ -90,13 +91,22 @@ def injected_base_url(http_client: httpx.Client | httpx.AsyncClient | None) -> s
     return str(http_client.base_url) or None
 
 
-def read_train_file(file: str | os.PathLike[str] | tuple[str, bytes] | None) -> tuple[str, bytes] | None:
+TrainFile = Union[str, "os.PathLike[str]", tuple[str, bytes]]
+
+
+def read_train_file(file: TrainFile | None) -> tuple[str, bytes] | None:
     """A training file as (file name, bytes): from a path (its name tells the server the format),
     or a (name, bytes) pair as given."""
     if file is None or isinstance(file, tuple):
         return file
     with open(file, "rb") as f:
         return os.path.basename(os.fspath(file)), f.read()
+
+
+def train_call(task: str, data: TrainFile, dev: TrainFile | None, test: TrainFile | None,
+               options: dict[str, Any]) -> Call[Any]:
+    """`POST /v1/train` with its files read: what both clients' `train` send."""
+    return _api.train(task, read_train_file(data), read_train_file(dev), read_train_file(test), options)
 
 
 class TrainingWait:

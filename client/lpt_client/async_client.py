@@ -6,17 +6,15 @@ import asyncio
 import os
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 import httpx
 
 from . import _api
-from ._base import (ClientCore, TrainingWait, http_client_options, injected_base_url, read_train_file,
-                    read_upload)
+from ._base import (ClientCore, TrainFile, TrainingWait, http_client_options, injected_base_url, read_upload,
+                    train_call)
 from ._retry import RetryPolicy
 from .models import AdapterInfo, ClassifyResult, Probe, ServerInfo, TrainingJob, UploadResult
-
-TrainFile = Union[str, "os.PathLike[str]", tuple[str, bytes]]
 
 T = TypeVar("T")
 
@@ -126,8 +124,7 @@ class AsyncClient(ClientCore):
         """Start a training job on the server; see `Client.train`."""
         fields = dict(text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
                       method=method, epochs=epochs, seed=seed, **options)
-        files = [read_train_file(f) for f in (data, dev, test)]
-        return await self._send(_api.train(task, files[0], files[1], files[2], fields))
+        return await self._send(train_call(task, data, dev, test, fields))
 
     async def get_training(self, job_id: str) -> TrainingJob:
         """One training job; raises `NotFound` for an unknown id."""
