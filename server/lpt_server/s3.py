@@ -6,14 +6,15 @@
     client.delete("a/current", if_match=obj.etag)
     for item in client.list("a/"): ...
 
-Why not boto3: the store needs four calls, and boto3 with botocore and s3transfer adds about 32 MB to an image
-for them; SigV4 is a few lines of hashlib/hmac and httpx is already a dependency.
+Why not boto3: the store needs four calls, and boto3 with botocore and s3transfer adds about
+32 MB to an image for them; SigV4 is a few lines of hashlib/hmac and httpx is already a dependency.
 
-Written for AWS S3 and the S3-compatible servers (MinIO, Ceph RGW, Cloudflare R2, SeaweedFS; the tests use SeaweedFS):
-path-style addressing (https://ENDPOINT/BUCKET/KEY) when an endpoint is set, virtual-hosted
-(https://BUCKET.s3.REGION.amazonaws.com/KEY) on AWS itself. Every call has a timeout. A failed
-connection, a timeout or a 5xx raises Unreachable; any other unexpected answer S3Error. The
-client is synchronous: callers run it in a thread, never on an event loop.
+Written for AWS S3 and the S3-compatible servers (MinIO, Ceph RGW, Cloudflare R2, SeaweedFS;
+the tests use SeaweedFS): path-style addressing (https://ENDPOINT/BUCKET/KEY) when an endpoint
+is set, virtual-hosted (https://BUCKET.s3.REGION.amazonaws.com/KEY) on AWS itself. Every call
+has a timeout. A failed connection, a timeout or a 5xx raises Unreachable (a read is tried up
+to three times first, unless it timed out); any other unexpected answer S3Error. The client is
+synchronous: callers run it in a thread, never on an event loop.
 """
 from __future__ import annotations
 
@@ -201,7 +202,7 @@ class S3Client:
                 failure = Unreachable(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
                 failure.__cause__ = e
                 if isinstance(e, httpx.TimeoutException):
-                    raise failure from e
+                    raise failure
             else:
                 if r.status_code < 500:
                     break

@@ -5,9 +5,10 @@
 
 A small model's operators are too small to keep several OpenMP threads busy: on two cores, two
 workers of one thread each, each running its own batch, served 1.31-1.35x the requests of one
-worker with two threads (bench/README.md, http-workers.json). So on a CPU the default is one worker per thread of the
-budget (at most MAX_AUTO_WORKERS; past that, workers get several threads each). On a GPU one
-worker feeds the device and torch keeps its own thread count for the host-side work.
+worker with two threads (bench/README.md, http-workers.json). So on a CPU the default is one
+worker per thread of the budget (at most MAX_AUTO_WORKERS; past that, workers get several
+threads each). On a GPU one worker feeds the device, and torch gets the whole budget for the
+host-side work.
 """
 from __future__ import annotations
 
