@@ -32,6 +32,29 @@ class Overlap:
             self.inside -= 1
 
 
+def run_in_threads(fn, args: list) -> list[Exception]:
+    """fn(arg) on one thread per arg, all at once; the exceptions they raised."""
+    errors: list[Exception] = []
+
+    def guarded(arg):
+        try:
+            fn(arg)
+        except Exception as e:      # reported by the caller
+            errors.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(arg,)) for arg in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def held_bytes(cache) -> int:
+    """What the cache's entries really hold (its books must say the same)."""
+    return sum(t.numel() * t.element_size() for t in cache._data.values())
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("lanes", [1, 2, 3])
 async def test_each_lane_holds_one_batch_in_the_executor(lanes):
@@ -115,28 +138,20 @@ def test_one_engine_called_from_several_threads_answers_as_it_does_alone(tiny_bb
 
     shared = Engine(tiny_bb, cache_entries=40)       # small: entries are evicted while others read
     got: dict[int, list] = {}
-    errors = []
 
     def run(part):
-        try:
-            for i in part:
-                got[i] = shared.logits(batches[i])
-        except Exception as e:      # pragma: no cover - reported below
-            errors.append(e)
+        for i in part:
+            got[i] = shared.logits(batches[i])
 
-    threads = [threading.Thread(target=run, args=(range(w, len(batches), 4),)) for w in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    errors = run_in_threads(run, [range(w, len(batches), 4) for w in range(4)])
+    assert not errors, errors[:1]
     for i, batch in enumerate(alone):
         for a, b in zip(batch, got[i]):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
     stats = shared.cache.stats
     assert stats.hits > 0 and stats.hits + stats.misses == sum(len(b) for b in batches)
     assert len(shared.cache) <= 40
-    assert stats.bytes == sum(t.numel() * t.element_size() for t in shared.cache._data.values())
+    assert stats.bytes == held_bytes(shared.cache)
 
 
 @pytest.mark.asyncio
@@ -174,30 +189,22 @@ def test_the_layer_k_cache_keeps_its_books_under_concurrent_use():
 
     cache = StateCache(entries=8, max_bytes=8 * 4 * 16)
     values = [torch.full((4, 4), float(i)) for i in range(32)]
-    errors = []
 
     def hammer(seed):
-        try:
-            for n in range(6000):
-                key = ((seed * 7 + n * 13) % 32,)
-                found = cache.get(key)
-                if found is None:
-                    cache.put(key, values[key[0]])
-                else:
-                    assert float(found[0, 0]) == key[0]
-        except Exception as e:   # reported below
-            errors.append(e)
+        for n in range(6000):
+            key = ((seed * 7 + n * 13) % 32,)
+            found = cache.get(key)
+            if found is None:
+                cache.put(key, values[key[0]])
+            else:
+                assert float(found[0, 0]) == key[0]
 
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     try:
-        threads = [threading.Thread(target=hammer, args=(s,)) for s in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = run_in_threads(hammer, list(range(6)))
     finally:
         sys.setswitchinterval(interval)
     assert not errors, errors[:3]
     assert len(cache) <= 8 and cache.stats.hits + cache.stats.misses == 6 * 6000
-    assert cache.stats.bytes == sum(t.numel() * t.element_size() for t in cache._data.values())
+    assert cache.stats.bytes == held_bytes(cache)
