@@ -32,10 +32,8 @@ s3_ready() { E logs "$S3C" 2>&1 | grep -q 'S3 *ready'; }
 t0=$(now)
 compose --profile s3 up -d s3 >"$TMP/up-s3.log" 2>&1 || { cat "$TMP/up-s3.log"; die "compose --profile s3 up s3"; }
 wait_for 60 s3_ready || { E logs "$S3C" 2>&1 | tail -20; die "SeaweedFS not ready within 60 s"; }
-# the replicas' environment changed: compose recreates them on the bucket
-compose --profile s3 up -d replica1 replica2 >>"$TMP/up-s3.log" 2>&1 || { cat "$TMP/up-s3.log"; die "compose --profile s3 up"; }
-# nginx resolved the old replicas' addresses when it started (docs/deploy.md): restart it
-compose restart lb >>"$TMP/up-s3.log" 2>&1 || { cat "$TMP/up-s3.log"; die "compose restart lb"; }
+# the replicas' environment changed: compose recreates them on the bucket, then nginx restarts
+up_topology "$TMP/up-s3-replicas.log" --profile s3 || die "compose --profile s3 up"
 if ! wait_for "$READY_TIMEOUT" topology_ready; then
     show "$R1" "$R2" "$S3C"; die "replicas on the S3 store not ready within $READY_TIMEOUT s"
 fi
@@ -61,6 +59,15 @@ classify_all() {   # classify_all N: N requests through nginx, every one 200 (el
     done
 }
 
+lb_diagnosis() {   # after a failed check through nginx: its lines that are not a 200, each replica's last other lines
+    E logs "$LBC" 2>&1 | grep -v ' 200 ' | tail -12 | sed 's/^/  | /'
+    local c
+    for c in "$R1" "$R2"; do
+        echo "  | $c: $(E inspect -f 'restarts {{.RestartCount}}, started {{.State.StartedAt}}' "$c" 2>&1)"
+        E logs --tail 40 "$c" 2>&1 | grep -v -e '" 200$' -e 'GET /metrics' | tail -8 | sed 's/^/  |   /'
+    done
+}
+
 if store_is "$R1" true && store_is "$R2" true; then pass "both replicas: /info store kind s3, up"; else fail "/info store on $R1/$R2"; fi
 code=$(put_code "$S3TASK")
 [[ $code == 201 ]] || fail "upload to the S3 store through nginx: $code $(cat "$TMP/put-s3.json")"
@@ -70,6 +77,7 @@ if bad=$(classify_all 16); then
     else fail "adapter in the bucket served by replica1: $s1, replica2: $s2 of 16"; fi
 else
     fail "classify on the S3 store through nginx: $bad"
+    lb_diagnosis
 fi
 
 E stop -t 0 "$S3C" >/dev/null 2>&1

@@ -301,12 +301,22 @@ COMPOSE_ENV=(LPT_IMAGE="$IMAGE" NGINX_IMAGE="$NGINX_IMAGE" LPT_ADMIN_KEY="$ADMIN
 compose() { env "${COMPOSE_ENV[@]}" docker-compose -p "$PROJECT" -f docker/compose.yaml "$@"; }
 R1=${PROJECT}_replica1_1; R2=${PROJECT}_replica2_1; LBC=${PROJECT}_lb_1
 
-t0=$(now)
-if ! compose up -d replica1 replica2 lb >"$TMP/up.log" 2>&1; then cat "$TMP/up.log"; fail "compose up"; exit 1; fi
-topology_ready() {
-    [[ $(curl -s -m 10 -o /dev/null -w '%{http_code}' "$LB/ready") == 200 ]] \
-        && inside "$R1" /ready >/dev/null 2>&1 && inside "$R2" /ready >/dev/null 2>&1
+replicas_ready() { inside "$R1" /ready >/dev/null 2>&1 && inside "$R2" /ready >/dev/null 2>&1; }
+topology_ready() { [[ $(curl -s -m 10 -o /dev/null -w '%{http_code}' "$LB/ready") == 200 ]] && replicas_ready; }
+# up_topology LOG [COMPOSE ARGS]: the replicas, then nginx once both answer. nginx started earlier
+# would count its probes of the loading replicas as failures (max_fails) and route nothing to a
+# replica for fail_timeout after it is ready: the checks would see one replica, not the topology.
+up_topology() {
+    local log=$1; shift
+    compose "$@" up -d replica1 replica2 >"$log" 2>&1 || { cat "$log"; return 1; }
+    wait_for "$READY_TIMEOUT" replicas_ready || { show "$R1" "$R2"; die "replicas not ready within $READY_TIMEOUT s"; }
+    # a running nginx resolved the old replicas' addresses when it started (docs/deploy.md): restart it
+    if E inspect "$LBC" >/dev/null 2>&1; then compose "$@" restart lb >>"$log" 2>&1
+    else compose "$@" up -d lb >>"$log" 2>&1; fi || { cat "$log"; return 1; }
 }
+
+t0=$(now)
+up_topology "$TMP/up.log" || { fail "compose up"; exit 1; }
 if ! wait_for "$READY_TIMEOUT" topology_ready; then
     show "$R1" "$R2" "$LBC"
     [[ $(E logs "$LBC" 2>&1) == *'host not found in upstream'* ]] && no_dns "nginx: host not found in upstream"

@@ -6,7 +6,8 @@
 The rendered file is the deployed one with only its addresses and paths changed: the `server`
 lines of every upstream block (their parameters kept), the `listen` port, and pid/log/temp paths
 under `workdir`. `affinity=False` sends every request to the least-connections pool (task
-affinity off, as docker/nginx.conf's comment says to do it).
+affinity off, as docker/nginx.conf's comment says to do it); `workers=N` runs N worker processes
+instead of one per core (what a check of several workers needs on a machine with few cores).
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def _set_servers(body: str, replicas: list[str], source: Path) -> str:
 
 
 def render(replicas: list[str], listen: int | str, workdir: Path, source: Path = NGINX_CONF,
-           nginx: str | None = None, affinity: bool = True) -> str:
+           nginx: str | None = None, affinity: bool = True, workers: int | None = None) -> str:
     """The deployed config with `replicas` (host:port) as upstreams, listening on `listen`."""
     text = source.read_text()
     if not _UPSTREAM.search(text):
@@ -64,6 +65,10 @@ def render(replicas: list[str], listen: int | str, workdir: Path, source: Path =
         if n != 1:
             raise ValueError(f"{source}: no `default lpt_by_task;` line in a map")
 
+    if workers is not None:
+        text, n = re.subn(r"^worker_processes\s+[^;]+;", f"worker_processes {workers};", text, flags=re.M)
+        if n != 1:
+            raise ValueError(f"{source}: no `worker_processes` line")
     listen_addr = f"127.0.0.1:{listen}" if str(listen).isdigit() else str(listen)
     text, n = re.subn(r"^(\s*)listen\s+[^;]+;", rf"\1listen {listen_addr};", text, count=1, flags=re.M)
     if n != 1:
@@ -80,10 +85,10 @@ def render(replicas: list[str], listen: int | str, workdir: Path, source: Path =
 
 
 def write(replicas: list[str], listen: int | str, workdir: Path, nginx: str | None = None,
-          affinity: bool = True) -> Path:
+          affinity: bool = True, workers: int | None = None) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "nginx.conf"
-    conf.write_text(render(replicas, listen, workdir, nginx=nginx, affinity=affinity))
+    conf.write_text(render(replicas, listen, workdir, nginx=nginx, affinity=affinity, workers=workers))
     return conf
 
 

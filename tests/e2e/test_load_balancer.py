@@ -104,11 +104,11 @@ class Replica:
 
 
 @contextmanager
-def nginx_in_front(upstreams: list[str], workdir: Path):
+def nginx_in_front(upstreams: list[str], workdir: Path, workers: int | None = None):
     """A real nginx rendered from docker/nginx.conf, proxying to `upstreams` (host:port); yields its
     URL once it answers, and stops it gracefully (SIGQUIT: master and workers) afterwards."""
     port = free_port()
-    conf = write(upstreams, port, workdir, nginx=NGINX)
+    conf = write(upstreams, port, workdir, nginx=NGINX, workers=workers)
     proc = subprocess.Popen(nginx_args(NGINX, conf, workdir), stdout=subprocess.DEVNULL,
                             stderr=(workdir / "stderr.log").open("wb"))
     url = f"http://127.0.0.1:{port}"
@@ -254,6 +254,59 @@ def test_no_replica_up_is_a_503_in_the_api_format(tmp_path):
             r = httpx.request(method, url + path, json={"inputs": "x", "task": TASK}, timeout=30)
             assert r.status_code == 503, (method, path, r.status_code, r.text)
             assert r.json()["error"]["type"] == "unavailable"
+
+
+class ReadyStub:
+    """A stand-in replica for checks of nginx alone: answers 200 to every GET, on a fixed port."""
+
+    def __init__(self, addr: str):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Ok(BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        host, port = addr.rsplit(":", 1)
+        self.server = ThreadingHTTPServer((host, int(port)), Ok)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_replica_back_is_used_by_every_nginx_worker(tmp_path):
+    """nginx's workers share what they know of the replicas' health (an upstream `zone`): once a
+    replica that was down answers, no worker keeps answering "no replica" for the rest of its own
+    fail_timeout. Several workers fail their own probes while both replicas are down (requests in
+    parallel, so that each worker accepts some); after the first 200, every request gets a 200."""
+    addrs = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    with nginx_in_front(addrs, tmp_path, workers=4) as url:
+        def ready() -> int:
+            with httpx.Client() as c:                  # a new connection each: any worker may take it
+                return c.get(url + "/ready", timeout=10).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(6):                         # both down: every worker sees them fail
+                assert set(pool.map(lambda _: ready(), range(8))) == {503}
+                time.sleep(0.3)
+            stubs = [ReadyStub(a) for a in addrs]
+            try:
+                wait_until(lambda: ready() == 200, 20, "a replica back behind nginx (fail_timeout 10 s)")
+                codes = []
+                for _ in range(10):
+                    codes += pool.map(lambda _: ready(), range(8))
+                    time.sleep(0.1)
+            finally:
+                for stub in stubs:
+                    stub.close()
+    assert codes.count(200) == len(codes), f"{codes.count(200)} of {len(codes)} answered 200 once a replica was back: {codes}"
 
 
 def load_with_signal(lb: str, total: int, after: int, workers: int, signal_replica) -> tuple[list, float]:
