@@ -2,7 +2,8 @@
 # an S3 store (compose profile s3: a SeaweedFS server). Uses test.sh's helpers (E, compose, build,
 # inside, wait_for, topology_ready, pass, fail) and what it made (TMP, LB, R1, R2, ADMIN_KEY,
 # a.safetensors). Checks: an upload through nginx served by both replicas from the bucket; the
-# S3 server stopped: the adapter still served (200), an upload 503, /info says the store is down;
+# S3 server stopped: the adapter still served (200) after requests for a task that is not loaded
+# (503 store_unavailable), an upload 503, /info says the store is down;
 # the S3 server started again: uploads work again.
 
 say "compose --profile s3: the replicas on an S3 store (SeaweedFS)"
@@ -86,6 +87,19 @@ down_ok() { store_is "$R1" false && store_is "$R2" false; }
 if [[ $code == 503 ]] && grep -q store_unavailable "$TMP/put-s3.json"; then pass "S3 server stopped: an upload answers 503 store_unavailable"
 else fail "S3 server stopped: upload answered $code $(cat "$TMP/put-s3.json")"; fi
 if wait_for 20 down_ok; then pass "S3 server stopped: both replicas' /info say the store is down"; else fail "/info store.up while the S3 server is stopped"; fi
+# a task no replica has loaded cannot be read: 503 store_unavailable from the replica, which nginx
+# must not count against it (else the loaded adapter below would get nginx's "no replica")
+cold=""
+for i in 1 2 3 4; do
+    c=$(curl -s -o "$TMP/cold.json" -w '%{http_code}' -H 'Content-Type: application/json' \
+        -d '{"inputs": ["x"], "task": "never-uploaded"}' "$LB/v1/classify" || true)
+    cold+="$c $(python3 -c "import json, sys
+try: print(json.load(open(sys.argv[1]))['error']['type'], end='')
+except Exception: print('(not an API error)', end='')" "$TMP/cold.json"); "
+done
+if [[ $cold == "503 store_unavailable; 503 store_unavailable; 503 store_unavailable; 503 store_unavailable; " ]]
+then pass "S3 server stopped: a task not loaded answers 503 store_unavailable (4 of 4)"
+else fail "S3 server stopped: a task not loaded answered: $cold"; fi
 if bad=$(classify_all 16); then pass "S3 server stopped: the loaded adapter still answers 200 (16 of 16)"
 else fail "S3 server stopped: classify answered $bad"; fi
 

@@ -132,6 +132,8 @@ trap cleanup EXIT
 # cleans up. bash runs these once its foreground command has ended (it got the signal too).
 trap 'exit 130' INT
 trap 'exit 143' TERM
+# a command that fails outside any check stops the script (set -e): say where, not nothing
+trap 'printf "\ntest.sh: stopped by a failing command (exit %s) at %s line %s\n" "$?" "${BASH_SOURCE[0]:-$0}" "$LINENO" >&2' ERR
 
 # ---- preflight: container names on a network ----------------------------------------------
 # nginx reaches the replicas by name; without DNS on the compose network it restarts forever

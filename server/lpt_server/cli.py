@@ -97,9 +97,16 @@ def serve(argv: Sequence[str]) -> int:
         server.should_exit = True
         log.info("signal %s: draining in-flight requests, then exiting", signal.Signals(sig).name)
 
+    def on_fatal(why: str):
+        # the engine worker or the batcher died: drain what can still be answered and exit 1, so
+        # that the supervisor starts a fresh server (a restart policy, Kubernetes)
+        app.state.runtime.draining = True
+        server.should_exit = True
+
     server.handle_exit = on_signal          # uvicorn installs self.handle_exit as the signal handler
+    app.state.runtime.on_fatal = on_fatal
     server.run()
-    if not server.started:                  # startup failed (model or store): uvicorn logged why
+    if not server.started or app.state.runtime.fatal:   # startup failed (model or store), or serving did
         return 1
     return 0
 

@@ -5,6 +5,11 @@ One per app, built by create_app and started/stopped by its lifespan. Routes rea
 of what killed writers left (Store.sweep) at start and every SWEEP_EVERY_S, off the event loop,
 and pinged every PROBE_UP_S (every PROBE_DOWN_S while down), so /info and lpt_store_up say whether
 it can be reached even when no request touches it, and a store that comes back is used at once.
+
+A server whose engine worker or batcher died cannot serve again: a watchdog sees it within
+WATCH_EVERY_S and calls `on_fatal` (set by `lpt serve`: drain and exit 1), so that the supervisor
+(Docker's restart policy, Kubernetes) starts a fresh one and a load balancer sees a refused
+connection, not a replica answering 503 to everything.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ log = logging.getLogger("lpt_server")
 SWEEP_EVERY_S = 600.0
 PROBE_UP_S = 10.0
 PROBE_DOWN_S = 1.0
+WATCH_EVERY_S = 0.5
 
 EngineFactory = Callable[[Settings], Any]   # returns an lpt.Engine (or anything with .backbone and .predict)
 
@@ -88,6 +94,9 @@ class Runtime:
         self.draining = False      # set on SIGTERM: /ready says 503 while in-flight requests finish
         self._sweeper: asyncio.Task | None = None
         self._prober: asyncio.Task | None = None
+        self._watchdog: asyncio.Task | None = None
+        self.on_fatal: Callable[[str], None] | None = None    # called once if serving cannot go on
+        self.fatal: str | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -122,6 +131,7 @@ class Runtime:
                                max_wait_s=s.max_wait_ms / 1000, queue_limit=s.queue_limit,
                                on_batch=self.metrics.observe_closed_batch, lanes=self.plan.workers)
         self.batcher.start()
+        self._watchdog = asyncio.create_task(self._watch(WATCH_EVERY_S))
         self.trainer = self._make_trainer()
         await asyncio.to_thread(self.trainer.start)      # reads its journal, if any
         cache = getattr(self.engine, "cache", None)
@@ -143,7 +153,7 @@ class Runtime:
     async def stop(self) -> None:
         """Finish what was accepted, then stop the worker."""
         self.draining = True
-        for task in (self._sweeper, self._prober):
+        for task in (self._sweeper, self._prober, self._watchdog):
             if task is not None:
                 task.cancel()
         if self.trainer is not None:
@@ -160,6 +170,20 @@ class Runtime:
         while True:
             await asyncio.sleep(seconds)
             await asyncio.to_thread(sweep_store, self.registry.store)
+
+    async def _watch(self, seconds: float) -> None:
+        """Report, once, that the engine worker or the batcher died (readiness says which)."""
+        while True:
+            await asyncio.sleep(seconds)
+            if self.draining:
+                continue
+            ready, why = self.readiness()
+            if not ready:
+                self.fatal = why
+                log.critical("cannot serve any more: %s", why)
+                if self.on_fatal is not None:
+                    self.on_fatal(why)
+                return
 
     async def _probe_store(self) -> None:
         store = self.registry.store

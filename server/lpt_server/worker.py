@@ -9,7 +9,8 @@ once (the batcher closes one per free thread) while the event loop keeps parsing
 PyTorch's kernels release the GIL: on a CPU, two threads of one torch thread each keep two cores
 busy, which is faster for a small model than one batch on two torch threads (threads.py).
 A batch whose engine call raises fails only its own rows; the thread lives on. If a thread
-itself dies (a BaseException, a bug here), `alive` turns False and /ready says 503.
+itself dies (a BaseException, a bug here), `alive` turns False, /ready says 503 and the runtime's
+watchdog reports it (`lpt serve` then exits 1 for its supervisor to restart it).
 """
 from __future__ import annotations
 

@@ -27,12 +27,13 @@ def free_port() -> int:
 class Server:
     """One `lpt serve` process on a free port, logging to a file."""
 
-    def __init__(self, store, log_path, *args, env: dict[str, str] | None = None):
+    def __init__(self, store, log_path, *args, env: dict[str, str] | None = None, launcher: list[str] | None = None):
+        """`launcher`: the command that takes `serve ...` (default: the installed `lpt`)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         lpt = shutil.which("lpt")
-        cmd = [lpt] if lpt else [sys.executable, "-m", "lpt_server"]
+        cmd = launcher or ([lpt] if lpt else [sys.executable, "-m", "lpt_server"])
         # one torch thread: the servers and the test share the machine's cores (args may override)
         cmd += ["serve", "--port", str(self.port), "--store", str(store), "--no-demo-adapters",
                 "--admin-key", ADMIN, "--log-format", "json", "--threads", "1", *args]

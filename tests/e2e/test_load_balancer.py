@@ -256,24 +256,40 @@ def test_no_replica_up_is_a_503_in_the_api_format(tmp_path):
             assert r.json()["error"]["type"] == "unavailable"
 
 
-class ReadyStub:
-    """A stand-in replica for checks of nginx alone: answers 200 to every GET, on a fixed port."""
+STORE_DOWN = json.dumps({"error": {"type": "store_unavailable", "message": "the adapter store cannot be reached"}})
+
+
+class StubReplica:
+    """A stand-in replica for checks of nginx alone, on a fixed port: 200 to everything, except
+    a classify of task "cold", which gets what a replica answers for an adapter it must read
+    from a store that is down: 503 store_unavailable."""
 
     def __init__(self, addr: str):
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        class Ok(BaseHTTPRequestHandler):
-            def do_GET(self):
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
+        class Handler(BaseHTTPRequestHandler):
+            def answer(self, status: int, body: bytes):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(b"ok")
+                self.wfile.write(body)
+
+            def do_GET(self):
+                self.answer(200, b"{}")
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if body.get("task") == "cold":
+                    self.answer(503, STORE_DOWN.encode())
+                else:
+                    self.answer(200, b"{}")
 
             def log_message(self, *args):
                 pass
 
         host, port = addr.rsplit(":", 1)
-        self.server = ThreadingHTTPServer((host, int(port)), Ok)
+        self.server = ThreadingHTTPServer((host, int(port)), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):
@@ -296,7 +312,7 @@ def test_a_replica_back_is_used_by_every_nginx_worker(tmp_path):
             for _ in range(6):                         # both down: every worker sees them fail
                 assert set(pool.map(lambda _: ready(), range(8))) == {503}
                 time.sleep(0.3)
-            stubs = [ReadyStub(a) for a in addrs]
+            stubs = [StubReplica(a) for a in addrs]
             try:
                 wait_until(lambda: ready() == 200, 20, "a replica back behind nginx (fail_timeout 10 s)")
                 codes = []
@@ -307,6 +323,26 @@ def test_a_replica_back_is_used_by_every_nginx_worker(tmp_path):
                 for stub in stubs:
                     stub.close()
     assert codes.count(200) == len(codes), f"{codes.count(200)} of {len(codes)} answered 200 once a replica was back: {codes}"
+
+
+def test_a_503_about_the_request_does_not_take_replicas_out_of_rotation(tmp_path):
+    """A replica's 503 says the request cannot be served now (the adapter store is down and the
+    adapter is not loaded), not that the replica is down: it reaches the client as it is, and
+    however many of them there are, every other request is still served."""
+    addrs = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    stubs = [StubReplica(a) for a in addrs]
+    try:
+        with nginx_in_front(addrs, tmp_path) as url, httpx.Client() as c:
+            for i in range(6):
+                r = c.post(url + "/v1/classify", json={"inputs": "x", "task": "cold"}, timeout=10)
+                assert r.status_code == 503 and r.json()["error"]["type"] == "store_unavailable", (i, r.text)
+                r = c.post(url + "/v1/classify", json={"inputs": "x", "task": "warm"}, timeout=10)
+                assert r.status_code == 200, (i, r.text)
+            r = c.post(url + "/v1/tasks/warm/classify", json={"inputs": "x"}, timeout=10)
+            assert r.status_code == 200, r.text
+    finally:
+        for stub in stubs:
+            stub.close()
 
 
 def load_with_signal(lb: str, total: int, after: int, workers: int, signal_replica) -> tuple[list, float]:

@@ -3,6 +3,7 @@ engine in this process, two replicas sharing one store, SIGTERM under load."""
 import asyncio
 import re
 import signal
+import sys
 
 import httpx
 import pytest
@@ -118,3 +119,46 @@ def test_sigterm_under_load_answers_every_accepted_request_and_exits_0(replicas,
     assert statuses == [200] * n, f"{statuses}\n{b.tail()}"
     assert all(len(a.json()["results"]) == 16 for a in answers)
     assert b.proc.wait(60) == 0, b.tail()
+
+
+# `lpt serve` whose engine raises a BaseException (nothing in the worker catches it, so its
+# thread dies) for the text "die": what a bug in the worker loop would do.
+DYING_SERVE = """
+import sys
+import lpt_server.runtime as runtime
+from lpt_server.cli import serve
+
+class Die(BaseException):
+    pass
+
+class Dying:
+    def __init__(self, engine):
+        self.engine, self.backbone = engine, engine.backbone
+
+    def predict(self, rows):
+        if any(r.text == "die" for r in rows):
+            raise Die("simulated death of the engine worker")
+        return self.engine.predict(rows)
+
+real = runtime.default_engine
+runtime.default_engine = lambda settings: Dying(real(settings))
+sys.exit(serve(sys.argv[2:]))
+"""
+
+
+def test_a_server_whose_engine_worker_died_exits_1(tmp_path, adapters):
+    """A replica that can no longer serve exits (status 1) for its supervisor to restart, rather
+    than staying up answering 503: a load balancer then sees a refused connection."""
+    script = tmp_path / "dying_serve.py"
+    script.write_text(DYING_SERVE)
+    server = Server(tmp_path / "store", tmp_path / "dying.log", launcher=[sys.executable, str(script)])
+    with all_ready([server]):
+        r = httpx.put(f"{server.url}/v1/adapters/sentiment", content=adapters["sentiment"],
+                      headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60)
+        assert r.status_code == 201, r.text
+        ok = httpx.post(server.url + "/v1/classify", json={"inputs": "fine", "task": "sentiment"}, timeout=60)
+        assert ok.status_code == 200, ok.text
+        r = httpx.post(server.url + "/v1/classify", json={"inputs": "die", "task": "sentiment"}, timeout=60)
+        assert r.status_code == 503 and r.json()["error"]["type"] == "unavailable", r.text
+        assert server.proc.wait(30) == 1, server.tail()
+    assert "cannot serve any more: the engine worker is not running" in (tmp_path / "dying.log").read_text()

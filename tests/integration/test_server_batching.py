@@ -10,6 +10,7 @@ import pytest
 from tiny_server import HookedEngine, adapter_file, running, upload
 from lpt import Engine
 from lpt_server.batcher import Batcher, QueueFull
+from lpt_server.runtime import WATCH_EVERY_S
 from tiny import WORDS
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -269,10 +270,19 @@ async def test_a_dead_worker_turns_ready_503(tmp_path, tiny_bb):
 
     engine = HookedEngine(Engine(tiny_bb, 0), before=before)
     async with running(tmp_path, tiny_bb, engine_factory=lambda s: engine) as (app, c):
+        fatal: list[str] = []
+        app.state.runtime.on_fatal = fatal.append          # `lpt serve` drains and exits 1 on it
         await upload(c, "sent", adapter_file(tiny_bb, "sent"))
         assert (await c.get("/ready")).status_code == 200
+        await asyncio.sleep(2 * WATCH_EVERY_S)
+        assert fatal == []                                 # a healthy server is not reported
         r = await c.post("/v1/classify", json={"inputs": "die", "task": "sent"})
         assert r.status_code == 503
+        for _ in range(40):
+            if fatal:
+                break
+            await asyncio.sleep(WATCH_EVERY_S / 4)
+        assert len(fatal) == 1 and "engine worker" in fatal[0], fatal
         r = await c.get("/ready")
         assert r.status_code == 503 and "worker" in r.json()["error"]["message"]
         assert (await c.get("/health")).status_code == 200      # alive, not ready
