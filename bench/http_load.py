@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import shutil
 import sys
 import tempfile
@@ -98,8 +99,8 @@ def upload_adapters(url: str, adapters: dict[str, bytes]) -> None:
 
 def start_servers(args, adapters: dict[str, bytes], workdir: Path) -> dict[str, Server]:
     """Both servers up and loaded with every adapter before any clock starts."""
-    modes = {"batched": args.server_args.split(),
-             args.baseline_name: args.server_args.split() + args.baseline_args.split()}
+    modes = {"batched": shlex.split(args.server_args),
+             args.baseline_name: shlex.split(args.server_args) + shlex.split(args.baseline_args)}
     servers = {name: Server(args.model, workdir / f"store-{name}", workdir / f"server-{name}.log", extra)
                for name, extra in modes.items()}
     for name, server in servers.items():
@@ -162,7 +163,7 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", type=int, nargs="+", default=[1, 8, 64])
     p.add_argument("--words", type=int, nargs=2, default=[4, 40], metavar=("MIN", "MAX"),
                    help="words per text (uniform); shorter texts favour batching more")
-    p.add_argument("--server-args", default="", help="extra `lpt serve` flags for both servers")
+    p.add_argument("--server-args", default="", help="extra `lpt serve` flags for both servers (split as a shell would)")
     p.add_argument("--baseline-args", default="--max-batch-rows 1", help="`lpt serve` flags of the baseline")
     p.add_argument("--baseline-name", default="unbatched")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "http.json")

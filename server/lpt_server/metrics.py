@@ -12,11 +12,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .batcher import BatchStats
+from .train_jobs import ACTIVE, FINISHED
 from .worker import BatchReport
 
 LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 TASKS = (1, 2, 3, 4, 8, 16, 32, 64)
+TRAIN_SECONDS = (10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 
 
 class _CacheCollector(Collector):
@@ -66,13 +68,26 @@ class Metrics:
                                               buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1), registry=r)
         self.worker_alive = Gauge("lpt_worker_alive", "1 while every engine worker thread runs", registry=r)
         self.store_up = Gauge("lpt_store_up", "1 while the adapter store answers (last call or ping)", registry=r)
+        self.train_jobs_ended = Counter("lpt_train_jobs_ended", "training jobs ended, by final state", ["state"],
+                                        registry=r)
+        self.train_seconds = Histogram("lpt_train_job_duration_seconds", "how long a training job ran, by final "
+                                       "state", ["state"], buckets=TRAIN_SECONDS, registry=r)
+        self.train_jobs = Gauge("lpt_train_jobs", "training jobs waiting or running now", ["state"], registry=r)
+        for state in FINISHED:          # every series exists from the start: rate() needs no first event
+            self.train_jobs_ended.labels(state)
+            self.train_seconds.labels(state)
+        for state in ACTIVE:
+            self.train_jobs.labels(state)
         self._cache_stats: Callable[[], object | None] = lambda: None
         r.register(_CacheCollector(lambda: self._cache_stats()))
 
     def bind(self, *, queue_size: Callable[[], int], resident: Callable[[], int], registered: Callable[[], int],
              worker_alive: Callable[[], bool], cache_stats: Callable[[], object | None],
-             store_up: Callable[[], bool] = lambda: True) -> None:
+             store_up: Callable[[], bool] = lambda: True,
+             train_active: Callable[[], dict[str, int]] = lambda: {}) -> None:
         """Point the scrape-time gauges at the live objects (once they exist)."""
+        for state in ACTIVE:
+            self.train_jobs.labels(state).set_function(lambda state=state: train_active().get(state, 0))
         self.queue_size.set_function(queue_size)
         self.adapters_resident.set_function(resident)
         self.adapters_registered.set_function(registered)
@@ -95,6 +110,11 @@ class Metrics:
             self.rows_dropped.inc(r.dropped)
         if r.failed:
             self.batches_failed.inc()
+
+    def observe_train_job(self, state: str, seconds: float | None) -> None:
+        self.train_jobs_ended.labels(state).inc()
+        if seconds is not None:
+            self.train_seconds.labels(state).observe(seconds)
 
     def observe_request(self, tasks: list[str], status: int, seconds: float) -> None:
         for t in tasks or ["-"]:

@@ -137,7 +137,8 @@ class Runtime:
         cache = getattr(self.engine, "cache", None)
         self.metrics.bind(queue_size=lambda: len(self.batcher), resident=lambda: self.registry.resident_count,
                           registered=lambda: self.registry.registered, worker_alive=lambda: self.worker.alive,
-                          cache_stats=lambda: getattr(cache, "stats", None), store_up=lambda: store.health().up)
+                          cache_stats=lambda: getattr(cache, "stats", None), store_up=lambda: store.health().up,
+                          train_active=self.trainer.active)
 
     def _make_trainer(self) -> Trainer:
         """Training jobs: run beside serving in child processes; a result is stored through the
@@ -148,7 +149,7 @@ class Runtime:
         return Trainer(command=command, env=env, queue_limit=self.settings.train_queue,
                        commit=lambda name, data: self.registry.put(name, data)[0],
                        explain=lambda e: describe(e)[2], nice=self.settings.train_nice,
-                       journal=self.settings.train_journal)
+                       journal=self.settings.train_journal, on_end=self.metrics.observe_train_job)
 
     async def stop(self) -> None:
         """Finish what was accepted, then stop the worker."""

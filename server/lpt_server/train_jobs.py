@@ -38,6 +38,7 @@ from pathlib import Path
 
 log = logging.getLogger("lpt_server.train")
 
+ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
 MAX_HISTORY = 200           # points kept per job; past it, every other one is dropped
 KEEP_FINISHED = 100         # finished jobs remembered; the oldest are forgotten first
@@ -182,8 +183,12 @@ class Trainer:
 
     def __init__(self, *, command: list[str], env: dict[str, str], queue_limit: int,
                  commit: Callable[[str, bytes], dict], explain: Callable[[BaseException], str] = str,
-                 nice: int = 0, journal: Path | None = None):
+                 nice: int = 0, journal: Path | None = None,
+                 on_end: Callable[[str, float | None], None] | None = None):
+        """`on_end(state, seconds)`: called as each job ends here (succeeded, failed, cancelled),
+        with how long it ran, or None if it never started (for metrics)."""
         self.command, self.env, self.nice = command, env, nice
+        self.on_end = on_end
         self.journal = Journal(journal) if journal is not None else None
         self._dirty = threading.Event()       # the records changed since the journal was written
         self.queue_limit = queue_limit
@@ -256,9 +261,17 @@ class Trainer:
                              "LPT_TRAIN_JOURNAL, jobs are not kept across server restarts)")
         return job
 
+    def active(self) -> dict[str, int]:
+        """How many jobs wait and run now: {"queued": n, "running": n}."""
+        with self._lock:
+            return {"queued": len(self._queue),
+                    "running": sum(j.state == "running" for j in self._jobs.values())}
+
     def _end(self, job: TrainJob, state: str, error: str | None = None) -> None:
         job.state, job.finished_at, job.error = state, time.time(), error
         self._dirty.set()
+        if self.on_end is not None:
+            self.on_end(state, job.finished_at - job.started_at if job.started_at else None)
 
     def _forget_old(self) -> None:
         finished = [j for j in self._jobs.values() if j.state in FINISHED]

@@ -104,7 +104,8 @@ def test_grafana_dashboard_uses_real_metric_names():
     missing = sorted(u for u in used if u not in names)
     assert not missing, f"dashboard queries metrics the server does not expose: {missing}"
     for key in ("lpt_requests_total", "lpt_request_duration_seconds_bucket", "lpt_batch_rows_bucket",
-                "lpt_batch_tasks_bucket", "lpt_queue_size", "lpt_adapters_resident"):
+                "lpt_batch_tasks_bucket", "lpt_queue_size", "lpt_adapters_resident", "lpt_train_jobs",
+                "lpt_train_jobs_ended_total"):
         assert key in used, f"dashboard has no panel on {key}"
 
 

@@ -83,6 +83,10 @@ def test_a_job_trains_and_its_adapter_is_served_at_once(server):
     assert job["history"] and job["history"][-1]["dev_accuracy"] is not None
     assert job["metrics"]["dev"]["examples"] > 0 and job["metrics"]["test"] is None
     assert "training job" in done.stderr and "running" in done.stderr          # the progress it showed
+    metrics = httpx.get(server.url + "/metrics", timeout=10).text
+    assert 'lpt_train_jobs_ended_total{state="succeeded"} 1.0' in metrics
+    assert 'lpt_train_job_duration_seconds_count{state="succeeded"} 1.0' in metrics
+    assert 'lpt_train_jobs{state="running"} 0.0' in metrics
 
     with Client(server.url, admin_key=ADMIN) as client:
         assert client.get_adapter("reviews").version == job["adapter"]["version"]   # stored, as an upload is
@@ -136,6 +140,8 @@ def test_a_full_queue_cancelling_and_serving_while_a_job_trains(server):
                 assert answer.label in ("neg", "pos")
             assert (await client.get_training(slow.id)).state == "running"
             assert children_nice(server.proc.pid) == [10]        # the job yields the CPU to serving
+            metrics = httpx.get(server.url + "/metrics", timeout=10).text
+            assert 'lpt_train_jobs{state="queued"} 1.0' in metrics and 'lpt_train_jobs{state="running"} 1.0' in metrics
 
             assert (await client.cancel_training(waiting.id)).state == "cancelled"      # dropped from the queue
             stopped = await client.cancel_training(slow.id)                             # stops at its next step
@@ -149,5 +155,9 @@ def test_a_full_queue_cancelling_and_serving_while_a_job_trains(server):
             with pytest.raises(NotFound):
                 await client.get_adapter("waiting")
             assert (await client.get_training(waiting.id)).started_at is None            # it never ran
+            metrics = httpx.get(server.url + "/metrics", timeout=10).text
+            assert 'lpt_train_jobs_ended_total{state="cancelled"} 2.0' in metrics
+            assert 'lpt_train_job_duration_seconds_count{state="cancelled"} 1.0' in metrics   # one of them ran
+            assert 'lpt_train_jobs{state="queued"} 0.0' in metrics and 'lpt_train_jobs{state="running"} 0.0' in metrics
 
     asyncio.run(scenario())

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.integration
 METRICS = ["lpt_requests_total", "lpt_request_duration_seconds_bucket", "lpt_queue_size", "lpt_queue_wait_seconds",
            "lpt_batch_rows_bucket", "lpt_batch_tasks_bucket", "lpt_inference_duration_seconds",
            "lpt_adapters_resident", "lpt_adapters_registered", "lpt_adapter_load_duration_seconds",
-           "lpt_layer_cache_hits_total", "lpt_layer_cache_misses_total", "lpt_layer_cache_bytes", "lpt_worker_alive"]
+           "lpt_layer_cache_hits_total", "lpt_layer_cache_misses_total", "lpt_layer_cache_bytes", "lpt_worker_alive",
+           "lpt_train_jobs", "lpt_train_jobs_ended_total", "lpt_train_job_duration_seconds_bucket"]
 
 
 @pytest.mark.asyncio

@@ -66,9 +66,10 @@ class Store:
 def make(tmp_path):
     trainers = []
 
-    def make(queue_limit=4, store=None):
+    def make(queue_limit=4, store=None, on_end=None):
         store = store or Store()
-        t = Trainer(command=[sys.executable, "-c", CHILD], env={}, queue_limit=queue_limit, commit=store.put)
+        t = Trainer(command=[sys.executable, "-c", CHILD], env={}, queue_limit=queue_limit, commit=store.put,
+                    on_end=on_end)
         t.start()
         trainers.append(t)
         return t, store
@@ -168,6 +169,27 @@ def test_queue_bound_cancel_and_conflict(make, tmp_path):
     assert [j["task"] for j in trainer.list()] == ["b", "a"]          # newest first
     # the runner is free: the next job runs
     assert wait(trainer, trainer.submit(job(tmp_path, "ok", task="d"))["id"])["state"] == "succeeded"
+
+
+def test_what_waits_runs_and_ends_is_counted_for_the_metrics(make, tmp_path):
+    ended: list[tuple[str, float | None]] = []
+    trainer, store = make(store=Store(fail=ValueError("refused")), on_end=lambda *e: ended.append(e))
+    assert trainer.active() == {"queued": 0, "running": 0}
+    slow, queued, refused = job(tmp_path, "slow"), job(tmp_path, "ok"), job(tmp_path, "ok")
+    trainer.submit(slow)
+    wait(trainer, slow.id, states=("running",))
+    trainer.submit(queued)
+    trainer.submit(refused)
+    assert trainer.active() == {"queued": 2, "running": 1}
+    trainer.cancel(queued.id)                           # never ran: no duration
+    assert ended == [("cancelled", None)] and trainer.active() == {"queued": 1, "running": 1}
+    time.sleep(0.2)
+    trainer.cancel(slow.id)
+    assert wait(trainer, refused.id)["state"] == "failed"        # ran, then the store refused it
+    assert [state for state, _ in ended] == ["cancelled", "cancelled", "failed"]
+    (_, ran_slow), (_, ran_refused) = ended[1:]
+    assert ran_slow >= 0.2 and ran_refused > 0
+    assert trainer.active() == {"queued": 0, "running": 0}
 
 
 def test_a_job_cancelled_as_it_finishes_stores_nothing(make, tmp_path):
