@@ -1,7 +1,7 @@
 # Sourced by docker/test.sh once the volume topology is checked: the same replicas recreated on
 # an S3 store (compose profile s3: a SeaweedFS server). Uses test.sh's helpers (E, compose, build,
-# inside, wait_for, topology_ready, pass, fail) and what it made (TMP, LB, R1, R2, ADMIN_KEY,
-# a.safetensors). Checks: an upload through nginx served by both replicas from the bucket; the
+# inside, wait_for, up_topology, topology_ready, served, classify_all, lb_diagnosis, pass, fail)
+# and what it made (TMP, LB, R1, R2, ADMIN_KEY, a.safetensors). Checks: an upload through nginx served by both replicas from the bucket; the
 # S3 server stopped: the adapter still served (200) after requests for a task that is not loaded
 # (503 store_unavailable), an upload 503, /info says the store is down;
 # the S3 server started again: uploads work again.
@@ -48,34 +48,13 @@ put_code() {
     curl -s -o "$TMP/put-s3.json" -w '%{http_code}' -X PUT -H "Authorization: Bearer $ADMIN_KEY" \
         --data-binary @"$TMP/a.safetensors" "$LB/v1/adapters/$1"
 }
-served_s3() {
-    inside "$1" /metrics | awk -v t="task=\"$S3TASK\"" '/^lpt_requests_total\{/ && index($0, t) && /status="200"/ {s += $NF} END {print s + 0}'
-}
-classify_all() {   # classify_all N: N requests through nginx, every one 200 (else: the first other answer)
-    local i c
-    for i in $(seq "$1"); do
-        c=$(curl -s -o "$TMP/classify-s3.json" -w '%{http_code}' -H 'Content-Type: application/json' \
-            -d "{\"inputs\": [\"s3 request $i\"], \"task\": \"$S3TASK\"}" "$LB/v1/classify")
-        [[ $c == 200 ]] || { echo "request $i: $c $(head -c 400 "$TMP/classify-s3.json")"; return 1; }
-    done
-}
-
-lb_diagnosis() {   # after a failed check through nginx: its lines that are not a 200, each replica's last other lines
-    E logs "$LBC" 2>&1 | grep -v ' 200 ' | tail -12 | sed 's/^/  | /'
-    local c
-    for c in "$R1" "$R2"; do
-        echo "  | $c: $(E inspect -f 'restarts {{.RestartCount}}, started {{.State.StartedAt}}' "$c" 2>&1)"
-        E logs --tail 40 "$c" 2>&1 | grep -v -e '" 200$' -e 'GET /metrics' | tail -8 | sed 's/^/  |   /'
-    done
-}
-
 if store_is "$R1" true && store_is "$R2" true; then pass "both replicas: /info store kind s3, up"; else fail "/info store on $R1/$R2"; fi
 code=$(put_code "$S3TASK")
 [[ $code == 201 ]] || fail "upload to the S3 store through nginx: $code $(cat "$TMP/put-s3.json")"
-if bad=$(classify_all 16); then
-    s1=$(served_s3 "$R1"); s2=$(served_s3 "$R2")
+if bad=$(classify_all 16 "$S3TASK"); then
+    s1=$(served "$R1" "$S3TASK"); s2=$(served "$R2" "$S3TASK")
     if (( ${s1%.*} > 0 && ${s2%.*} > 0 )); then pass "uploaded to the bucket ($code), served by both replicas: $s1 + $s2 of 16"
-    else fail "adapter in the bucket served by replica1: $s1, replica2: $s2 of 16"; fi
+    else fail "adapter in the bucket served by replica1: $s1, replica2: $s2 of 16"; lb_diagnosis; fi
 else
     fail "classify on the S3 store through nginx: $bad"
     lb_diagnosis
@@ -100,8 +79,8 @@ done
 if [[ $cold == "503 store_unavailable; 503 store_unavailable; 503 store_unavailable; 503 store_unavailable; " ]]
 then pass "S3 server stopped: a task not loaded answers 503 store_unavailable (4 of 4)"
 else fail "S3 server stopped: a task not loaded answered: $cold"; fi
-if bad=$(classify_all 16); then pass "S3 server stopped: the loaded adapter still answers 200 (16 of 16)"
-else fail "S3 server stopped: classify answered $bad"; fi
+if bad=$(classify_all 16 "$S3TASK"); then pass "S3 server stopped: the loaded adapter still answers 200 (16 of 16)"
+else fail "S3 server stopped: classify answered $bad"; lb_diagnosis; fi
 
 E start "$S3C" >/dev/null 2>&1
 back() { [[ $(put_code "$S3TASK") == 200 ]]; }

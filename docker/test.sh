@@ -338,24 +338,39 @@ code=$(curl -s -o "$TMP/put.json" -w '%{http_code}' -X PUT -H "Authorization: Be
        --data-binary @"$TMP/a.safetensors" "$LB/v1/adapters/$TASK")
 [[ $code =~ ^20[01]$ ]] || fail "upload through the load balancer: $code $(cat "$TMP/put.json")"
 
-served() {   # classify requests the replica answered 200 for $TASK, from its own /metrics
-    inside "$1" /metrics | awk -v t="task=\"$TASK\"" '/^lpt_requests_total\{/ && index($0, t) && /status="200"/ {s += $NF} END {print s + 0}'
+served() {   # served CONTAINER TASK: classify requests the replica answered 200 for TASK, from its own /metrics
+    inside "$1" /metrics | awk -v t="task=\"$2\"" '/^lpt_requests_total\{/ && index($0, t) && /status="200"/ {s += $NF} END {print s + 0}'
 }
-for i in $(seq 16); do
-    c=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' \
-        -d "{\"inputs\": [\"request $i was fine\"], \"task\": \"$TASK\"}" "$LB/v1/classify")
-    [[ $c == 200 ]] || { fail "classify through the load balancer: $c"; break; }
-done
-s1=$(served "$R1"); s2=$(served "$R2")
-if (( ${s1%.*} > 0 && ${s2%.*} > 0 && ${s1%.*} + ${s2%.*} == 16 )); then
-    pass "adapter uploaded through nginx ($code) is served by both replicas: $s1 + $s2 of 16 (their /metrics)"
+classify_all() {   # classify_all N TASK: N requests through nginx, every one 200 (else: the first other answer)
+    local i c
+    for i in $(seq "$1"); do
+        c=$(curl -s -o "$TMP/classify.json" -w '%{http_code}' -H 'Content-Type: application/json' \
+            -d "{\"inputs\": [\"request $i for $2 was fine\"], \"task\": \"$2\"}" "$LB/v1/classify")
+        [[ $c == 200 ]] || { echo "request $i: $c $(head -c 400 "$TMP/classify.json")"; return 1; }
+    done
+}
+lb_diagnosis() {   # after a failed check through nginx: its lines that are not a 200, each replica's last other lines
+    E logs "$LBC" 2>&1 | grep -v ' 200 ' | tail -12 | sed 's/^/  | /'
+    local c
+    for c in "$R1" "$R2"; do
+        echo "  | $c: $(E inspect -f 'restarts {{.RestartCount}}, started {{.State.StartedAt}}' "$c" 2>&1)"
+        E logs --tail 40 "$c" 2>&1 | grep -v -e '" 200$' -e 'GET /metrics' | tail -8 | sed 's/^/  |   /'
+    done
+}
+if bad=$(classify_all 16 "$TASK"); then
+    s1=$(served "$R1" "$TASK"); s2=$(served "$R2" "$TASK")
+    if (( ${s1%.*} > 0 && ${s2%.*} > 0 && ${s1%.*} + ${s2%.*} == 16 )); then
+        pass "adapter uploaded through nginx ($code) is served by both replicas: $s1 + $s2 of 16 (their /metrics)"
+    else
+        fail "adapter served by replica1: $s1, replica2: $s2 of 16"; lb_diagnosis
+    fi
 else
-    fail "adapter served by replica1: $s1, replica2: $s2 of 16"
+    fail "classify through the load balancer: $bad"; lb_diagnosis
 fi
 
 # a bounded load through nginx; replica2 gets `stop` (SIGTERM, grace 40 s) a quarter of the way in
 say "stop replica2 during $LOAD_REQUESTS requests"
-before1=$(served "$R1")
+before1=$(served "$R1" "$TASK")
 python3 - "$LB" "$TASK" "$LOAD_REQUESTS" "$ENGINE" "$R2" >"$TMP/load.json" <<'EOF'
 import json, subprocess, sys, threading, time, urllib.error, urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -387,7 +402,7 @@ th.join()
 print(json.dumps({"seconds": round(time.monotonic() - t0, 1), "stop": stop,
                   "non_200": [s for s in statuses if s != 200], "n": len(statuses)}))
 EOF
-after1=$(served "$R1")
+after1=$(served "$R1" "$TASK")
 read -r n bad secs_ stop_s < <(python3 -c "import json, sys; d = json.load(open(sys.argv[1]))
 print(d['n'], len(d['non_200']), d['seconds'], d['stop'].get('seconds'))" "$TMP/load.json")
 code=$(E inspect -f '{{.State.ExitCode}}' "$R2")
@@ -400,6 +415,7 @@ if (( n == LOAD_REQUESTS && bad == 0 )); then
     pass "no request lost: $n of $n answered 200 in $secs_ s (nginx retried $retried on replica1 after replica2 refused)"
 else
     fail "$bad of $n requests failed: $(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['non_200'][:5])" "$TMP/load.json")"
+    lb_diagnosis
 fi
 took1=$(( ${after1%.*} - ${before1%.*} ))
 if (( took1 >= LOAD_REQUESTS * 3 / 4 - 4 )); then
