@@ -288,8 +288,11 @@ class StubReplica:
             def log_message(self, *args):
                 pass
 
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128        # bursts of parallel connections: socketserver's default is 5
+
         host, port = addr.rsplit(":", 1)
-        self.server = ThreadingHTTPServer((host, int(port)), Handler)
+        self.server = Server((host, int(port)), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):
