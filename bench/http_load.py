@@ -99,8 +99,8 @@ def upload_adapters(url: str, adapters: dict[str, bytes]) -> None:
 
 def start_servers(args, adapters: dict[str, bytes], workdir: Path) -> dict[str, Server]:
     """Both servers up and loaded with every adapter before any clock starts."""
-    modes = {"batched": shlex.split(args.server_args),
-             args.baseline_name: shlex.split(args.server_args) + shlex.split(args.baseline_args)}
+    both = shlex.split(args.server_args)
+    modes = {"batched": both, args.baseline_name: both + shlex.split(args.baseline_args)}
     servers = {name: Server(args.model, workdir / f"store-{name}", workdir / f"server-{name}.log", extra)
                for name, extra in modes.items()}
     for name, server in servers.items():

@@ -1,10 +1,10 @@
 # Sourced by docker/test.sh once the volume topology is checked: the same replicas recreated on
 # an S3 store (compose profile s3: a SeaweedFS server). Uses test.sh's helpers (E, compose, build,
-# inside, wait_for, up_topology, topology_ready, served, classify_all, lb_diagnosis, pass, fail)
-# and what it made (TMP, LB, R1, R2, ADMIN_KEY, a.safetensors). Checks: an upload through nginx served by both replicas from the bucket; the
-# S3 server stopped: the adapter still served (200) after requests for a task that is not loaded
-# (503 store_unavailable), an upload 503, /info says the store is down;
-# the S3 server started again: uploads work again.
+# inside, wait_for, up_topology, topology_ready, served, classify_once, classify_all, lb_diagnosis,
+# pass, fail) and what it made (TMP, LB, R1, R2, ADMIN_KEY, a.safetensors). Checks: an upload
+# through nginx served by both replicas from the bucket; the S3 server stopped: the adapter still
+# served (200) after requests for a task that is not loaded (503 store_unavailable), an upload
+# 503, /info says the store is down; the S3 server started again: uploads work again.
 
 say "compose --profile s3: the replicas on an S3 store (SeaweedFS)"
 if [[ -z "${SEAWEEDFS_IMAGE:-}" ]]; then
@@ -70,11 +70,10 @@ if wait_for 20 down_ok; then pass "S3 server stopped: both replicas' /info say t
 # must not count against it (else the loaded adapter below would get nginx's "no replica")
 cold=""
 for i in 1 2 3 4; do
-    c=$(curl -s -o "$TMP/cold.json" -w '%{http_code}' -H 'Content-Type: application/json' \
-        -d '{"inputs": ["x"], "task": "never-uploaded"}' "$LB/v1/classify" || true)
+    c=$(classify_once never-uploaded "cold request $i")
     cold+="$c $(python3 -c "import json, sys
 try: print(json.load(open(sys.argv[1]))['error']['type'], end='')
-except Exception: print('(not an API error)', end='')" "$TMP/cold.json"); "
+except Exception: print('(not an API error)', end='')" "$TMP/classify.json"); "
 done
 if [[ $cold == "503 store_unavailable; 503 store_unavailable; 503 store_unavailable; 503 store_unavailable; " ]]
 then pass "S3 server stopped: a task not loaded answers 503 store_unavailable (4 of 4)"

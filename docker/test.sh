@@ -341,11 +341,14 @@ code=$(curl -s -o "$TMP/put.json" -w '%{http_code}' -X PUT -H "Authorization: Be
 served() {   # served CONTAINER TASK: classify requests the replica answered 200 for TASK, from its own /metrics
     inside "$1" /metrics | awk -v t="task=\"$2\"" '/^lpt_requests_total\{/ && index($0, t) && /status="200"/ {s += $NF} END {print s + 0}'
 }
+classify_once() {   # classify_once TASK TEXT: one request through nginx; prints its status, its body is $TMP/classify.json
+    curl -s -o "$TMP/classify.json" -w '%{http_code}' -H 'Content-Type: application/json' \
+        -d "{\"inputs\": [\"$2\"], \"task\": \"$1\"}" "$LB/v1/classify" || true
+}
 classify_all() {   # classify_all N TASK: N requests through nginx, every one 200 (else: the first other answer)
     local i c
     for i in $(seq "$1"); do
-        c=$(curl -s -o "$TMP/classify.json" -w '%{http_code}' -H 'Content-Type: application/json' \
-            -d "{\"inputs\": [\"request $i for $2 was fine\"], \"task\": \"$2\"}" "$LB/v1/classify")
+        c=$(classify_once "$2" "request $i for $2 was fine")
         [[ $c == 200 ]] || { echo "request $i: $c $(head -c 400 "$TMP/classify.json")"; return 1; }
     done
 }

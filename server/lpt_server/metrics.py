@@ -83,8 +83,7 @@ class Metrics:
 
     def bind(self, *, queue_size: Callable[[], int], resident: Callable[[], int], registered: Callable[[], int],
              worker_alive: Callable[[], bool], cache_stats: Callable[[], object | None],
-             store_up: Callable[[], bool] = lambda: True,
-             train_active: Callable[[], dict[str, int]] = lambda: {}) -> None:
+             train_active: Callable[[], dict[str, int]], store_up: Callable[[], bool] = lambda: True) -> None:
         """Point the scrape-time gauges at the live objects (once they exist)."""
         for state in ACTIVE:
             self.train_jobs.labels(state).set_function(lambda state=state: train_active().get(state, 0))
