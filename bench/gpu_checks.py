@@ -62,7 +62,7 @@ def staged_vs_model(bb: Backbone, rows: list[Row]) -> float:
     tokens = pad_tokens([e.input_ids for e in encs], [e.token_type_ids for e in encs], bb.pad_id, bb.device)
     k = bb.num_layers // 2
     h = lower_pass(bb, tokens, {k})[k]
-    h = bb.final_norm(bb.run_layers(h, bb.attention_bias(tokens.valid), k, bb.num_layers))
+    h = bb.final_norm(bb.run_layers(h, tokens.valid, k, bb.num_layers))
     kwargs = {"input_ids": tokens.input_ids, "attention_mask": tokens.valid.long()}
     if tokens.token_type_ids is not None:
         kwargs["token_type_ids"] = tokens.token_type_ids

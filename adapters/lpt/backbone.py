@@ -1,9 +1,9 @@
 """A frozen Hugging Face model cut into stages: embed, layers [a, b), final norm, LM head.
 
     h = backbone.embed(ids, types)                 # [B, T, d]
-    h = backbone.run_layers(h, bias, 0, k)         # layers below k: shared by every task
+    h = backbone.run_layers(h, valid, 0, k)        # layers below k: shared by every task
     h = cat([prompt, h], dim=1)                    # the late prompt (see forward.py)
-    h = backbone.run_layers(h, bias, k, n)         # layers k..n see the prompt
+    h = backbone.run_layers(h, valid, k, n)        # layers k..n see the prompt
     h = backbone.final_norm(h)
 
 Families differ only in where these pieces live and in a few constants; `FamilySpec` holds them.
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -68,6 +69,46 @@ def _embed_gpt2(b: nn.Module, ids: torch.Tensor, types: torch.Tensor | None) -> 
     return b.drop(b.wte(ids) + b.wpe(pos)[None])
 
 
+@dataclass
+class Packing:
+    """Where the real tokens of a right-padded batch [B, S] are, for blocks that run packed."""
+
+    index: torch.Tensor          # [N] long: the real tokens' positions in the flattened [B * S]
+    shape: tuple[int, int]       # (B, S)
+    bias: torch.Tensor           # [B, 1, 1, S] additive attention mask
+
+    @classmethod
+    def of(cls, valid: torch.Tensor, bias: torch.Tensor) -> "Packing":
+        return cls(valid.reshape(-1).nonzero().squeeze(1), (valid.shape[0], valid.shape[1]), bias)
+
+    def pack(self, h: torch.Tensor) -> torch.Tensor:
+        """[B, S, c] -> [N, c], the real tokens only."""
+        return h.reshape(-1, h.shape[-1]).index_select(0, self.index)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, c] -> [B, S, c], zeros at the padded positions."""
+        b, s = self.shape
+        return x.new_zeros((b * s, x.shape[1])).index_copy(0, self.index, x).view(b, s, x.shape[1])
+
+
+def _bert_block_packed(block: nn.Module, x: torch.Tensor, p: Packing) -> torch.Tensor:
+    """One BERT-shaped block (self-attention, then the feed-forward, each followed by add & norm)
+    on packed tokens x [N, d]. The linear layers, ~80% of the work, see only real tokens; attention
+    runs on the padded layout under the mask. Eval mode only (no dropout)."""
+    att = block.attention.self
+    b, s = p.shape
+    heads, dh = att.num_attention_heads, att.attention_head_size
+    qkv = p.pad(torch.cat([att.query(x), att.key(x), att.value(x)], dim=1))          # [B, S, 3 * heads * dh]
+    q, k, v = qkv.view(b, s, 3, heads, dh).permute(2, 0, 3, 1, 4)                    # [B, heads, S, dh] each
+    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=p.bias, scale=att.scaling)
+    ctx = p.pack(ctx.transpose(1, 2).reshape(b, s, heads * dh))
+    out = block.attention.output
+    x = out.LayerNorm(out.dense(ctx) + x)
+    ffn = block.intermediate
+    out = block.output
+    return out.LayerNorm(out.dense(ffn.intermediate_act_fn(ffn.dense(x))) + x)
+
+
 class _Seq(nn.Module):
     def __init__(self, *fns):
         super().__init__()
@@ -95,17 +136,20 @@ class FamilySpec:
     causal: bool = False                           # decoder: causal mask, readout at the last real token
     reserved_positions: int = 0                    # position rows before the first token's (RoBERTa: 2)
     pad_fallback: str | None = None                # tokenizer attribute whose id pads if there is no pad token
+    packed_block: Callable[[nn.Module, torch.Tensor, Packing], torch.Tensor] | None = None
+    # ^ (block, real tokens [N, d], packing) -> [N, d]: the block without padding (faster on CPU)
 
 
 _ROBERTA = FamilySpec(
     layers=lambda b: b.encoder.layer, embed=_embed_bert,
     lm_transform=lambda m: _Seq(m.lm_head.dense, nn.GELU(), m.lm_head.layer_norm),
-    lm_output=lambda m: m.lm_head.decoder, reserved_positions=2)
+    lm_output=lambda m: m.lm_head.decoder, reserved_positions=2, packed_block=_bert_block_packed)
 
 FAMILIES: dict[str, FamilySpec] = {   # keyed by the Hugging Face config's model_type
     "bert": FamilySpec(
         layers=lambda b: b.encoder.layer, embed=_embed_bert,
-        lm_transform=lambda m: m.cls.predictions.transform, lm_output=lambda m: m.cls.predictions.decoder),
+        lm_transform=lambda m: m.cls.predictions.transform, lm_output=lambda m: m.cls.predictions.decoder,
+        packed_block=_bert_block_packed),
     "roberta": _ROBERTA,
     "xlm-roberta": _ROBERTA,
     "camembert": _ROBERTA,
@@ -115,7 +159,8 @@ FAMILIES: dict[str, FamilySpec] = {   # keyed by the Hugging Face config's model
         lm_output=lambda m: m.vocab_projector),
     "electra": FamilySpec(
         layers=lambda b: b.encoder.layer, embed=_embed_electra,
-        lm_transform=lambda m: m.generator_predictions, lm_output=lambda m: m.generator_lm_head),
+        lm_transform=lambda m: m.generator_predictions, lm_output=lambda m: m.generator_lm_head,
+        packed_block=_bert_block_packed),
     "gpt2": FamilySpec(
         layers=lambda b: b.h, embed=_embed_gpt2, lm_transform=lambda m: nn.Identity(),
         lm_output=lambda m: m.lm_head, final_norm=lambda b: b.ln_f, causal=True,
@@ -244,9 +289,26 @@ class Backbone(nn.Module):
         zero = torch.zeros((), dtype=dtype, device=key_valid.device)
         return torch.where(allowed, zero, torch.finfo(dtype).min)
 
-    def run_layers(self, h: torch.Tensor, bias: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """Run blocks [start, stop) on h [B, S, d] with the additive mask bias."""
-        for block in self.layers[start:stop]:
+    def run_layers(self, h: torch.Tensor, valid: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Run blocks [start, stop) on h [B, S, d] whose real positions are valid [B, S] (bool).
+        What the output holds at positions that are not valid is unspecified.
+
+        On a CPU, a family with a packed block runs the blocks on the real tokens only: padding
+        then costs nothing in the linear layers. Not on a GPU, where finding the real tokens
+        (`nonzero`) would make the host wait for the device, and padding costs less; not while
+        the model trains (the packed block has no dropout)."""
+        blocks = self.layers[start:stop]
+        if not len(blocks):
+            return h
+        bias = self.attention_bias(valid)
+        packed = self.spec.packed_block
+        if packed is not None and h.device.type == "cpu" and not self.model.training:
+            p = Packing.of(valid, bias)
+            x = p.pack(h)
+            for block in blocks:
+                x = packed(block, x, p)
+            return p.pad(x)
+        for block in blocks:
             out = block(h, attention_mask=bias)
             h = out[0] if isinstance(out, tuple) else out
         return h

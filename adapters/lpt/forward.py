@@ -74,12 +74,10 @@ def pad_tokens(seqs: list[tuple[int, ...]], types: list[tuple[int, ...] | None],
 def lower_pass(bb: Backbone, tokens: TokenBatch, stops: set[int]) -> dict[int, torch.Tensor]:
     """Hidden states after layers [0, k) for every k in stops -> {k: [B, T, d]}."""
     h = bb.embed(tokens.input_ids, tokens.token_type_ids)         # [B, T, d]
-    bias = bb.attention_bias(tokens.valid)
-    out = {0: h} if 0 in stops else {}
-    for i in range(max(stops)):
-        h = bb.run_layers(h, bias, i, i + 1)
-        if i + 1 in stops:
-            out[i + 1] = h
+    out, done = {}, 0
+    for k in sorted(stops):
+        h = out[k] = bb.run_layers(h, tokens.valid, done, k)
+        done = k
     return out
 
 
@@ -147,7 +145,7 @@ def late_forward(bb: Backbone, groups: list[Group]) -> list[torch.Tensor]:
         key_valid = torch.cat(([] if key_valid is None else [key_valid]) + [p[1] for p in joining])
         nxt = layers[pos + 1] if pos + 1 < len(layers) else bb.num_layers
         if nxt > k:
-            x = bb.run_layers(x, bb.attention_bias(key_valid), k, nxt)
+            x = bb.run_layers(x, key_valid, k, nxt)
     x = bb.final_norm(x)                                           # [B, L_max+T, d]
 
     logits: list[torch.Tensor] = [None] * len(groups)   # type: ignore[list-item]

@@ -33,7 +33,7 @@ def test_split_forward_equals_model_forward(bb):
                       token_type_ids=tokens.token_type_ids).last_hidden_state
         for k in (0, 3, 6):
             h = lower_pass(bb, tokens, {k})[k]
-            out = bb.run_layers(h, bb.attention_bias(tokens.valid), k, bb.num_layers)
+            out = bb.run_layers(h, tokens.valid, k, bb.num_layers)
             assert (out - ref)[tokens.valid].abs().max().item() < 1e-5
 
 

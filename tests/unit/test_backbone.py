@@ -44,10 +44,28 @@ def test_split_forward_equals_model_forward(family, attn):
         whole = bb.final_norm(lower_pass(bb, tokens, {bb.num_layers})[bb.num_layers])
         for k in range(bb.num_layers + 1):
             h = lower_pass(bb, tokens, {k})[k]
-            split = bb.final_norm(bb.run_layers(h, bb.attention_bias(tokens.valid), k, bb.num_layers))
+            split = bb.final_norm(bb.run_layers(h, tokens.valid, k, bb.num_layers))
             diff = (split - ref)[tokens.valid].abs().max().item()
             assert diff < 1e-5, f"{family} split at {k}: max diff {diff}"
     assert (whole - ref)[tokens.valid].abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if TABLE[f].packed_block is not None])
+def test_on_a_cpu_the_linear_layers_see_real_tokens_only_unless_the_model_trains(family):
+    """The test above checks the packed blocks against the model's own forward; this one checks
+    that they are what runs (and that training, which needs dropout, runs the model's blocks)."""
+    bb = make_backbone(family)
+    tokens = _tokens(bb, random_texts(6, seed=4))
+    inputs, block_calls = [], []
+    bb.layers[1].attention.self.query.register_forward_hook(lambda m, args, out: inputs.append(tuple(args[0].shape)))
+    bb.layers[1].register_forward_hook(lambda m, args, out: block_calls.append(m))
+    with torch.no_grad():
+        h = bb.embed(tokens.input_ids, tokens.token_type_ids)
+        bb.run_layers(h, tokens.valid, 0, bb.num_layers)
+        assert inputs == [(int(tokens.valid.sum()), bb.hidden_size)] and not block_calls
+        bb.model.train()
+        bb.run_layers(h, tokens.valid, 0, bb.num_layers)
+    assert inputs[1] == tuple(h.shape) and len(block_calls) == 1
 
 
 @pytest.mark.parametrize("family", FAMILIES)
