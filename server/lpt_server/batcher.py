@@ -17,6 +17,14 @@ Rows are grouped by cost (length), whatever their task: padding, not the prompt,
 mixed batch pays for. The oldest row anchors each batch (no row starves) and the rows nearest
 to it in length fill the rest, up to `max_rows` rows and `max_tokens` padded tokens
 (rows x longest row).
+
+With several lanes, a lane takes at most its share of the rows: those waiting plus each busy
+lane's last batch (running, or just answered: under load its callers send their next rows at
+once), over the number of lanes; a lane that finds nothing waiting stops counting its last
+batch. Without shares, clients that send again as soon as they are answered settle into one
+lane running a big batch while another runs a small one and idles: the rows of the big batch
+make the latency tail, and the idle lane costs throughput. With them the lanes' batches stay
+even, and a burst that finds the lanes idle is split across them.
 """
 from __future__ import annotations
 
@@ -78,6 +86,7 @@ class Batcher:
         self.queue_limit = queue_limit
         self.on_batch = on_batch
         self._pending: dict[int, Item] = {}      # seq -> item, in arrival order
+        self._held = [0] * lanes                   # rows of each lane's last batch (see the docstring)
         self._seq = itertools.count()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -143,18 +152,21 @@ class Batcher:
             return True
         return sum(it.cost for it in self._pending.values()) >= self.max_tokens
 
-    def take_batch(self) -> list[Item]:
-        """The oldest live row plus the rows nearest to it in cost, within both budgets."""
+    def take_batch(self, lane: int) -> list[Item]:
+        """The oldest live row plus the rows nearest to it in cost, within both budgets and this
+        lane's share (see the module's docstring)."""
         for seq in [s for s, it in self._pending.items() if it.dropped]:
             del self._pending[seq]
         if not self._pending:
             return []
+        share = -(-(len(self._pending) + sum(self._held)) // self.lanes)     # ceil
+        max_rows = min(self.max_rows, share)
         anchor = next(iter(self._pending.values()))
         others = sorted(itertools.islice(self._pending.values(), 1, None),
                         key=lambda it: (abs(it.cost - anchor.cost), it.seq))
         batch, longest = [anchor], anchor.cost
         for it in others:
-            if len(batch) >= self.max_rows:
+            if len(batch) >= max_rows:
                 break
             width = max(longest, it.cost)
             if width * (len(batch) + 1) > self.max_tokens:
@@ -164,11 +176,13 @@ class Batcher:
         for it in batch:
             del self._pending[it.seq]
         batch.sort(key=lambda it: it.seq)
+        self._held[lane] = len(batch)
         return batch
 
-    async def _next_batch(self) -> list[Item]:
+    async def _next_batch(self, lane: int) -> list[Item]:
         while True:
             while not self._pending:
+                self._held[lane] = 0
                 if self._closing:
                     return []
                 self._wake.clear()
@@ -182,12 +196,12 @@ class Batcher:
                 except asyncio.TimeoutError:
                     pass
                 continue      # re-check: more rows came, or the wait is over
-            batch = self.take_batch()
+            batch = self.take_batch(lane)
             if batch:
                 return batch
 
     async def _loop(self) -> None:
-        lanes = [asyncio.create_task(self._lane(), name=f"lpt-batcher-lane-{i}") for i in range(self.lanes)]
+        lanes = [asyncio.create_task(self._lane(i), name=f"lpt-batcher-lane-{i}") for i in range(self.lanes)]
         try:
             done, _ = await asyncio.wait(lanes, return_when=asyncio.FIRST_EXCEPTION)
             for t in done:                       # a lane that raised stops the batcher
@@ -201,10 +215,10 @@ class Batcher:
             self._fail_pending(BatcherClosed(f"the batcher stopped: {e!r}"))
             raise
 
-    async def _lane(self) -> None:
+    async def _lane(self, lane: int) -> None:
         """Close a batch, run it, repeat; returns when closing and drained."""
         while True:
-            batch = await self._next_batch()
+            batch = await self._next_batch(lane)
             if not batch:
                 return
             now = time.monotonic()

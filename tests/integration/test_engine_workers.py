@@ -76,6 +76,82 @@ async def test_each_lane_holds_one_batch_in_the_executor(lanes):
 
 
 @pytest.mark.asyncio
+async def test_a_lane_takes_its_share_of_the_rows_not_all_of_them():
+    sizes, gates = [], []
+
+    async def executor(items):
+        sizes.append(len(items))
+        gate = asyncio.Event()
+        gates.append(gate)
+        await gate.wait()
+        for it in items:
+            it.future.set_result(it.payload)
+
+    async def calls(n):
+        async def seen():
+            while len(sizes) < n:
+                await asyncio.sleep(0.001)
+        await asyncio.wait_for(seen(), 2)
+
+    b = Batcher(executor, max_rows=64, max_tokens=10_000, max_wait_s=0.0, queue_limit=100, lanes=2)
+    b.start()
+    items = b.submit([(i, 1) for i in range(4)])
+    await calls(2)                     # a burst on idle lanes is split across them
+    items += b.submit([(i, 1) for i in range(4, 16)])
+    await asyncio.sleep(0.01)
+    assert sizes == [2, 2]             # both lanes busy: the 12 rows wait
+    gates[0].set()
+    await calls(3)                     # 12 waiting + the lanes' last batches (2 + 2) = 16: a share is 8
+    gates[1].set()
+    await calls(4)                     # 4 waiting + 8 + 2 = 14: all 4 fit a share
+    assert sizes == [2, 2, 8, 4]
+    for g in gates:
+        g.set()
+    assert sorted([await it.future for it in items]) == list(range(16))
+    await b.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("ahead, by_s", [(3, 0.002), (8, 0.01)])
+async def test_clients_that_send_again_when_answered_keep_both_lanes_busy(ahead, by_s):
+    # 16 such clients on two lanes whose batches take 4 ms a row, some of them ahead of the rest.
+    # Taking every waiting row, one lane can end up with all of them and the lanes take turns
+    # (each batch starts while the other lane idles: half the throughput); so can shares that
+    # count the last batch of a lane that idles. With shares, batches run side by side.
+    spans = []
+
+    async def executor(items):
+        start = time.monotonic()
+        await asyncio.sleep(0.004 * len(items))
+        spans.append((start, time.monotonic()))
+        for it in items:
+            it.future.set_result(it.payload)
+
+    b = Batcher(executor, max_rows=64, max_tokens=10_000, max_wait_s=0.0, queue_limit=100, lanes=2)
+    b.start()
+
+    async def client(i):
+        await asyncio.sleep(0.0 if i < ahead else by_s)
+        for _ in range(15):
+            (item,) = b.submit([(i, 1)])
+            await item.future
+
+    await asyncio.gather(*(client(i) for i in range(16)))
+    await b.close()
+    assert busy_lanes(spans[4:]) > 1.6, spans
+
+
+def busy_lanes(spans: list[tuple[float, float]]) -> float:
+    """How many batches ran at once on average while any ran: their summed time over the time
+    covered by at least one (1.0: one at a time; 2.0: always two side by side)."""
+    covered, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        covered += max(0.0, b - max(a, end))
+        end = max(end, b)
+    return sum(b - a for a, b in spans) / covered
+
+
+@pytest.mark.asyncio
 async def test_a_lane_whose_executor_dies_stops_the_batcher_and_fails_every_row():
     calls = []
 
