@@ -91,22 +91,31 @@ class Packing:
         return x.new_zeros((b * s, x.shape[1])).index_copy(0, self.index, x).view(b, s, x.shape[1])
 
 
-def _bert_block_packed(block: nn.Module, x: torch.Tensor, p: Packing) -> torch.Tensor:
-    """One BERT-shaped block (self-attention, then the feed-forward, each followed by add & norm)
-    on packed tokens x [N, d]. The linear layers, ~80% of the work, see only real tokens; attention
-    runs on the padded layout under the mask. Eval mode only (no dropout)."""
-    att = block.attention.self
+def _post_norm_packed(x: torch.Tensor, p: Packing, qkv: tuple[nn.Linear, nn.Linear, nn.Linear], heads: int,
+                      scale: float, attn_out: nn.Linear, norm1: nn.Module,
+                      ffn: Callable[[torch.Tensor], torch.Tensor], norm2: nn.Module) -> torch.Tensor:
+    """A post-norm encoder block (self-attention, then the feed-forward, each followed by add &
+    norm) on packed tokens x [N, d]. The linear layers, ~80% of the work, see only real tokens;
+    attention runs on the padded layout under the mask. Eval mode only (no dropout)."""
     b, s = p.shape
-    heads, dh = att.num_attention_heads, att.attention_head_size
-    qkv = p.pad(torch.cat([att.query(x), att.key(x), att.value(x)], dim=1))          # [B, S, 3 * heads * dh]
-    q, k, v = qkv.view(b, s, 3, heads, dh).permute(2, 0, 3, 1, 4)                    # [B, heads, S, dh] each
-    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=p.bias, scale=att.scaling)
-    ctx = p.pack(ctx.transpose(1, 2).reshape(b, s, heads * dh))
-    out = block.attention.output
-    x = out.LayerNorm(out.dense(ctx) + x)
-    ffn = block.intermediate
-    out = block.output
-    return out.LayerNorm(out.dense(ffn.intermediate_act_fn(ffn.dense(x))) + x)
+    q, k, v = p.pad(torch.cat([lin(x) for lin in qkv], dim=1)).view(b, s, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=p.bias, scale=scale)      # [B, heads, S, dh]
+    x = norm1(attn_out(p.pack(ctx.transpose(1, 2).reshape(b, s, -1))) + x)
+    return norm2(ffn(x) + x)
+
+
+def _bert_block_packed(block: nn.Module, x: torch.Tensor, p: Packing) -> torch.Tensor:
+    att, mid, out = block.attention.self, block.intermediate, block.output
+    return _post_norm_packed(x, p, (att.query, att.key, att.value), att.num_attention_heads, att.scaling,
+                             block.attention.output.dense, block.attention.output.LayerNorm,
+                             lambda h: out.dense(mid.intermediate_act_fn(mid.dense(h))), out.LayerNorm)
+
+
+def _distilbert_block_packed(block: nn.Module, x: torch.Tensor, p: Packing) -> torch.Tensor:
+    att, ffn = block.attention, block.ffn
+    return _post_norm_packed(x, p, (att.q_lin, att.k_lin, att.v_lin), att.n_heads, att.scaling, att.out_lin,
+                             block.sa_layer_norm, lambda h: ffn.lin2(ffn.activation(ffn.lin1(h))),
+                             block.output_layer_norm)
 
 
 class _Seq(nn.Module):
@@ -156,7 +165,7 @@ FAMILIES: dict[str, FamilySpec] = {   # keyed by the Hugging Face config's model
     "distilbert": FamilySpec(
         layers=lambda b: b.transformer.layer, embed=_embed_distilbert,
         lm_transform=lambda m: _Seq(m.vocab_transform, m.activation, m.vocab_layer_norm),
-        lm_output=lambda m: m.vocab_projector),
+        lm_output=lambda m: m.vocab_projector, packed_block=_distilbert_block_packed),
     "electra": FamilySpec(
         layers=lambda b: b.encoder.layer, embed=_embed_electra,
         lm_transform=lambda m: m.generator_predictions, lm_output=lambda m: m.generator_lm_head,

@@ -56,8 +56,17 @@ def test_on_a_cpu_the_linear_layers_see_real_tokens_only_unless_the_model_trains
     that they are what runs (and that training, which needs dropout, runs the model's blocks)."""
     bb = make_backbone(family)
     tokens = _tokens(bb, random_texts(6, seed=4))
+    torch.manual_seed(4)
+    with torch.no_grad():            # norms unlike each other (a tiny model's all start at 1 and 0)
+        for m in bb.model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+        ours = bb.final_norm(lower_pass(bb, tokens, {bb.num_layers})[bb.num_layers])
+    assert (ours - _reference(bb, tokens))[tokens.valid].abs().max().item() < 1e-5
     inputs, block_calls = [], []
-    bb.layers[1].attention.self.query.register_forward_hook(lambda m, args, out: inputs.append(tuple(args[0].shape)))
+    first_linear = next(m for m in bb.layers[1].modules() if isinstance(m, torch.nn.Linear))
+    first_linear.register_forward_hook(lambda m, args, out: inputs.append(tuple(args[0].shape)))
     bb.layers[1].register_forward_hook(lambda m, args, out: block_calls.append(m))
     with torch.no_grad():
         h = bb.embed(tokens.input_ids, tokens.token_type_ids)
