@@ -92,28 +92,29 @@ class Packing:
 
 
 def _post_norm_packed(x: torch.Tensor, p: Packing, qkv: tuple[nn.Linear, nn.Linear, nn.Linear], heads: int,
-                      scale: float, attn_out: nn.Linear, norm1: nn.Module,
-                      ffn: Callable[[torch.Tensor], torch.Tensor], norm2: nn.Module) -> torch.Tensor:
-    """A post-norm encoder block (self-attention, then the feed-forward, each followed by add &
-    norm) on packed tokens x [N, d]. The linear layers, ~80% of the work, see only real tokens;
-    attention runs on the padded layout under the mask. Eval mode only (no dropout)."""
+                      attn_out: nn.Linear, norm1: nn.Module, ffn: Callable[[torch.Tensor], torch.Tensor],
+                      norm2: nn.Module) -> torch.Tensor:
+    """A post-norm encoder block (self-attention scaled by 1/sqrt(head size), then the
+    feed-forward, each followed by add & norm) on packed tokens x [N, d]. The linear layers, ~80%
+    of the work, see only real tokens; attention runs on the padded layout under the mask. Eval
+    mode only (no dropout)."""
     b, s = p.shape
     q, k, v = p.pad(torch.cat([lin(x) for lin in qkv], dim=1)).view(b, s, 3, heads, -1).permute(2, 0, 3, 1, 4)
-    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=p.bias, scale=scale)      # [B, heads, S, dh]
+    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=p.bias)                   # [B, heads, S, dh]
     x = norm1(attn_out(p.pack(ctx.transpose(1, 2).reshape(b, s, -1))) + x)
     return norm2(ffn(x) + x)
 
 
 def _bert_block_packed(block: nn.Module, x: torch.Tensor, p: Packing) -> torch.Tensor:
     att, mid, out = block.attention.self, block.intermediate, block.output
-    return _post_norm_packed(x, p, (att.query, att.key, att.value), att.num_attention_heads, att.scaling,
+    return _post_norm_packed(x, p, (att.query, att.key, att.value), att.num_attention_heads,
                              block.attention.output.dense, block.attention.output.LayerNorm,
                              lambda h: out.dense(mid.intermediate_act_fn(mid.dense(h))), out.LayerNorm)
 
 
 def _distilbert_block_packed(block: nn.Module, x: torch.Tensor, p: Packing) -> torch.Tensor:
     att, ffn = block.attention, block.ffn
-    return _post_norm_packed(x, p, (att.q_lin, att.k_lin, att.v_lin), att.n_heads, att.scaling, att.out_lin,
+    return _post_norm_packed(x, p, (att.q_lin, att.k_lin, att.v_lin), att.n_heads, att.out_lin,
                              block.sa_layer_norm, lambda h: ffn.lin2(ffn.activation(ffn.lin1(h))),
                              block.output_layer_norm)
 
@@ -218,6 +219,9 @@ class Backbone(nn.Module):
             self.lm_transform = self.spec.lm_transform(model)
             self.lm_output = self.spec.lm_output(model)
         self.norm = self.spec.final_norm(self.base) if self.spec.final_norm else nn.Identity()
+        # relative position embeddings (older BERT configs) live inside attention: not in the packed block
+        absolute = getattr(self.config, "position_embedding_type", "absolute") == "absolute"
+        self.packed_block = self.spec.packed_block if absolute else None
         self._fingerprint: dict | None = None
 
     # ---- construction -------------------------------------------------------------------
@@ -310,7 +314,7 @@ class Backbone(nn.Module):
         if not len(blocks):
             return h
         bias = self.attention_bias(valid)
-        packed = self.spec.packed_block
+        packed = self.packed_block
         if packed is not None and h.device.type == "cpu" and not self.model.training:
             p = Packing.of(valid, bias)
             x = p.pack(h)

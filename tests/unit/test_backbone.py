@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from lpt.backbone import FAMILIES as TABLE
+from lpt.backbone import Backbone
 from lpt.forward import lower_pass, pad_tokens
 from tiny import SPECIALS, make_backbone, random_texts
 
@@ -75,6 +76,13 @@ def test_on_a_cpu_the_linear_layers_see_real_tokens_only_unless_the_model_trains
         bb.model.train()
         bb.run_layers(h, tokens.valid, 0, bb.num_layers)
     assert inputs[1] == tuple(h.shape) and len(block_calls) == 1
+
+
+def test_a_model_with_relative_positions_runs_its_own_blocks():
+    bb = make_backbone("bert")
+    assert bb.packed_block is not None
+    bb.config.position_embedding_type = "relative_key"      # what older BERT configs may carry
+    assert Backbone(bb.model, bb.tokenizer).packed_block is None
 
 
 @pytest.mark.parametrize("family", FAMILIES)
