@@ -11,6 +11,8 @@ row a distinct text of exactly `tokens_per_row` tokens, tokenized before the clo
 server hands rows to the engine). Timed, interleaved (timing.interleaved), medians:
   engine  Engine(bb, cache_entries=0).logits(rows): ids to the device, every layer, the 64
           prompts, heads, logits back to the host
+  unstacked  the same engine running each adapter's generator and head as ops of their own
+          (Engine(stack=False): what the engine did before adapters of one kind ran as one op)
   plain   the backbone's own Hugging Face forward of the same ids (to the device, no prompt, no head)
 FLOP utilisation counts the plain forward's FLOPs on the same rows (matmuls and attention, the
 useful work of both) against PEAK_TFLOPS, the H200's dense bfloat16 peak, for every dtype.
@@ -115,10 +117,14 @@ def measure(bb: Backbone, rows: list[Row], repeats: int) -> dict[str, float]:
     ids = torch.tensor([r.encoded.input_ids for r in rows])
     types = torch.tensor([r.encoded.token_type_ids for r in rows]) if rows[0].encoded.token_type_ids else None
     mask = torch.ones_like(ids)
-    engine = Engine(bb, cache_entries=0)
+    engine, one_by_one = Engine(bb, cache_entries=0), Engine(bb, cache_entries=0, stack=False)
 
     def run_engine():
         engine.logits(rows)
+        sync(bb.device)
+
+    def run_unstacked():
+        one_by_one.logits(rows)
         sync(bb.device)
 
     def run_plain():
@@ -129,7 +135,8 @@ def measure(bb: Backbone, rows: list[Row], repeats: int) -> dict[str, float]:
         sync(bb.device)
 
     with torch.inference_mode():
-        times = interleaved({"engine": run_engine, "plain": run_plain}, repeats, desc=f"{len(rows)} rows")
+        times = interleaved({"engine": run_engine, "unstacked": run_unstacked, "plain": run_plain}, repeats,
+                            desc=f"{len(rows)} rows")
     return {m: statistics.median(v) for m, v in times.items()}
 
 
@@ -145,11 +152,13 @@ def run_config(bb: Backbone, model: str, dtype: str, adapters: list, texts: list
            "rows_per_s": round(batch / s["engine"], 1), "plain_rows_per_s": round(batch / s["plain"], 1),
            "tokens_per_s": round(tokens / s["engine"]), "plain_tokens_per_s": round(tokens / s["plain"]),
            "mixed_over_plain": round(s["engine"] / s["plain"], 3),
+           "unstacked_rows_per_s": round(batch / s["unstacked"], 1),
+           "stacked_speedup": round(s["unstacked"] / s["engine"], 3),
            "model_tflop_per_batch": round(flops / 1e12, 4),
            "mfu": float(f"{flops / s['engine'] / (PEAK_TFLOPS * 1e12):.3g}"),
            "plain_mfu": float(f"{flops / s['plain'] / (PEAK_TFLOPS * 1e12):.3g}")}
     print(f"{model:10} {dtype:9} batch {batch:5d}: engine {out['rows_per_s']:9.1f} rows/s, plain "
-          f"{out['plain_rows_per_s']:9.1f}, mixed/plain {out['mixed_over_plain']:.3f}, MFU {out['mfu']:.3f} "
+          f"{out['plain_rows_per_s']:9.1f}, one op per adapter {out['unstacked_rows_per_s']:9.1f}, mixed/plain {out['mixed_over_plain']:.3f}, MFU {out['mfu']:.3f} "
           f"(plain {out['plain_mfu']:.3f})", flush=True)
     return out
 
@@ -203,26 +212,26 @@ def main(argv=None) -> int:
         raise SystemExit("no CUDA device visible to torch (use --cpu-smoke for the CPU run)")
     from gpu_checks import equivalences
     from gpu_http import http_runs
+    from gpu_profile import profile_runs
 
     started = time.monotonic()
     texts = load_texts(args.kit)
     result = {"device": device_info(plan), "plan": asdict(plan), "peak_tflops_bf16": PEAK_TFLOPS,
               "weights": "minilm: the real weights stored in float16, cast to each run's dtype; "
                          f"{plan.base}: random (seed 0)",
-              "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    stage = time.monotonic()
-    result["equivalence"] = equivalences(args.kit, plan, texts, load_model)
-    result["stage_seconds"] = {"equivalence": round(time.monotonic() - stage, 1)}
-    stage = time.monotonic()
-    result["runs"] = engine_runs(args.kit, plan, texts, stage + plan.engine_budget_s)
-    result["stage_seconds"]["engine"] = round(time.monotonic() - stage, 1)
-    if not args.skip_http:
-        stage = time.monotonic()
-        result["http"] = http_runs(args.kit, plan, texts)
-        result["stage_seconds"]["http"] = round(time.monotonic() - stage, 1)
-    result["seconds"] = round(time.monotonic() - started, 1)
+              "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage_seconds": {}}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    stages = {"equivalence": lambda: equivalences(args.kit, plan, texts, load_model),
+              "runs": lambda: engine_runs(args.kit, plan, texts, time.monotonic() + plan.engine_budget_s),
+              "profile": lambda: profile_runs(args.kit, plan, texts, load_model, make_adapters, encoded_rows)}
+    if not args.skip_http:
+        stages["http"] = lambda: http_runs(args.kit, plan, texts)
+    for name, stage in stages.items():
+        t0 = time.monotonic()
+        result[name] = stage()
+        result["stage_seconds"][name] = round(time.monotonic() - t0, 1)
+        result["seconds"] = round(time.monotonic() - started, 1)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")   # kept stage by stage: a timeout loses one stage only
     print(f"wrote {args.json} ({result['seconds']} s)")
     failed = [f"equivalence: {c}" for c in result["equivalence"] if not c["ok"]]
     failed += [f"http: {r}" for r in result.get("http", {}).get("runs", []) if r["errors"] or not r["requests"]]

@@ -6,6 +6,7 @@
   split_forward_equals_model   the staged forward (embed, layers [0, k), layers [k, n), no prompt)
                                vs the model's own forward, real tokens of a padded batch
   device_matches_cpu_float32   the engine's logits on this device and dtype vs on the CPU in float32
+  stacked_equals_one_by_one    16 adapters of one kind run as one op vs each as ops of its own
 
 error = max |a - b| / max(1, max |b|): absolute for values up to 1 (logits), relative above (hidden
 states). Tolerances (TOLERANCE) are stated per dtype: on a GPU, kernels picked per shape round
@@ -14,12 +15,16 @@ on CPU (tests/unit/test_engine.py, test_reference.py) hold the same equivalences
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
 
 from lpt import Backbone, Engine, Row, load_adapter, new_adapter
 from lpt.adapter import adapter_bytes
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import make_adapters  # noqa: E402
 from lpt.forward import lower_pass, pad_tokens
 
 TOLERANCE = {   # dtype -> (between equal computations on the device, against the CPU in float32)
@@ -88,7 +93,12 @@ def equivalences(kit: Path, plan, texts: list[str], load_model) -> list[dict]:
         with torch.inference_mode():
             staged = staged_vs_model(bb, rows)
         same, vs_cpu = TOLERANCE[dtype]
+        alike = make_adapters(bb, 16, layer=bb.num_layers // 2)
+        alike_rows = check_rows(alike, texts, plan.tokens_per_row)
+        stacked = Engine(bb, cache_entries=0, stack=True).logits(alike_rows)
+        one_by_one = Engine(bb, cache_entries=0, stack=False).logits(alike_rows)
         found = {"mixed_row_equals_row_alone": (max(error(w, a) for w, a in zip(whole, alone)), same),
+                 "stacked_equals_one_by_one": (max(error(s, o) for s, o in zip(stacked, one_by_one)), same),
                  "batch_split_equals_whole": (max(error(s, w) for s, w in zip(split, whole)), same),
                  "split_forward_equals_model": (staged, same),
                  "device_matches_cpu_float32": (max(error(w, c) for w, c in zip(whole, cpu_logits)), vs_cpu)}

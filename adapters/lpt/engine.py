@@ -16,11 +16,14 @@ from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .adapter import LatePrompt
 from .backbone import Backbone
 from .encoding import Encoded
-from .forward import Group, late_forward, lower_pass, pad_states, pad_tokens, to_device, to_host
+from .forward import Group, late_logits, lower_pass, pad_states, pad_tokens, to_device, to_host
+from .generators import stack_key as generator_stack_key
+from .heads import stack_key as head_stack_key
 
 
 @dataclass(frozen=True)
@@ -135,15 +138,17 @@ class _Lowered:
 
 class Engine:
     def __init__(self, backbone: Backbone, cache_entries: int = 2048, max_padding: float | None = 1.3,
-                 min_bucket_rows: int = 8, cache_bytes: int | None = None):
+                 min_bucket_rows: int = 8, cache_bytes: int | None = None, stack: bool | None = None):
         """max_padding: a batch is cut into length buckets so that padded tokens stay within this
         factor of the real tokens (None: one bucket); a bucket keeps at least min_bucket_rows rows,
         since tiny batches waste more in per-call overhead than padding costs. The layer-k cache
-        holds at most cache_entries rows and cache_bytes bytes (None: no byte bound)."""
+        holds at most cache_entries rows and cache_bytes bytes (None: no byte bound). stack:
+        run adapters of one kind as one op (`late_logits`; None: on a GPU)."""
         self.backbone = backbone
         self.cache = StateCache(cache_entries, cache_bytes)
         self.max_padding = max_padding
         self.min_bucket_rows = min_bucket_rows
+        self.stack = stack
 
     # ---- stages -----------------------------------------------------------------------------
     def encode(self, rows: list[Row]) -> tuple[list[_Encoded], dict[int, Exception]]:
@@ -185,9 +190,11 @@ class Engine:
             tokens = pad_tokens([key[0] for key in keys], [key[1] for key in keys], self.backbone.pad_id,
                                 self.backbone.device, width)
             computed = lower_pass(self.backbone, tokens, set().union(*missing.values()))   # {k: [U, T, d]}
+            keep = self.cache.entries > 0
             for u, key in enumerate(keys):
                 for k in missing[key]:
-                    self.cache.put((k, key), computed[k][u, :len(key[0])])
+                    if keep:
+                        self.cache.put((k, key), computed[k][u, :len(key[0])])
                     out.row[(k, key)] = u
             for k, h in computed.items():
                 out.states[k], out.valid[k] = h, tokens.valid
@@ -217,57 +224,81 @@ class Engine:
             real += n
         return out + [cur]
 
-    def upper(self, items: list[_Encoded], lowered: _Lowered) -> tuple[list[int], list[torch.Tensor]]:
-        """One late_forward over every adapter present -> (row indices, logits [n_g, C_g] per
-        adapter, on the device, rows in that order). Each adapter's rows are gathered by index
-        from the lower pass's padded states; every group's indices and readout positions cross
-        to the device in one transfer."""
-        by_adapter: dict[int, list[_Encoded]] = defaultdict(list)
+    def upper(self, items: list[_Encoded], lowered: _Lowered) -> tuple[list[int], list[int], torch.Tensor]:
+        """One late pass over every adapter present -> (row index and number of logits of each
+        output row, logits [n, C_max] on the device). Adapters whose generators and heads can
+        run as one op are put side by side (`late_logits` stacks them on a GPU); each insertion
+        layer's rows are gathered from the lower pass's padded states in one index, and every
+        index and readout position crosses to the device in one transfer."""
+        by_key: dict[tuple, dict[int, list[_Encoded]]] = defaultdict(lambda: defaultdict(list))
         for it in items:
-            by_adapter[id(it.adapter)].append(it)
-        members = list(by_adapter.values())
+            a = it.adapter
+            by_key[(a.layer, generator_stack_key(a.generator), head_stack_key(a.head))][id(a)].append(it)
+        members = [its for key in sorted(by_key, key=lambda key: key[0]) for its in by_key[key].values()]
         host = [lowered.row[(its[0].adapter.layer, it.enc.key)] for its in members for it in its]
         host += [it.enc.readout for its in members for it in its]
         dev = to_device(torch.tensor(host), lowered.device)
-        groups, start, n = [], 0, len(items)
-        for its in members:
-            idx = dev[start:start + len(its)]
-            h, valid = lowered.gather(its[0].adapter.layer, idx)
-            groups.append(Group(its[0].adapter, h, valid, dev[n + start:n + start + len(its)]))
+        n = len(items)
+        groups, start, layer_start = [], 0, 0
+        for m, its in enumerate(members):
+            k = its[0].adapter.layer
+            if m == 0 or members[m - 1][0].adapter.layer != k:      # a layer's first adapter: gather its rows
+                stop = start + sum(len(o) for o in members[m:] if o[0].adapter.layer == k)
+                h, valid = lowered.gather(k, dev[start:stop])
+                layer_start = start
+            rows = slice(start - layer_start, start - layer_start + len(its))
+            groups.append(Group(its[0].adapter, h[rows], valid[rows], dev[n + start:n + start + len(its)]))
             start += len(its)
-        return [it.row_index for its in members for it in its], late_forward(self.backbone, groups)
+        out, starts, widths = late_logits(self.backbone, groups, self.stack)
+        order, width = [0] * n, [0] * n
+        for its, s, c in zip(members, starts, widths):
+            for i, it in enumerate(its):
+                order[s + i], width[s + i] = it.row_index, c
+        return order, width, out
 
     # ---- entry points -------------------------------------------------------------------------
+    def _run(self, rows: list[Row]) -> tuple[dict[int, Exception], dict[int, int], list[int], torch.Tensor | None]:
+        """Every row through the stages -> (failed rows, position of each served row in `out`,
+        its number of logits, out [n, C_max] float32 on the host: one copy back and one wait)."""
+        items, failed = self.encode(rows)
+        order: list[int] = []
+        widths: list[int] = []
+        outs: list[torch.Tensor] = []
+        with torch.inference_mode():
+            for bucket in self.buckets(items) if items else []:
+                idx, width, out = self.upper(bucket, self.lower(bucket))
+                order += idx
+                widths += width
+                outs.append(out)
+            if outs:
+                c_max = max(o.shape[1] for o in outs)
+                flat = to_host(torch.cat([F.pad(o.float(), (0, c_max - o.shape[1])) for o in outs]))
+            else:
+                flat = None
+        return failed, {i: pos for pos, i in enumerate(order)}, widths, flat
+
     def logits(self, rows: list[Row]) -> list[torch.Tensor | Exception]:
         """Per row: logits [C] (float32, cpu), or the exception that failed that row."""
         if not rows:
             return []
-        items, failed = self.encode(rows)
-        order: list[int] = []            # row index of each answer, in the order of `parts`
-        widths: list[int] = []           # its number of logits
-        parts: list[torch.Tensor] = []
-        with torch.inference_mode():
-            for bucket in self.buckets(items) if items else []:
-                idx, logits = self.upper(bucket, self.lower(bucket))
-                order += idx
-                widths += [lg.shape[1] for lg in logits for _ in range(lg.shape[0])]
-                parts += [lg.float().reshape(-1) for lg in logits]
-            flat = to_host(torch.cat(parts)) if parts else None   # the batch's one copy back and one wait
-        done: dict[int, torch.Tensor] = {}
-        start = 0
-        for i, c in zip(order, widths):
-            done[i] = flat[start:start + c]
-            start += c
-        return [failed[i] if i in failed else done[i] for i in range(len(rows))]
+        failed, pos, widths, flat = self._run(rows)
+        return [failed[i] if i in failed else flat[pos[i], :widths[pos[i]]] for i in range(len(rows))]
 
     def predict(self, rows: list[Row]) -> list[Prediction | Exception]:
-        out = []
-        for row, lg in zip(rows, self.logits(rows)):
-            if isinstance(lg, Exception):
-                out.append(lg)
+        if not rows:
+            return []
+        failed, pos, widths, flat = self._run(rows)
+        probs = []
+        if flat is not None:   # one softmax for the batch; columns past a row's labels are -inf
+            beyond = torch.arange(flat.shape[1])[None] >= torch.tensor(widths)[:, None]
+            probs = flat.masked_fill(beyond, float("-inf")).softmax(-1).tolist()
+        out: list[Prediction | Exception] = []
+        for i, row in enumerate(rows):
+            if i in failed:
+                out.append(failed[i])
                 continue
-            probs = lg.softmax(-1)
-            best = int(probs.argmax())
+            p = probs[pos[i]]
             labels = row.adapter.labels
-            out.append(Prediction(labels[best], float(probs[best]), {lab: float(p) for lab, p in zip(labels, probs)}))
+            best = max(range(len(labels)), key=p.__getitem__)
+            out.append(Prediction(labels[best], p[best], dict(zip(labels, p))))
         return out

@@ -15,8 +15,13 @@ from itertools import chain
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .backbone import Backbone
+from .generators import stack_key as generator_stack_key
+from .generators import stacked_prompts
+from .heads import stack_key as head_stack_key
+from .heads import stacked_logits
 
 
 @dataclass
@@ -114,45 +119,130 @@ def read_head(bb: Backbone, adapter: "LatePrompt", h: torch.Tensor, valid: torch
     return adapter.head(h.to(_own_dtype(adapter.head, h.dtype)), valid, readout, bb)
 
 
-def late_forward(bb: Backbone, groups: list[Group]) -> list[torch.Tensor]:
-    """Logits [n_g, C_g] for each group, all groups in one pass through the upper layers.
+def late_forward(bb: Backbone, groups: list[Group], stack: bool | None = None) -> list[torch.Tensor]:
+    """Logits [n_g, C_g] for each group, all groups in one pass through the upper layers
+    (`late_logits`; these are views of its one output)."""
+    out, starts, widths = late_logits(bb, groups, stack)
+    return [out[s:s + g.states.shape[0], :c] for g, s, c in zip(groups, starts, widths)]
+
+
+def late_logits(bb: Backbone, groups: list[Group], stack: bool | None = None) -> tuple[torch.Tensor, list[int], list[int]]:
+    """Every group's logits from one pass -> (out [N, C_max], first row and width of each group).
 
     Row layout: [prompt slots (L_max) | tokens (T)], T shared by every group; a group with
     L < L_max has its extra slots masked, so each row computes what it would alone (up to float
-    rounding).
+    rounding). Groups join at their own insertion layer; `out` holds them by layer, in the order
+    given within a layer, each group's C_g logits first in its rows (zeros after).
+
+    stack: adjacent groups whose generators (heads) share a `stack_key` run as one op instead of
+    one op per group: on a GPU, where a batch of 64 adapters would otherwise launch thousands of
+    small kernels. Default: on CUDA; never while an adapter trains (dropout).
     """
     t = groups[0].states.shape[1]
     if any(g.states.shape[1] != t for g in groups):
         raise ValueError(f"groups must share one padded width, got {sorted({g.states.shape[1] for g in groups})}")
+    if stack is None:
+        stack = groups[0].states.device.type == "cuda"
+    stack = stack and not any(g.adapter.training for g in groups)
     l_max = max(g.adapter.length for g in groups)
-    parts = []
-    for g in groups:
-        gen = g.adapter.generator
-        prompt = gen(g.states.to(_own_dtype(gen, g.states.dtype)), g.valid).to(g.states.dtype)   # [n, L, d]
-        n, length = prompt.shape[:2]
-        gap = prompt.new_zeros((n, l_max - length, prompt.shape[2]))
-        x = torch.cat([prompt, gap, g.states], dim=1)                                   # [n, L_max+T, d]
-        slots = torch.arange(l_max, device=g.valid.device).expand(n, l_max) < length
-        parts.append((x, torch.cat([slots, g.valid], dim=1)))
-
-    # Groups join at their own layer: run [k_j, k_{j+1}) on the rows present so far.
     layers = sorted({g.adapter.layer for g in groups})
     order = [j for k in layers for j, g in enumerate(groups) if g.adapter.layer == k]
+    joining = {k: [groups[j] for j in order if groups[j].adapter.layer == k] for k in layers}
+    prompt_runs = {k: _runs(joining[k], lambda g: generator_stack_key(g.adapter.generator), stack) for k in layers}
+    head_runs = _runs(order, lambda j: head_stack_key(groups[j].adapter.head), stack)
+
+    # What the host knows of the rows (prompt lengths where they differ, each stacked run's
+    # members) crosses to the device in one copy, without waiting.
+    host: list[np.ndarray] = []
+    for k in layers:
+        lengths = [g.adapter.length for g in joining[k]]
+        if min(lengths) < l_max:
+            host.append(np.repeat(lengths, [g.states.shape[0] for g in joining[k]]))
+        host += [_members([g.states.shape[0] for g in run]) for key, run in prompt_runs[k] if _stacked(key, run)]
+    host += [_members([groups[j].states.shape[0] for j in run]) for key, run in head_runs if _stacked(key, run)]
+    sent = iter(_send(host, groups[0].states.device))
+
     x = key_valid = None
     for pos, k in enumerate(layers):
-        joining = [parts[j] for j in order if groups[j].adapter.layer == k]
-        x = torch.cat(([] if x is None else [x]) + [p[0] for p in joining])
-        key_valid = torch.cat(([] if key_valid is None else [key_valid]) + [p[1] for p in joining])
+        h, valid = _cat([g.states for g in joining[k]]), _cat([g.valid for g in joining[k]])
+        if min(g.adapter.length for g in joining[k]) < l_max:
+            slots = torch.arange(l_max, device=valid.device)[None] < next(sent)[:, None]
+        else:
+            slots = torch.ones((h.shape[0], l_max), dtype=torch.bool, device=valid.device)
+        part = torch.cat([_prompts(prompt_runs[k], h, valid, l_max, sent), h], dim=1)   # [n, L_max+T, d]
+        part_valid = torch.cat([slots, valid], dim=1)
+        x = part if x is None else torch.cat([x, part])
+        key_valid = part_valid if key_valid is None else torch.cat([key_valid, part_valid])
         nxt = layers[pos + 1] if pos + 1 < len(layers) else bb.num_layers
         if nxt > k:
             x = bb.run_layers(x, key_valid, k, nxt)
-    x = bb.final_norm(x)                                           # [B, L_max+T, d]
+    x = bb.final_norm(x)[:, l_max:]                                # [B, T, d]
+    valid = key_valid[:, l_max:]
+    readout = _cat([groups[j].readout for j in order])
 
-    logits: list[torch.Tensor] = [None] * len(groups)   # type: ignore[list-item]
-    start = 0
-    for j in order:
-        g = groups[j]
-        n = g.states.shape[0]
-        logits[j] = read_head(bb, g.adapter, x[start:start + n, l_max:], g.valid, g.readout)
+    parts, widths, starts, start = [], [0] * len(groups), [0] * len(groups), 0
+    for key, run in head_runs:
+        n = sum(groups[j].states.shape[0] for j in run)
+        rows = slice(start, start + n)
+        if _stacked(key, run):
+            lg = stacked_logits([groups[j].adapter.head for j in run], next(sent), x[rows], valid[rows], readout[rows])
+        else:
+            lg = read_head(bb, groups[run[0]].adapter, x[rows], valid[rows], readout[rows])
+        parts.append(lg)
+        for j in run:
+            starts[j], widths[j] = start, lg.shape[1]
+            start += groups[j].states.shape[0]
+    c_max = max(p.shape[1] for p in parts)
+    return _cat([F.pad(p, (0, c_max - p.shape[1])) if p.shape[1] < c_max else p for p in parts]), starts, widths
+
+
+def _cat(ts: list[torch.Tensor]) -> torch.Tensor:
+    return ts[0] if len(ts) == 1 else torch.cat(ts)
+
+
+def _runs(items: list, key, stack: bool) -> list[tuple[tuple | None, list]]:
+    """Adjacent items with one non-None key -> one run; every other item is a run alone."""
+    out: list[tuple[tuple | None, list]] = []
+    for it in items:
+        k = key(it) if stack else None
+        if k is not None and out and out[-1][0] == k:
+            out[-1][1].append(it)
+        else:
+            out.append((k, [it]))
+    return out
+
+
+def _stacked(key: tuple | None, run: list) -> bool:
+    return key is not None and len(run) > 1
+
+
+def _members(counts: list[int]) -> np.ndarray:
+    """[sum(counts)]: the member (within a run) each row belongs to."""
+    return np.repeat(np.arange(len(counts)), counts)
+
+
+def _send(arrays: list[np.ndarray], device) -> list[torch.Tensor]:
+    """Host int arrays -> device tensors, through one copy that does not wait."""
+    if not arrays:
+        return []
+    dev = to_device(torch.from_numpy(np.concatenate(arrays).astype(np.int64)), device)
+    return list(torch.split(dev, [len(a) for a in arrays]))
+
+
+def _prompts(runs: list, h: torch.Tensor, valid: torch.Tensor, l_max: int, sent) -> torch.Tensor:
+    """Every joining row's prompt, padded to l_max slots -> [n, L_max, d]; `sent` yields each
+    stacked run's member index."""
+    parts, start = [], 0
+    for key, run in runs:
+        n = sum(g.states.shape[0] for g in run)
+        hs, vs = h[start:start + n], valid[start:start + n]
+        if _stacked(key, run):
+            prompt = stacked_prompts([g.adapter.generator for g in run], next(sent), hs, vs)
+        else:
+            gen = run[0].adapter.generator
+            prompt = gen(hs.to(_own_dtype(gen, hs.dtype)), vs).to(hs.dtype)             # [n, L, d]
+        if prompt.shape[1] < l_max:
+            prompt = torch.cat([prompt, prompt.new_zeros((n, l_max - prompt.shape[1], prompt.shape[2]))], dim=1)
+        parts.append(prompt)
         start += n
-    return logits
+    return _cat(parts)

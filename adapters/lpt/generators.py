@@ -6,6 +6,7 @@ All take `h [B, T, d]` and `valid [B, T]` (True at real tokens, any padding side
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 GENERATOR_KINDS = ("npg", "max", "avg", "static")
@@ -86,6 +87,42 @@ class StaticPrompt(nn.Module):
 
     def forward(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         return self.prompt[None].expand(h.shape[0], -1, -1)        # [B, L, d]
+
+
+# ---- many adapters' generators as one op ----------------------------------------------------
+def stack_key(gen: nn.Module) -> tuple | None:
+    """Generators with equal keys can run as one op (`stacked_prompts`); None: run alone. A
+    pooled generator projects every token, so running it for every adapter of a stack would
+    cost the stack's size in matmul work: it runs alone."""
+    p = next(gen.parameters())
+    if isinstance(gen, NPG):
+        return ("npg", gen.hidden, gen.length, gen.down.out_features, gen.anchor_last, p.dtype)
+    if isinstance(gen, StaticPrompt):
+        return ("static", *gen.prompt.shape, p.dtype)
+    return None
+
+
+def stacked_prompts(gens: list[nn.Module], member: torch.Tensor, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Prompts [n, L, d] of generators of one stack_key; member [n]: the generator of each row.
+    What each generator gives its own rows, in a fixed number of kernels whatever the number of
+    generators (on a GPU a small op costs its launch, not its arithmetic).
+
+    NPG: every row through every generator's bottleneck in one matmul ([n, A*r]), the other
+    generators' units zeroed, then one matmul with the up-projections side by side
+    ([A*r] -> [L*d]): only the row's own block is non-zero, so it is the row's own generator.
+    """
+    g0 = gens[0]
+    if isinstance(g0, StaticPrompt):
+        return torch.stack([g.prompt for g in gens])[member].to(h.dtype)
+    dtype = g0.down.weight.dtype
+    rows = torch.arange(h.shape[0], device=h.device)
+    x = h[rows, anchor_index(valid, g0.anchor_last)].to(dtype)                          # [n, d]
+    r = g0.down.out_features
+    z = torch.relu(F.linear(x, torch.cat([g.down.weight for g in gens]), torch.cat([g.down.bias for g in gens])))
+    own = torch.arange(len(gens) * r, device=h.device)[None] // r == member[:, None]   # [n, A*r]
+    z = z * own
+    up = F.linear(z, torch.cat([g.up.weight for g in gens], dim=1)) + torch.stack([g.up.bias for g in gens])[member]
+    return up.view(-1, g0.length, g0.hidden).to(h.dtype)                              # [n, L, d]
 
 
 def generator_shapes(kind: str, hidden: int, length: int, bottleneck: int) -> dict[str, tuple[int, ...]]:

@@ -6,6 +6,7 @@ Every head takes `h [N, T, d]` (prompt slots already removed), `valid [N, T]` an
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 HEAD_KINDS = ("linear", "mlm", "lm")
@@ -27,12 +28,15 @@ class LinearHead(nn.Module):
         self.linear = nn.Linear(hidden, num_labels)
 
     def forward(self, h, valid, readout, backbone=None) -> torch.Tensor:
-        if self.pooling == "mean":
-            w = valid.to(h.dtype)[..., None]                          # [N, T, 1]
-            x = (h * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)       # [N, d]
-        else:
-            x = h[torch.arange(h.shape[0], device=h.device), readout]  # [N, d]
-        return self.linear(x)                                        # [N, C]
+        return self.linear(_pooled(h, valid, readout, self.pooling))   # [N, C]
+
+
+def _pooled(h: torch.Tensor, valid: torch.Tensor, readout: torch.Tensor, pooling: str) -> torch.Tensor:
+    """The vector a linear head scores -> [N, d]: the readout token, or the mean of real tokens."""
+    if pooling == "mean":
+        w = valid.to(h.dtype)[..., None]                              # [N, T, 1]
+        return (h * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)
+    return h[torch.arange(h.shape[0], device=h.device), readout]
 
 
 class VerbalizerHead(nn.Module):
@@ -46,3 +50,23 @@ class VerbalizerHead(nn.Module):
     def forward(self, h, valid, readout, backbone) -> torch.Tensor:
         x = h[torch.arange(h.shape[0], device=h.device), readout]      # [N, d]
         return backbone.label_scores(x, self.label_ids)              # [N, C]
+
+
+def stack_key(head: nn.Module) -> tuple | None:
+    """Heads with equal keys can run as one op (`stacked_logits`); None: run alone."""
+    if isinstance(head, LinearHead):
+        return ("linear", head.pooling, *head.linear.weight.shape, head.linear.weight.dtype)
+    return None
+
+
+def stacked_logits(heads: list[nn.Module], member: torch.Tensor, h: torch.Tensor, valid: torch.Tensor,
+                   readout: torch.Tensor) -> torch.Tensor:
+    """Logits [n, C] of linear heads of one stack_key; member [n]: the head of each row. Every
+    row is scored by every head in one matmul ([n, A*C]; C and A are small) and keeps its own."""
+    h0 = heads[0]
+    x = _pooled(h, valid, readout, h0.pooling).to(h0.linear.weight.dtype)           # [n, d]
+    c = h0.linear.out_features
+    w = torch.cat([hd.linear.weight for hd in heads])                               # [A*C, d]
+    every = F.linear(x, w).view(x.shape[0], len(heads), c)                          # [n, A, C]
+    own = every.gather(1, member[:, None, None].expand(-1, 1, c)).squeeze(1)        # [n, C]
+    return own + torch.stack([hd.linear.bias for hd in heads])[member]

@@ -206,9 +206,9 @@ def test_fresh_rows_reach_the_upper_layers_as_the_lower_pass_padded_them(monkeyp
     adapters = _adapters(bb, MIXED[:4])
     rows = _rows(adapters, random_texts(12, seed=9, lo=1, hi=12))
     lowered, seen = [], []
-    real_lower, real_late = engine_module.lower_pass, engine_module.late_forward
+    real_lower, real_late = engine_module.lower_pass, engine_module.late_logits
     monkeypatch.setattr(engine_module, "lower_pass", lambda *a: lowered.append(real_lower(*a)) or lowered[-1])
-    monkeypatch.setattr(engine_module, "late_forward", lambda b, groups: seen.append(groups) or real_late(b, groups))
+    monkeypatch.setattr(engine_module, "late_logits", lambda b, groups, stack: seen.append(groups) or real_late(b, groups))
 
     def no_repadding(*a, **k):
         raise AssertionError("fresh states were padded again")
