@@ -303,8 +303,9 @@ class Backbone(nn.Module):
         return torch.where(allowed, zero, torch.finfo(dtype).min)
 
     def run_layers(self, h: torch.Tensor, valid: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """Run blocks [start, stop) on h [B, S, d] whose real positions are valid [B, S] (bool).
-        What the output holds at positions that are not valid is unspecified.
+        """Run blocks [start, stop) on h [B, S, d] whose real positions are valid [B, S] (bool;
+        None: every position). What the output holds at positions that are not valid is
+        unspecified.
 
         On a CPU, a family with a packed block runs the blocks on the real tokens only: padding
         then costs nothing in the linear layers. Not on a GPU, where finding the real tokens
@@ -313,6 +314,14 @@ class Backbone(nn.Module):
         blocks = self.layers[start:stop]
         if not len(blocks):
             return h
+        if valid is None and not self.causal:   # nothing to mask: SDPA may take its fastest kernel
+            if h.device.type != "cpu" or self.packed_block is None or self.model.training:
+                for block in blocks:
+                    out = block(h, attention_mask=None)
+                    h = out[0] if isinstance(out, tuple) else out
+                return h
+        if valid is None:
+            valid = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
         bias = self.attention_bias(valid)
         packed = self.packed_block
         if packed is not None and h.device.type == "cpu" and not self.model.training:

@@ -179,7 +179,7 @@ class Engine:
         hits: dict[int, dict[tuple, torch.Tensor]] = defaultdict(dict)   # k -> token key -> [T_i, d]
         for it in items:
             k, key = it.adapter.layer, it.enc.key
-            found = self.cache.get((k, key))
+            found = self.cache.get((k, key)) if self.cache.entries > 0 else None
             if found is None:
                 missing[key].add(k)
             else:
@@ -239,6 +239,7 @@ class Engine:
         host += [it.enc.readout for its in members for it in its]
         dev = to_device(torch.tensor(host), lowered.device)
         n = len(items)
+        full = len({len(it.enc.input_ids) for it in items}) == 1     # the bucket has no padding
         groups, start, layer_start = [], 0, 0
         for m, its in enumerate(members):
             k = its[0].adapter.layer
@@ -247,7 +248,7 @@ class Engine:
                 h, valid = lowered.gather(k, dev[start:stop])
                 layer_start = start
             rows = slice(start - layer_start, start - layer_start + len(its))
-            groups.append(Group(its[0].adapter, h[rows], valid[rows], dev[n + start:n + start + len(its)]))
+            groups.append(Group(its[0].adapter, h[rows], valid[rows], dev[n + start:n + start + len(its)], full))
             start += len(its)
         out, starts, widths = late_logits(self.backbone, groups, self.stack)
         order, width = [0] * n, [0] * n

@@ -29,6 +29,7 @@ class TokenBatch:
     input_ids: torch.Tensor                 # [B, T] long, right-padded
     token_type_ids: torch.Tensor | None     # [B, T] long
     valid: torch.Tensor                     # [B, T] bool, True at real tokens
+    full: bool = False                      # every row is T real tokens: nothing to mask
 
 
 def _valid(lengths: list[int], width: int, device) -> torch.Tensor:
@@ -60,7 +61,8 @@ def pad_tokens(seqs: list[tuple[int, ...]], types: list[tuple[int, ...] | None],
     """Right-pad to width (default: the longest sequence). Ids, token types and lengths are laid
     out in one host buffer and cross to the device in one transfer."""
     t = max(len(s) for s in seqs) if width is None else width
-    n, parts = len(seqs), (1 if types[0] is None else 2)
+    # Token types that are all 0 (no text pair) are what the embeddings use when given none.
+    n, parts = len(seqs), (1 if types[0] is None or not any(map(any, types)) else 2)
     lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=n)
     real = np.arange(t)[None] < lengths[:, None]                # [n, t]; its row-major order is the sequences in turn
     total = int(lengths.sum())
@@ -73,7 +75,8 @@ def pad_tokens(seqs: list[tuple[int, ...]], types: list[tuple[int, ...] | None],
     buf[parts * n * t:] = lengths
     dev = to_device(torch.from_numpy(buf), device)
     valid = torch.arange(t, device=dev.device)[None] < dev[parts * n * t:, None]
-    return TokenBatch(dev[:n * t].view(n, t), dev[n * t:2 * n * t].view(n, t) if parts == 2 else None, valid)
+    return TokenBatch(dev[:n * t].view(n, t), dev[n * t:2 * n * t].view(n, t) if parts == 2 else None, valid,
+                      full=int(lengths.min()) == t)
 
 
 def lower_pass(bb: Backbone, tokens: TokenBatch, stops: set[int]) -> dict[int, torch.Tensor]:
@@ -81,7 +84,7 @@ def lower_pass(bb: Backbone, tokens: TokenBatch, stops: set[int]) -> dict[int, t
     h = bb.embed(tokens.input_ids, tokens.token_type_ids)         # [B, T, d]
     out, done = {}, 0
     for k in sorted(stops):
-        h = out[k] = bb.run_layers(h, tokens.valid, done, k)
+        h = out[k] = bb.run_layers(h, None if tokens.full else tokens.valid, done, k)
         done = k
     return out
 
@@ -104,6 +107,7 @@ class Group:
     states: torch.Tensor    # [n, T, d] layer-k hidden states, right-padded (any values after the row)
     valid: torch.Tensor     # [n, T] bool
     readout: torch.Tensor   # [n] long, token index the head reads
+    full: bool = False      # every row is T real tokens (known on the host): nothing to mask
 
 
 def _own_dtype(module: torch.nn.Module, default: torch.dtype) -> torch.dtype:
@@ -162,6 +166,8 @@ def late_logits(bb: Backbone, groups: list[Group], stack: bool | None = None) ->
     host += [_members([groups[j].states.shape[0] for j in run]) for key, run in head_runs if _stacked(key, run)]
     sent = iter(_send(host, groups[0].states.device))
 
+    # Nothing masked at all (every row full, every prompt L_max long): attention without a mask.
+    unmasked = all(g.full for g in groups) and all(g.adapter.length == l_max for g in groups)
     x = key_valid = None
     for pos, k in enumerate(layers):
         h, valid = _cat([g.states for g in joining[k]]), _cat([g.valid for g in joining[k]])
@@ -175,7 +181,7 @@ def late_logits(bb: Backbone, groups: list[Group], stack: bool | None = None) ->
         key_valid = part_valid if key_valid is None else torch.cat([key_valid, part_valid])
         nxt = layers[pos + 1] if pos + 1 < len(layers) else bb.num_layers
         if nxt > k:
-            x = bb.run_layers(x, key_valid, k, nxt)
+            x = bb.run_layers(x, None if unmasked else key_valid, k, nxt)
     x = bb.final_norm(x)[:, l_max:]                                # [B, T, d]
     valid = key_valid[:, l_max:]
     readout = _cat([groups[j].readout for j in order])

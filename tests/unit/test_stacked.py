@@ -115,3 +115,28 @@ def test_stacked_work_does_not_grow_with_the_adapters(monkeypatch):
 
     assert matmuls(4, stack=True) == matmuls(16, stack=True)
     assert matmuls(16, stack=False) > matmuls(4, stack=False)     # one op per adapter and kind alone
+
+
+@pytest.mark.parametrize("stack", [False, True])
+def test_a_batch_without_padding_runs_attention_without_a_mask(stack, monkeypatch):
+    """Rows of one length and prompts of one length: nothing to mask, so the blocks get no mask
+    (on a GPU, SDPA then takes its fastest kernel); the logits still equal the reference."""
+    bb = make_backbone("bert", init_range=0.1)
+    bb.packed_block = None                       # the model's own blocks, as on a GPU
+    adapters = [_adapter(bb, i, layer=1 + i % 2, length=4, gen=("npg", "static")[i % 2]) for i in range(4)]
+    by_length: dict[int, list[str]] = {}
+    for t in random_texts(200, seed=8, lo=3, hi=8):
+        by_length.setdefault(len(adapters[0].encoder.encode(t).input_ids), []).append(t)
+    texts = max(by_length.values(), key=len)[:12]
+    assert len(texts) >= 8
+    masks = []
+    real = bb.run_layers
+    monkeypatch.setattr(bb, "run_layers", lambda h, valid, a, b: masks.append(valid is None) or real(h, valid, a, b))
+    rows = [Row(adapters[i % 4], t) for i, t in enumerate(texts)]
+    got = Engine(bb, cache_entries=0, max_padding=None, stack=stack).logits(rows)
+    assert masks and all(masks), masks
+    for row, lg in zip(rows, got):
+        assert (lg - reference_logits(bb, row.adapter, row.text)).abs().max().item() < TOL
+    masks.clear()
+    Engine(bb, cache_entries=0, max_padding=None).logits(rows + [Row(adapters[0], texts[0] + " and more words")])
+    assert not any(masks)                        # one longer row: every pass masks
