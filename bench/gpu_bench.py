@@ -59,12 +59,13 @@ class Plan:
     http_texts_per_request: int
     http_requests: int                       # per concurrency (upper bound)
     http_seconds: float                      # per concurrency (upper bound)
+    http_workers: tuple[int, ...]            # one server per engine worker count (--workers)
     engine_budget_s: float                   # model runs stop starting after this (recorded as skipped)
 
 
 GPU = Plan("cuda", ("float32", "bfloat16", "float16"), (64, 128, 256, 512, 1024), 64, 128, 5, "bert-base",
-           (1, 4, 16, 32), 32, 400, 15.0, 200.0)
-SMOKE = Plan("cpu", ("float32", "bfloat16", "float16"), (4, 8), 4, 16, 1, "bert-tiny", (1, 2), 32, 4, 5.0, 60.0)
+           (1, 4, 16, 32), 32, 400, 15.0, (1, 2), 200.0)
+SMOKE = Plan("cpu", ("float32", "bfloat16", "float16"), (4, 8), 4, 16, 1, "bert-tiny", (1, 2), 32, 4, 5.0, (1, 2), 60.0)
 
 
 # ---- the models --------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The HTTP path of the GPU benchmark: `lpt serve` on the plan's device, requests of several texts.
 
-One server (the kit's model, the layer-k cache off, batches up to 1024 rows) with `tasks`
-adapters uploaded; for each concurrency a closed loop (loadgen.closed_loop) of requests of
+One server per engine worker count of the plan (the kit's model, the layer-k cache off, batches
+up to 1024 rows) with `tasks` adapters uploaded; for each concurrency a closed loop (loadgen.closed_loop) of requests of
 `http_texts_per_request` texts for one task each, tasks round robin, texts cut to the plan's
 tokens per row. Reports req/s, rows/s, p50/p99 and the server's mean batch.
 """
@@ -51,11 +51,21 @@ def http_runs(kit: Path, plan, texts: list[str]) -> dict:
     check_loopback()
     model = str(kit / "minilm")
     adapters = make_adapters(model, plan.tasks)
-    tasks = sorted(adapters)
     flags = server_flags(plan)
     out = {"model": "minilm", "dtype": HTTP_DTYPE[plan.device], "tasks": plan.tasks,
            "texts_per_request": plan.http_texts_per_request, "tokens_per_row": plan.tokens_per_row,
-           "server_flags": flags, "runs": []}
+           "server_flags": flags, "runs": [], "servers": []}
+    for workers in plan.http_workers:
+        server_out = one_server(model, plan, texts, adapters, flags + ["--workers", str(workers)])
+        out["servers"].append({k: v for k, v in server_out.items() if k != "runs"} | {"workers": workers})
+        out["runs"] += [r | {"workers": workers} for r in server_out["runs"]]
+    return out
+
+
+def one_server(model: str, plan, texts: list[str], adapters: dict[str, bytes], flags: list[str]) -> dict:
+    """One server, every concurrency of the plan."""
+    tasks = sorted(adapters)
+    out: dict = {"flags": flags, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(model, Path(tmp) / "store", Path(tmp) / "server.log", flags)
         try:
@@ -73,8 +83,8 @@ def http_runs(kit: Path, plan, texts: list[str]) -> dict:
                     res["mean_batch_rows"] = round((after["batch_rows_sum"] - before.get("batch_rows_sum", 0))
                                                    / (after["batches"] - before.get("batches", 0)), 1)
                 out["runs"].append(res)
-                print(f"http concurrency {c:3d}: {res['req_per_s']:8.1f} req/s, {res['rows_per_s']:9.1f} rows/s, "
-                      f"p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, batch "
+                print(f"http {flags[-2:]} concurrency {c:3d}: {res['req_per_s']:8.1f} req/s, {res['rows_per_s']:9.1f} "
+                      f"rows/s, p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, batch "
                       f"{res.get('mean_batch_rows', 0)} rows ({res['errors']} errors)", flush=True)
         finally:
             out["server_exit_code"] = server.stop()

@@ -55,6 +55,34 @@ def one_call(engine, rows, device: torch.device, repeats: int) -> dict:
                                for e in by_device[:12] if _device_us(e) > 0]}
 
 
+def two_callers(engine, rows, device: torch.device, calls: int) -> dict:
+    """Rows/s of `calls` engine calls made by one thread, then shared by two threads (as two
+    engine workers would): the second thread's host work can run while the first waits for the
+    device."""
+    import threading
+
+    def work(n):
+        with torch.inference_mode():     # a thread's own: the mode is per thread
+            for _ in range(n):
+                engine.logits(rows)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(threads: int) -> float:
+        ts = [threading.Thread(target=work, args=(calls // threads,)) for _ in range(threads)]
+        t0 = time.perf_counter()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        return len(rows) * (calls // threads) * threads / (time.perf_counter() - t0)
+
+    work(1)
+    one, two = timed(1), timed(2)
+    return {"one_thread_rows_per_s": round(one, 1), "two_threads_rows_per_s": round(two, 1),
+            "two_over_one": round(two / one, 3)}
+
+
 def profile_runs(kit, plan, texts, load_model, make_adapters, encoded_rows) -> list[dict]:
     dtype = PROFILE_DTYPE[plan.device]
     bb = load_model(plan.base, kit, plan, dtype)
@@ -68,6 +96,9 @@ def profile_runs(kit, plan, texts, load_model, make_adapters, encoded_rows) -> l
             with torch.inference_mode():
                 found = one_call(Engine(bb, cache_entries=0), rows, bb.device, plan.repeats)
             found = {"model": plan.base, "dtype": dtype, "tasks": tasks, "batch": batch, **found}
+            if tasks == plan.tasks:
+                found["callers"] = two_callers(Engine(bb, cache_entries=0), rows, bb.device, 2 * plan.repeats)
+                print(f"  {found['callers']}", flush=True)
             out.append(found)
             print(f"profile {plan.base} {dtype} tasks {tasks:3d} batch {batch:5d}: wall {found['wall_ms']:.2f} ms, "
                   f"device busy {found['device_busy_ms']:.2f} ms, {found['kernels']} kernels, {found['aten_calls']} aten calls", flush=True)

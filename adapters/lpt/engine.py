@@ -230,11 +230,14 @@ class Engine:
         run as one op are put side by side (`late_logits` stacks them on a GPU); each insertion
         layer's rows are gathered from the lower pass's padded states in one index, and every
         index and readout position crosses to the device in one transfer."""
-        by_key: dict[tuple, dict[int, list[_Encoded]]] = defaultdict(lambda: defaultdict(list))
+        by_adapter: dict[int, list[_Encoded]] = defaultdict(list)
         for it in items:
-            a = it.adapter
-            by_key[(a.layer, generator_stack_key(a.generator), head_stack_key(a.head))][id(a)].append(it)
-        members = [its for key in sorted(by_key, key=lambda key: key[0]) for its in by_key[key].values()]
+            by_adapter[id(it.adapter)].append(it)
+        by_key: dict[tuple, list[list[_Encoded]]] = defaultdict(list)
+        for its in by_adapter.values():
+            a = its[0].adapter
+            by_key[(a.layer, generator_stack_key(a.generator), head_stack_key(a.head))].append(its)
+        members = [its for key in sorted(by_key, key=lambda key: key[0]) for its in by_key[key]]
         host = [lowered.row[(its[0].adapter.layer, it.enc.key)] for its in members for it in its]
         host += [it.enc.readout for its in members for it in its]
         dev = to_device(torch.tensor(host), lowered.device)
@@ -283,7 +286,16 @@ class Engine:
         if not rows:
             return []
         failed, pos, widths, flat = self._run(rows)
-        return [failed[i] if i in failed else flat[pos[i], :widths[pos[i]]] for i in range(len(rows))]
+        served = flat.unbind(0) if flat is not None else ()     # one call for every row's view
+        c_max = flat.shape[1] if flat is not None else 0
+        out: list[torch.Tensor | Exception] = []
+        for i in range(len(rows)):
+            if i in failed:
+                out.append(failed[i])
+            else:
+                j = pos[i]
+                out.append(served[j] if widths[j] == c_max else served[j][:widths[j]])
+        return out
 
     def predict(self, rows: list[Row]) -> list[Prediction | Exception]:
         if not rows:

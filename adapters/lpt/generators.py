@@ -94,11 +94,10 @@ def stack_key(gen: nn.Module) -> tuple | None:
     """Generators with equal keys can run as one op (`stacked_prompts`); None: run alone. A
     pooled generator projects every token, so running it for every adapter of a stack would
     cost the stack's size in matmul work: it runs alone."""
-    p = next(gen.parameters())
     if isinstance(gen, NPG):
-        return ("npg", gen.hidden, gen.length, gen.down.out_features, gen.anchor_last, p.dtype)
+        return ("npg", gen.hidden, gen.length, gen.down.out_features, gen.anchor_last, gen.down.weight.dtype)
     if isinstance(gen, StaticPrompt):
-        return ("static", *gen.prompt.shape, p.dtype)
+        return ("static", *gen.prompt.shape, gen.prompt.dtype)
     return None
 
 

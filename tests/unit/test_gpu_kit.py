@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import lpt.forward as forward_module
+
 from lpt import Backbone
 from tiny import make_backbone, random_texts
 
@@ -122,7 +124,8 @@ def test_device_checks_pass_on_the_engine_and_fail_on_a_broken_one(tmp_path, mon
     plan = gpu_bench.SMOKE
     checks = gpu_checks.equivalences(kit, plan, texts, gpu_bench.load_model)
     assert {c["check"] for c in checks} == {"mixed_row_equals_row_alone", "batch_split_equals_whole",
-                                            "split_forward_equals_model", "device_matches_cpu_float32"}
+                                            "split_forward_equals_model", "device_matches_cpu_float32",
+                                            "stacked_equals_one_by_one"}
     assert {c["dtype"] for c in checks} == set(plan.dtypes)
     assert all(c["ok"] for c in checks), [c for c in checks if not c["ok"]]
     # padded keys no longer masked: a row's answer depends on its batch, and the staged forward
@@ -132,6 +135,13 @@ def test_device_checks_pass_on_the_engine_and_fail_on_a_broken_one(tmp_path, mon
     fp32 = dataclasses.replace(plan, dtypes=("float32",))
     broken = {c["check"] for c in gpu_checks.equivalences(kit, fp32, texts, gpu_bench.load_model) if not c["ok"]}
     assert {"mixed_row_equals_row_alone", "split_forward_equals_model"} <= broken
+    monkeypatch.undo()
+    # stacked generators that give every row the first generator's prompt
+    real = forward_module.stacked_prompts
+    monkeypatch.setattr(forward_module, "stacked_prompts", lambda gens, member, h, valid: real(
+        gens, torch.zeros_like(member), h, valid))
+    broken = {c["check"] for c in gpu_checks.equivalences(kit, fp32, texts, gpu_bench.load_model) if not c["ok"]}
+    assert broken == {"stacked_equals_one_by_one"}
 
 
 def test_gpu_sh_without_a_kit_says_how_to_build_one(tmp_path):
