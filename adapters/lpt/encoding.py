@@ -115,12 +115,7 @@ class TextEncoder:
                 if max_text_tokens is not None:
                     limit = min(limit, max_text_tokens + self.tok.num_special_tokens_to_add(pair=with_pair))
                 enc = self.tok(texts, pairs, truncation=True, max_length=limit)
-                # a row at the limit may have been cut: only those are tokenized again, whole
-                full = [j for j, ids in enumerate(enc["input_ids"]) if len(ids) >= limit]
-                cut = set()
-                if full:
-                    whole = self.tok([texts[j] for j in full], [pairs[j] for j in full] if pairs else None)
-                    cut = {j for j, ids in zip(full, whole["input_ids"]) if len(ids) > limit}
+                cut = self._cut_rows(enc, texts, pairs, limit)
                 for j, i in enumerate(idx):
                     out[i] = self._finish(enc, j, j in cut)
             return out
@@ -139,6 +134,19 @@ class TextEncoder:
                 fits = len(enc["input_ids"][j]) - self.overhead <= budget
                 out[i] = self._finish(enc, j) if fits else self._encode_truncated(*items[i], budget)
         return out
+
+    def _cut_rows(self, enc, texts: list[str], pairs: list[str] | None, limit: int) -> set[int]:
+        """Rows of enc that truncation cut. A fast tokenizer says so itself: the tokens it cut
+        off are each encoding's `overflowing`. Otherwise a row at the limit may have been cut,
+        and only those rows are tokenized again, whole."""
+        encodings = getattr(enc, "encodings", None)        # None from a slow (Python) tokenizer
+        if encodings is not None:
+            return {j for j, e in enumerate(encodings) if e.overflowing}
+        full = [j for j, ids in enumerate(enc["input_ids"]) if len(ids) >= limit]
+        if not full:
+            return set()
+        whole = self.tok([texts[j] for j in full], [pairs[j] for j in full] if pairs else None)
+        return {j for j, ids in zip(full, whole["input_ids"]) if len(ids) > limit}
 
     def _encode_truncated(self, text: str, text_pair: str | None, budget: int) -> Encoded | Exception:
         """Cut the text (and the pair to at most half the budget), never the template."""

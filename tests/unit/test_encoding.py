@@ -48,3 +48,23 @@ def test_pair_for_a_single_text_template_fails_that_row_only(bb):
     out = a.encoder.encode_many([("fine", None), ("x", "y")])
     assert not isinstance(out[0], Exception)
     assert isinstance(out[1], ValueError) and "{text_pair}" in str(out[1])
+
+
+def test_a_text_is_tokenized_once_and_its_cut_is_known(bb, monkeypatch):
+    """Texts under, at and over the token limit (alone and with pairs): `truncated` is true for
+    the cut ones only, what the fast tokenizer's overflow says, as tokenizing them whole would;
+    and the texts are tokenized in one call, not again to find the cut ones."""
+    a = new_adapter(bb, task="t", labels=["n", "p"], layer=1)
+    limit = 8
+    words = random_texts(1, seed=5, lo=30, hi=31)[0].split()
+    items = [(" ".join(words[:n]), None) for n in (3, limit, limit + 1, 20)]
+    items += [(" ".join(words[:2]), " ".join(words[:3])), (" ".join(words[:5]), " ".join(words[:9]))]
+    calls = []
+    real_call = type(bb.tokenizer).__call__
+    monkeypatch.setattr(type(bb.tokenizer), "__call__", lambda self, *x, **k: calls.append(k) or real_call(self, *x, **k))
+    got = a.encoder.encode_many(items, max_text_tokens=limit)
+    assert len(calls) == 2                       # one call for the single texts, one for the pairs
+    monkeypatch.undo()
+    whole = [len(bb.tokenizer(t, p, add_special_tokens=False)["input_ids"]) for t, p in items]
+    assert [e.truncated for e in got] == [n > limit for n in whole]
+    assert [e.truncated for e in got] == [False, False, True, True, False, True]
