@@ -22,6 +22,23 @@ def tokenizer_lock(tokenizer) -> threading.Lock:
         return lock
 
 
+# A text longer than this many characters per allowed token is first tokenized from that prefix
+# (English runs ~4-5 characters per token): see TextEncoder._tokenize_cut.
+PREFIX_CHARS_PER_TOKEN = 8
+
+
+def _row(enc, j: int, cut: bool) -> tuple:
+    """(ids, token types or None, cut) of row j of a tokenizer's batch output."""
+    return enc["input_ids"][j], (enc["token_type_ids"][j] if "token_type_ids" in enc else None), cut
+
+
+def _space_after_kept(encoding, text: str, end: int) -> bool:
+    """Whether text[last kept token's end : end] holds a space: the tokens kept from a prefix
+    ending at `end` are then those of the whole text."""
+    kept = [stop for (_, stop), special in zip(encoding.offsets, encoding.special_tokens_mask) if not special]
+    return bool(kept) and any(c.isspace() for c in text[max(kept):end])
+
+
 @dataclass(frozen=True)
 class Encoded:
     input_ids: tuple[int, ...]
@@ -114,10 +131,8 @@ class TextEncoder:
                 limit = self.max_length
                 if max_text_tokens is not None:
                     limit = min(limit, max_text_tokens + self.tok.num_special_tokens_to_add(pair=with_pair))
-                enc = self.tok(texts, pairs, truncation=True, max_length=limit)
-                cut = self._cut_rows(enc, texts, pairs, limit)
-                for j, i in enumerate(idx):
-                    out[i] = self._finish(enc, j, j in cut)
+                for i, row in zip(idx, self._tokenize_cut(texts, pairs, limit)):
+                    out[i] = self._finish_row(*row)
             return out
         idx = []
         for i, (text, pair) in enumerate(items):
@@ -134,6 +149,33 @@ class TextEncoder:
                 fits = len(enc["input_ids"][j]) - self.overhead <= budget
                 out[i] = self._finish(enc, j) if fits else self._encode_truncated(*items[i], budget)
         return out
+
+    def _tokenize_cut(self, texts: list[str], pairs: list[str] | None, limit: int) -> list[tuple]:
+        """(ids, token types, cut) of each text (and pair) truncated to `limit` tokens.
+
+        A single text longer than PREFIX_CHARS_PER_TOKEN characters per allowed token is
+        tokenized from that prefix alone (a long document costs a few hundred characters, not
+        all of them), and kept when the prefix provably gives what the whole text gives: it
+        overflowed, and a space lies between its last kept token and the prefix's end, so the
+        cut word is not one the kept tokens belong to (tokenizers split words at spaces). Any
+        other long text is tokenized whole."""
+        p = limit * PREFIX_CHARS_PER_TOKEN
+        heads = [t[:p] for t in texts] if pairs is None and any(len(t) > p for t in texts) else texts
+        enc = self.tok(heads, pairs, truncation=True, max_length=limit)
+        encodings = getattr(enc, "encodings", None)        # None from a slow (Python) tokenizer
+        if encodings is None:
+            if heads is not texts:
+                enc = self.tok(texts, pairs, truncation=True, max_length=limit)
+            cut = self._cut_rows(enc, texts, pairs, limit)
+            return [_row(enc, j, j in cut) for j in range(len(texts))]
+        rows = [_row(enc, j, bool(e.overflowing)) for j, e in enumerate(encodings)]
+        redo = [j for j, (t, e) in enumerate(zip(texts, encodings))
+                if len(t) > p and not (e.overflowing and _space_after_kept(e, t, p))]
+        if redo:
+            again = self.tok([texts[j] for j in redo], None, truncation=True, max_length=limit)
+            for k, j in enumerate(redo):
+                rows[j] = _row(again, k, bool(again.encodings[k].overflowing))
+        return rows
 
     def _cut_rows(self, enc, texts: list[str], pairs: list[str] | None, limit: int) -> set[int]:
         """Rows of enc that truncation cut. A fast tokenizer says so itself: the tokens it cut
@@ -160,10 +202,13 @@ class TextEncoder:
         return self._finish(enc, 0, True)
 
     def _finish(self, enc, j: int, truncated: bool = False) -> Encoded | Exception:
-        ids = tuple(enc["input_ids"][j])
+        return self._finish_row(*_row(enc, j, truncated))
+
+    def _finish_row(self, ids, types, truncated: bool) -> Encoded | Exception:
+        ids = tuple(ids)
         if not ids:
             return ValueError("text encodes to no tokens")
-        types = tuple(enc["token_type_ids"][j]) if "token_type_ids" in enc else None
+        types = tuple(types) if types is not None else None
         try:
             return Encoded(ids, types, self._readout(ids), truncated)
         except ValueError as e:

@@ -80,3 +80,28 @@ def test_bfloat16_runs_close_to_float32():
     p32 = Engine(bb32).predict([Row(load_adapter(data, bb32), TEXTS[0])])[0]
     p16 = Engine(bb16).predict([Row(load_adapter(data, bb16), TEXTS[0])])[0]
     assert abs(p32.scores["a"] - p16.scores["a"]) < 0.05
+
+
+def test_long_texts_tokenize_from_a_prefix_as_they_do_whole(bb):
+    """The prefix shortcut for long texts (lpt.encoding) on the real WordPiece tokenizer:
+    punctuation, accents, CJK, numbers, and words cut at the prefix's end that WordPiece splits
+    differently cut (under 100 characters) and whole (over 100: one [UNK])."""
+    import random
+
+    from lpt.encoding import PREFIX_CHARS_PER_TOKEN
+
+    rng = random.Random(11)
+    vocab = [w for w in bb.tokenizer.get_vocab() if w.isalpha() and not w.startswith("##")]
+    extra = ["café", "naïve", "東京", "3.14", "U.S.", "e-mail", "(see", "below)", "—", "don't", "'quoted'"]
+    limit = 32
+    p = limit * PREFIX_CHARS_PER_TOKEN
+    texts = [" ".join(rng.choice(vocab + extra) for _ in range(rng.randint(50, 600))) for _ in range(40)]
+    for start in range(p - 110, p, 9):              # a 120-character word across the prefix's end,
+        head = " ".join(rng.choice(vocab) for _ in range(5))   # where the kept tokens end
+        texts.append(head.ljust(start) + "abc" * 40 + " " + " ".join(rng.choice(vocab) for _ in range(30)))
+    a = new_adapter(bb, task="t", labels=["n", "p"], layer=1)
+    got = a.encoder.encode_many([(t, None) for t in texts], max_text_tokens=limit - 2)
+    for t, e in zip(texts, got):
+        whole = bb.tokenizer(t, truncation=True, max_length=limit)["input_ids"]
+        assert e.input_ids == tuple(whole), t[:80]
+        assert e.truncated == (len(bb.tokenizer(t)["input_ids"]) > limit)

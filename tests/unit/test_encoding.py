@@ -68,3 +68,39 @@ def test_a_text_is_tokenized_once_and_its_cut_is_known(bb, monkeypatch):
     whole = [len(bb.tokenizer(t, p, add_special_tokens=False)["input_ids"]) for t, p in items]
     assert [e.truncated for e in got] == [n > limit for n in whole]
     assert [e.truncated for e in got] == [False, False, True, True, False, True]
+
+
+def _whole(tok, texts, limit):
+    """The reference: each text tokenized whole, truncated to limit, and whether it was cut."""
+    return [(tuple(tok(t, truncation=True, max_length=limit)["input_ids"]), len(tok(t)["input_ids"]) > limit)
+            for t in texts]
+
+
+def long_texts(words: list[str], seed: int) -> list[str]:
+    """Texts well past the prefix bound: plain ones, one with a long unbroken run where the
+    kept tokens end (the prefix cannot decide it), one whose words are all long."""
+    import random
+
+    rng = random.Random(seed)
+    plain = [" ".join(rng.choice(words) for _ in range(rng.randint(60, 400))) for _ in range(8)]
+    unbroken = " ".join(words[:3]) + " " + "x" * 300 + " " + " ".join(words[:50])
+    wide = " ".join(rng.choice(words) * 6 for _ in range(200))
+    return plain + [unbroken, wide, "short one"]
+
+
+def test_a_long_text_is_tokenized_from_a_prefix_when_that_gives_what_the_whole_gives(bb, monkeypatch):
+    from lpt.encoding import PREFIX_CHARS_PER_TOKEN
+
+    a = new_adapter(bb, task="t", labels=["n", "p"], layer=1)
+    limit = 12
+    texts = long_texts(random_texts(1, seed=6, lo=200, hi=201)[0].split(), seed=6)
+    seen = []
+    real_call = type(bb.tokenizer).__call__
+    monkeypatch.setattr(type(bb.tokenizer), "__call__",
+                        lambda self, x, *r, **k: seen.append(max(map(len, x)) if isinstance(x, list) else len(x))
+                        or real_call(self, x, *r, **k))
+    got = a.encoder.encode_many([(t, None) for t in texts], max_text_tokens=limit - 2)
+    monkeypatch.undo()
+    assert seen[0] <= limit * PREFIX_CHARS_PER_TOKEN       # the first call saw prefixes only
+    assert len(seen) == 2 and seen[1] > limit * PREFIX_CHARS_PER_TOKEN   # one text needed its whole
+    assert [(e.input_ids, e.truncated) for e in got] == _whole(bb.tokenizer, texts, limit)
