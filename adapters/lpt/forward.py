@@ -147,51 +147,84 @@ def late_logits(bb: Backbone, groups: list[Group], stack: bool | None = None) ->
         raise ValueError(f"groups must share one padded width, got {sorted({g.states.shape[1] for g in groups})}")
     if stack is None:
         stack = groups[0].states.device.type == "cuda"
-    stack = stack and not any(g.adapter.training for g in groups)
-    l_max = max(g.adapter.length for g in groups)
-    layers = sorted({g.adapter.layer for g in groups})
-    order = [j for k in layers for j, g in enumerate(groups) if g.adapter.layer == k]
-    joining = {k: [groups[j] for j in order if groups[j].adapter.layer == k] for k in layers}
-    prompt_runs = {k: _runs(joining[k], lambda g: generator_stack_key(g.adapter.generator), stack) for k in layers}
-    head_runs = _runs(order, lambda j: head_stack_key(groups[j].adapter.head), stack)
+    plan = _LatePlan.of(groups, stack and not any(g.adapter.training for g in groups))
+    x, valid = _upper_pass(bb, plan)
+    return _heads(bb, plan, x, valid, _cat([groups[j].readout for j in plan.order]))
 
-    # What the host knows of the rows (prompt lengths where they differ, each stacked run's
-    # members) crosses to the device in one copy, without waiting.
-    host: list[np.ndarray] = []
-    for k in layers:
-        lengths = [g.adapter.length for g in joining[k]]
-        if min(lengths) < l_max:
-            host.append(np.repeat(lengths, [g.states.shape[0] for g in joining[k]]))
-        host += [_members([g.states.shape[0] for g in run]) for key, run in prompt_runs[k] if _stacked(key, run)]
-    host += [_members([groups[j].states.shape[0] for j in run]) for key, run in head_runs if _stacked(key, run)]
-    sent = iter(_send(host, groups[0].states.device))
 
-    # Nothing masked at all (every row full, every prompt L_max long): attention without a mask.
-    unmasked = all(g.full for g in groups) and all(g.adapter.length == l_max for g in groups)
+@dataclass
+class _LatePlan:
+    """The host's side of a late pass, worked out before any kernel: which groups join at which
+    layer, which adjacent groups run as one op, and the row data the device needs for that
+    (prompt lengths where they differ, each stacked run's members), sent in one copy."""
+
+    groups: list[Group]
+    order: list[int]                       # group indices by insertion layer: the rows' order
+    joining: dict[int, list[Group]]        # layer -> the groups that join there, in order
+    prompt_runs: dict[int, list]           # layer -> runs of its groups (generators)
+    head_runs: list                        # runs of group indices, in `order` (heads)
+    l_max: int
+    unmasked: bool                         # every row full, every prompt L_max long: no mask
+    sent: dict[tuple, torch.Tensor]        # ("slots", k) / ("prompt", k, r) / ("head", r) -> on the device
+
+    @classmethod
+    def of(cls, groups: list[Group], stack: bool) -> "_LatePlan":
+        l_max = max(g.adapter.length for g in groups)
+        layers = sorted({g.adapter.layer for g in groups})
+        order = [j for k in layers for j, g in enumerate(groups) if g.adapter.layer == k]
+        joining = {k: [groups[j] for j in order if groups[j].adapter.layer == k] for k in layers}
+        prompt_runs = {k: _runs(joining[k], lambda g: generator_stack_key(g.adapter.generator), stack) for k in layers}
+        head_runs = _runs(order, lambda j: head_stack_key(groups[j].adapter.head), stack)
+        host: dict[tuple, np.ndarray] = {}
+        for k in layers:
+            lengths = [g.adapter.length for g in joining[k]]
+            if min(lengths) < l_max:
+                host[("slots", k)] = np.repeat(lengths, [g.states.shape[0] for g in joining[k]])
+            for r, (key, run) in enumerate(prompt_runs[k]):
+                if _stacked(key, run):
+                    host[("prompt", k, r)] = _members([g.states.shape[0] for g in run])
+        for r, (key, run) in enumerate(head_runs):
+            if _stacked(key, run):
+                host[("head", r)] = _members([groups[j].states.shape[0] for j in run])
+        unmasked = all(g.full for g in groups) and all(g.adapter.length == l_max for g in groups)
+        return cls(groups, order, joining, prompt_runs, head_runs, l_max, unmasked,
+                   _send(host, groups[0].states.device))
+
+
+def _upper_pass(bb: Backbone, plan: _LatePlan) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts in, then the layers from the lowest insertion layer up, each layer's groups
+    joining at it -> final states of the tokens [N, T, d] and their mask [N, T]."""
+    layers = list(plan.joining)
     x = key_valid = None
     for pos, k in enumerate(layers):
-        h, valid = _cat([g.states for g in joining[k]]), _cat([g.valid for g in joining[k]])
-        if min(g.adapter.length for g in joining[k]) < l_max:
-            slots = torch.arange(l_max, device=valid.device)[None] < next(sent)[:, None]
+        joining = plan.joining[k]
+        h, valid = _cat([g.states for g in joining]), _cat([g.valid for g in joining])
+        lengths = plan.sent.get(("slots", k))
+        if lengths is not None:
+            slots = torch.arange(plan.l_max, device=valid.device)[None] < lengths[:, None]
         else:
-            slots = torch.ones((h.shape[0], l_max), dtype=torch.bool, device=valid.device)
-        part = torch.cat([_prompts(prompt_runs[k], h, valid, l_max, sent), h], dim=1)   # [n, L_max+T, d]
+            slots = torch.ones((h.shape[0], plan.l_max), dtype=torch.bool, device=valid.device)
+        part = torch.cat([_prompts(plan, k, h, valid), h], dim=1)           # [n, L_max+T, d]
         part_valid = torch.cat([slots, valid], dim=1)
         x = part if x is None else torch.cat([x, part])
         key_valid = part_valid if key_valid is None else torch.cat([key_valid, part_valid])
         nxt = layers[pos + 1] if pos + 1 < len(layers) else bb.num_layers
         if nxt > k:
-            x = bb.run_layers(x, None if unmasked else key_valid, k, nxt)
-    x = bb.final_norm(x)[:, l_max:]                                # [B, T, d]
-    valid = key_valid[:, l_max:]
-    readout = _cat([groups[j].readout for j in order])
+            x = bb.run_layers(x, None if plan.unmasked else key_valid, k, nxt)
+    return bb.final_norm(x)[:, plan.l_max:], key_valid[:, plan.l_max:]
 
+
+def _heads(bb: Backbone, plan: _LatePlan, x: torch.Tensor, valid: torch.Tensor,
+           readout: torch.Tensor) -> tuple[torch.Tensor, list[int], list[int]]:
+    """Each head on its rows -> (logits [N, C_max], first row and width of each group)."""
+    groups = plan.groups
     parts, widths, starts, start = [], [0] * len(groups), [0] * len(groups), 0
-    for key, run in head_runs:
+    for r, (key, run) in enumerate(plan.head_runs):
         n = sum(groups[j].states.shape[0] for j in run)
         rows = slice(start, start + n)
         if _stacked(key, run):
-            lg = stacked_logits([groups[j].adapter.head for j in run], next(sent), x[rows], valid[rows], readout[rows])
+            lg = stacked_logits([groups[j].adapter.head for j in run], plan.sent[("head", r)], x[rows], valid[rows],
+                                readout[rows])
         else:
             lg = read_head(bb, groups[run[0]].adapter, x[rows], valid[rows], readout[rows])
         parts.append(lg)
@@ -227,28 +260,27 @@ def _members(counts: list[int]) -> np.ndarray:
     return np.repeat(np.arange(len(counts)), counts)
 
 
-def _send(arrays: list[np.ndarray], device) -> list[torch.Tensor]:
+def _send(arrays: dict[tuple, np.ndarray], device) -> dict[tuple, torch.Tensor]:
     """Host int arrays -> device tensors, through one copy that does not wait."""
     if not arrays:
-        return []
-    dev = to_device(torch.from_numpy(np.concatenate(arrays).astype(np.int64)), device)
-    return list(torch.split(dev, [len(a) for a in arrays]))
+        return {}
+    dev = to_device(torch.from_numpy(np.concatenate(list(arrays.values())).astype(np.int64)), device)
+    return dict(zip(arrays, torch.split(dev, [len(a) for a in arrays.values()])))
 
 
-def _prompts(runs: list, h: torch.Tensor, valid: torch.Tensor, l_max: int, sent) -> torch.Tensor:
-    """Every joining row's prompt, padded to l_max slots -> [n, L_max, d]; `sent` yields each
-    stacked run's member index."""
+def _prompts(plan: _LatePlan, k: int, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The prompt of every row joining at layer k, padded to L_max slots -> [n, L_max, d]."""
     parts, start = [], 0
-    for key, run in runs:
+    for r, (key, run) in enumerate(plan.prompt_runs[k]):
         n = sum(g.states.shape[0] for g in run)
         hs, vs = h[start:start + n], valid[start:start + n]
         if _stacked(key, run):
-            prompt = stacked_prompts([g.adapter.generator for g in run], next(sent), hs, vs)
+            prompt = stacked_prompts([g.adapter.generator for g in run], plan.sent[("prompt", k, r)], hs, vs)
         else:
             gen = run[0].adapter.generator
             prompt = gen(hs.to(_own_dtype(gen, hs.dtype)), vs).to(hs.dtype)             # [n, L, d]
-        if prompt.shape[1] < l_max:
-            prompt = torch.cat([prompt, prompt.new_zeros((n, l_max - prompt.shape[1], prompt.shape[2]))], dim=1)
+        if prompt.shape[1] < plan.l_max:
+            prompt = torch.cat([prompt, prompt.new_zeros((n, plan.l_max - prompt.shape[1], prompt.shape[2]))], dim=1)
         parts.append(prompt)
         start += n
     return _cat(parts)

@@ -140,3 +140,10 @@ def test_a_batch_without_padding_runs_attention_without_a_mask(stack, monkeypatc
     masks.clear()
     Engine(bb, cache_entries=0, max_padding=None).logits(rows + [Row(adapters[0], texts[0] + " and more words")])
     assert not any(masks)                        # one longer row: every pass masks
+    masks.clear()
+    shorter = _adapter(bb, 9, layer=1, length=2)   # rows still one length, but a prompt gap to mask
+    rows = rows + [Row(shorter, t) for t in texts[:3]]
+    got = Engine(bb, cache_entries=0, max_padding=None, stack=stack).logits(rows)
+    assert masks and masks[0] and not masks[-1]  # the lower pass needs none, the upper pass does
+    for row, lg in zip(rows, got):
+        assert (lg - reference_logits(bb, row.adapter, row.text)).abs().max().item() < TOL
