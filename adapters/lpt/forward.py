@@ -3,9 +3,10 @@
     states = lower_pass(bb, tokens, stops={k})[k]      # [B, T, d]   layers [0, k), no prompt
     logits = late_forward(bb, [Group(adapter, states, valid, readout), ...])
 
-`late_forward` serves one adapter (training) or many (the engine's mixed batch) with the same
-code: every group gets its own prompt from its own generator, the prompts are padded to the
-longest L, and groups with a later insertion layer join the batch at their layer. The groups
+`late_forward` (training) and `late_logits` (the engine's mixed batch: one [N, C_max] tensor)
+run the same code: every group gets its own prompt from its own generator, the prompts are
+padded to the longest L, and groups with a later insertion layer join the batch at their layer;
+on a GPU, adjacent adapters of one kind run their generators and heads as one op. The groups
 share one token width T: the padded layout of the lower pass is kept up to the heads.
 """
 from __future__ import annotations
