@@ -50,10 +50,13 @@ def make_adapters(model: str, n: int) -> dict[str, bytes]:
             for i in range(n)}
 
 
-def lpt_command(model: str, store: Path, extra: list[str]) -> list[str]:
-    """`lpt serve` on loopback with a fresh store, writes allowed with ADMIN; `{port}` filled in later."""
-    lpt = shutil.which("lpt")
-    return ([lpt] if lpt else [sys.executable, "-m", "lpt_server"]) + [
+def lpt_command(model: str, store: Path, extra: list[str], launcher: list[str] | None = None) -> list[str]:
+    """`lpt serve` on loopback with a fresh store, writes allowed with ADMIN; `{port}` filled in
+    later. launcher: what runs `serve ...` (default: `lpt`, else `python -m lpt_server`)."""
+    if launcher is None:
+        lpt = shutil.which("lpt")
+        launcher = [lpt] if lpt else [sys.executable, "-m", "lpt_server"]
+    return launcher + [
         "serve", "--model", model, "--port", "{port}", "--store", str(store), "--no-demo-adapters",
         "--admin-key", ADMIN, "--log-level", "warning", *extra]
 

@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data import splits  # noqa: E402
 from gpu_http import requests_for  # noqa: E402
-from http_load import ADMIN, lpt_env, make_adapters, upload_adapters  # noqa: E402
+from http_load import lpt_command, lpt_env, make_adapters, upload_adapters  # noqa: E402
 from loadgen import ServerProcess, closed_loop, send_each  # noqa: E402
 from timing import RESULTS, command_line  # noqa: E402
 
@@ -59,11 +59,10 @@ def corpus(kind: str, n: int) -> list[str]:
 
 
 def instant_server(model: str, store: Path, log: Path) -> ServerProcess:
-    cmd = [sys.executable, str(Path(__file__).resolve().parent / "instant_serve.py"), "serve", "--model", model,
-           "--port", "{port}", "--store", str(store), "--no-demo-adapters", "--admin-key", ADMIN,
-           "--log-level", "warning", "--threads", "1", "--cache-entries", "0", "--max-input-tokens", str(TOKENS),
-           "--max-batch-rows", "1024", "--max-batch-tokens", str(1024 * (TOKENS + 2)), "--queue-limit", "4096"]
-    return ServerProcess(cmd, log, env=lpt_env())
+    flags = ["--threads", "1", "--cache-entries", "0", "--max-input-tokens", str(TOKENS), "--max-batch-rows", "1024",
+             "--max-batch-tokens", str(1024 * (TOKENS + 2)), "--queue-limit", "4096"]
+    launcher = [sys.executable, str(Path(__file__).resolve().parent / "instant_serve.py")]
+    return ServerProcess(lpt_command(model, store, flags, launcher), log, env=lpt_env())
 
 
 def engine_rows_per_s(engine: Engine, adapters: list, texts: list[str], rows: int) -> float:

@@ -119,6 +119,14 @@ def _distilbert_block_packed(block: nn.Module, x: torch.Tensor, p: Packing) -> t
                              block.output_layer_norm)
 
 
+def _run_blocks(blocks, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The model's own blocks in turn (some return a tuple, the states first)."""
+    for block in blocks:
+        out = block(h, attention_mask=mask)
+        h = out[0] if isinstance(out, tuple) else out
+    return h
+
+
 class _Seq(nn.Module):
     def __init__(self, *fns):
         super().__init__()
@@ -314,26 +322,19 @@ class Backbone(nn.Module):
         blocks = self.layers[start:stop]
         if not len(blocks):
             return h
-        if valid is None and not self.causal:   # nothing to mask: SDPA may take its fastest kernel
-            if h.device.type != "cpu" or self.packed_block is None or self.model.training:
-                for block in blocks:
-                    out = block(h, attention_mask=None)
-                    h = out[0] if isinstance(out, tuple) else out
-                return h
+        packed = self.packed_block if h.device.type == "cpu" and not self.model.training else None
+        if valid is None and not self.causal and packed is None:
+            return _run_blocks(blocks, h, None)   # nothing to mask: SDPA may take its fastest kernel
         if valid is None:
             valid = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
         bias = self.attention_bias(valid)
-        packed = self.packed_block
-        if packed is not None and h.device.type == "cpu" and not self.model.training:
-            p = Packing.of(valid, bias)
-            x = p.pack(h)
-            for block in blocks:
-                x = packed(block, x, p)
-            return p.pad(x)
+        if packed is None:
+            return _run_blocks(blocks, h, bias)
+        p = Packing.of(valid, bias)
+        x = p.pack(h)
         for block in blocks:
-            out = block(h, attention_mask=bias)
-            h = out[0] if isinstance(out, tuple) else out
-        return h
+            x = packed(block, x, p)
+        return p.pad(x)
 
     def final_norm(self, h: torch.Tensor) -> torch.Tensor:
         return self.norm(h)

@@ -178,12 +178,9 @@ class TextEncoder:
         return rows
 
     def _cut_rows(self, enc, texts: list[str], pairs: list[str] | None, limit: int) -> set[int]:
-        """Rows of enc that truncation cut. A fast tokenizer says so itself: the tokens it cut
-        off are each encoding's `overflowing`. Otherwise a row at the limit may have been cut,
-        and only those rows are tokenized again, whole."""
-        encodings = getattr(enc, "encodings", None)        # None from a slow (Python) tokenizer
-        if encodings is not None:
-            return {j for j, e in enumerate(encodings) if e.overflowing}
+        """Rows of a slow tokenizer's enc that truncation cut (a fast one says so itself, in
+        `overflowing`): a row at the limit may have been cut, and only those rows are tokenized
+        again, whole."""
         full = [j for j, ids in enumerate(enc["input_ids"]) if len(ids) >= limit]
         if not full:
             return set()

@@ -11,6 +11,7 @@ call touches is its own or read-only, and torch's kernels release the GIL.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
@@ -126,6 +127,7 @@ class _Lowered:
     states: dict[int, torch.Tensor]     # k -> [R_k, T, d]
     valid: dict[int, torch.Tensor]      # k -> [R_k, T] bool
     row: dict[tuple, int]               # (k, token key) -> its row in states[k]
+    full: bool                          # every row is T real tokens: nothing to mask
 
     @property
     def device(self) -> torch.device:
@@ -174,7 +176,8 @@ class Engine:
     def lower(self, items: list[_Encoded]) -> _Lowered:
         """Every item's layer-k states at the bucket's width: cache hits, and one lower pass over
         the distinct misses whose padded output is kept as it is (only the cache gets slices)."""
-        width = max(len(it.enc.input_ids) for it in items)
+        lengths = {len(it.enc.input_ids) for it in items}
+        width = max(lengths)
         missing: dict[tuple, set[int]] = defaultdict(set)   # token key -> layers needed
         hits: dict[int, dict[tuple, torch.Tensor]] = defaultdict(dict)   # k -> token key -> [T_i, d]
         for it in items:
@@ -184,7 +187,7 @@ class Engine:
                 missing[key].add(k)
             else:
                 hits[k][key] = found
-        out = _Lowered({}, {}, {})
+        out = _Lowered({}, {}, {}, full=len(lengths) == 1)
         if missing:
             keys = list(missing)
             tokens = pad_tokens([key[0] for key in keys], [key[1] for key in keys], self.backbone.pad_id,
@@ -242,17 +245,17 @@ class Engine:
         host += [it.enc.readout for its in members for it in its]
         dev = to_device(torch.tensor(host), lowered.device)
         n = len(items)
-        full = len({len(it.enc.input_ids) for it in items}) == 1     # the bucket has no padding
-        groups, start, layer_start = [], 0, 0
-        for m, its in enumerate(members):
-            k = its[0].adapter.layer
-            if m == 0 or members[m - 1][0].adapter.layer != k:      # a layer's first adapter: gather its rows
-                stop = start + sum(len(o) for o in members[m:] if o[0].adapter.layer == k)
-                h, valid = lowered.gather(k, dev[start:stop])
-                layer_start = start
-            rows = slice(start - layer_start, start - layer_start + len(its))
-            groups.append(Group(its[0].adapter, h[rows], valid[rows], dev[n + start:n + start + len(its)], full))
-            start += len(its)
+        groups, start = [], 0
+        for k, at_k in itertools.groupby(members, key=lambda its: its[0].adapter.layer):   # members are by layer
+            at_k = list(at_k)
+            h, valid = lowered.gather(k, dev[start:start + sum(map(len, at_k))])     # the layer's rows at once
+            at = 0
+            for its in at_k:
+                rows = slice(at, at + len(its))
+                groups.append(Group(its[0].adapter, h[rows], valid[rows], dev[n + start + at:n + start + at + len(its)],
+                                    lowered.full))
+                at += len(its)
+            start += at
         out, starts, widths = late_logits(self.backbone, groups, self.stack)
         order, width = [0] * n, [0] * n
         for its, s, c in zip(members, starts, widths):

@@ -129,12 +129,17 @@ def test_a_batch_without_padding_runs_attention_without_a_mask(stack, monkeypatc
         by_length.setdefault(len(adapters[0].encoder.encode(t).input_ids), []).append(t)
     texts = max(by_length.values(), key=len)[:12]
     assert len(texts) >= 8
-    masks = []
+    masks, block_masks = [], []
     real = bb.run_layers
     monkeypatch.setattr(bb, "run_layers", lambda h, valid, a, b: masks.append(valid is None) or real(h, valid, a, b))
+    hooks = [block.register_forward_pre_hook(lambda m, args, kw: block_masks.append(kw.get("attention_mask")),
+                                             with_kwargs=True) for block in bb.layers]
     rows = [Row(adapters[i % 4], t) for i, t in enumerate(texts)]
     got = Engine(bb, cache_entries=0, max_padding=None, stack=stack).logits(rows)
+    for hook in hooks:
+        hook.remove()
     assert masks and all(masks), masks
+    assert block_masks and all(m is None for m in block_masks)   # what the blocks themselves got
     for row, lg in zip(rows, got):
         assert (lg - reference_logits(bb, row.adapter, row.text)).abs().max().item() < TOL
     masks.clear()
