@@ -78,6 +78,18 @@ def splits(task: str) -> dict[str, list[tuple[str, str]]]:
     return {"train": rows[:n_train], "dev": rows[n_train:n_train + n_dev], "test": rows[n_train + n_dev:end]}
 
 
+def distinct_texts(kind: str, n: int) -> list[str]:
+    """n distinct texts of one kind ("tweets": the sentiment rows; "news": the BBC rows), every
+    split in turn; past the corpus, its texts again with a number in front (still distinct)."""
+    task = "sentiment" if kind == "tweets" else "news-topic"
+    base = list(dict.fromkeys(text for rows in splits(task).values() for text, _ in rows))
+    out = base[:n]
+    while len(out) < n:
+        start = len(out) - len(base)
+        out += [f"{start + i}: {t}" for i, t in enumerate(base[:n - len(out)])]
+    return out
+
+
 def write_csv(rows: list[tuple[str, str]], path: Path) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)

@@ -71,6 +71,11 @@ def tree_peak_rss_mb(pid: int) -> float:
     return sum(_status_kb(p, "VmHWM") for p in process_tree(pid)) / 1024
 
 
+def tree_rss_mb(pid: int) -> float:
+    """VmRSS (resident now) summed over the process tree, MiB."""
+    return sum(_status_kb(p, "VmRSS") for p in process_tree(pid)) / 1024
+
+
 def tree_cpu_s(pid: int) -> float:
     """User + system CPU seconds used so far by the process tree (children that already exited
     and were waited for are included through cutime/cstime)."""

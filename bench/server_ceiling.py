@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data import splits  # noqa: E402
+from data import distinct_texts  # noqa: E402
 from gpu_http import requests_for  # noqa: E402
 from http_load import lpt_command, lpt_env, make_adapters, upload_adapters  # noqa: E402
 from loadgen import ServerProcess, closed_loop, send_each  # noqa: E402
@@ -43,19 +43,6 @@ from lpt import Backbone, Engine, Row, load_adapter  # noqa: E402
 
 TOKENS = 126                    # text tokens of a news row (128 with [CLS] and [SEP])
 SHAPES = (("tweets", 1), ("tweets", 32), ("news", 1), ("news", 32))
-
-
-def corpus(kind: str, n: int) -> list[str]:
-    task = "sentiment" if kind == "tweets" else "news-topic"
-    out, seen = [], set()
-    for rows in splits(task).values():
-        for text, _ in rows:
-            if text not in seen:
-                seen.add(text)
-                out.append(text)
-    if len(out) < n:
-        out += [f"{i}: {t}" for i, t in enumerate(out[:n - len(out)])]   # still distinct
-    return out[:n]
 
 
 def instant_server(model: str, store: Path, log: Path) -> ServerProcess:
@@ -92,7 +79,7 @@ def main(argv=None) -> int:
     bb = Backbone.load(args.model)
     adapters = [load_adapter(names_bytes[t], bb) for t in tasks]
     engine = Engine(bb, cache_entries=0)
-    pool = {kind: corpus(kind, 4000) for kind in ("tweets", "news")}
+    pool = {kind: distinct_texts(kind, 4000) for kind in ("tweets", "news")}
     out = {"command": command_line(), "tasks": args.tasks, "concurrency": args.concurrency, "shapes": []}
     with tempfile.TemporaryDirectory() as tmp:
         server = instant_server(args.model, Path(tmp) / "store", Path(tmp) / "server.log")

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, MutableMapping
 
 from .batcher import Batcher
 from .metrics import Metrics
@@ -40,6 +41,19 @@ WATCH_EVERY_S = 0.5
 
 EngineFactory = Callable[[Settings], Any]   # returns an lpt.Engine (or anything with .backbone and .predict)
 
+# oneDNN, which runs some of torch's CPU kernels (GELU in float32, matrix products in bfloat16),
+# compiles a kernel for each input shape and keeps up to 1,024 of them. A server's batches have a
+# new token count nearly every time, so memory grew by ~1 MB per new shape over thousands of
+# requests. A batch needs a handful of shapes, and a GELU kernel is rebuilt in under a
+# millisecond. oneDNN reads the bound once, when it makes its cache: before the first kernel.
+KERNEL_CACHE_ENTRIES = 16
+
+
+def bound_kernel_cache(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Keep at most KERNEL_CACHE_ENTRIES compiled kernels, unless the environment already sets
+    ONEDNN_PRIMITIVE_CACHE_CAPACITY (then that)."""
+    environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(KERNEL_CACHE_ENTRIES))
+
 
 def default_engine(settings: Settings):
     """The real model: `settings.model` on `settings.device` in `settings.dtype`."""
@@ -47,6 +61,7 @@ def default_engine(settings: Settings):
 
     from lpt import Backbone
 
+    bound_kernel_cache()
     torch.set_num_threads(thread_plan(settings).torch_threads)
     return engine_for(Backbone.load(settings.model, settings.device, settings.dtype), settings)
 

@@ -1,6 +1,7 @@
 """Probes, /info, /metrics, /docs offline, the error body for unknown routes, the CLI, logs."""
 import json
 import logging
+import os
 import re
 
 import httpx
@@ -103,11 +104,15 @@ def test_serve_flags_override_env(monkeypatch, tmp_path):
         cli.settings_from_args(["--dtype", "int8"])
 
 
-def test_default_engine_applies_threads_and_padding(tmp_path, tiny_bb):
-    """The real engine factory: the model from a local path, LPT_THREADS and LPT_MAX_PADDING applied."""
+def test_default_engine_applies_threads_and_padding(tmp_path, tiny_bb, monkeypatch):
+    """The real engine factory: the model from a local path, LPT_THREADS and LPT_MAX_PADDING
+    applied, oneDNN's kernel cache bounded."""
     import torch
 
-    from lpt_server.runtime import default_engine
+    from lpt_server.runtime import KERNEL_CACHE_ENTRIES, default_engine
+
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "")     # restored as it was after the test
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
 
     tiny_bb.model.save_pretrained(tmp_path / "m")
     tiny_bb.tokenizer.save_pretrained(tmp_path / "m")
@@ -118,6 +123,7 @@ def test_default_engine_applies_threads_and_padding(tmp_path, tiny_bb):
         assert torch.get_num_threads() == 1
         assert engine.max_padding == 2.5
         assert engine.backbone.fingerprint() == tiny_bb.fingerprint()
+        assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(KERNEL_CACHE_ENTRIES)
     finally:
         torch.set_num_threads(before)
 

@@ -1,0 +1,116 @@
+"""A server's memory over a long run: resident memory after each block of requests, with oneDNN's
+kernel cache at its library default and at the server's own bound, in one run.
+
+    python bench/memory.py                       # 16 adapters, 8 blocks of 400 one-tweet requests
+    python bench/memory.py --blocks 4 --json bench/results/memory-x.json
+
+oneDNN (GELU's kernel in float32, matrix products in bfloat16) compiles a kernel per input shape
+and by default keeps 1,024 of them; a server's batches bring a new token count nearly every time.
+Both servers are `lpt serve` on the embedded model with the same adapters and the same distinct
+tweets (none asked twice), a closed loop of 32 clients, default threads and layer-k cache; the
+baseline sets ONEDNN_PRIMITIVE_CACHE_CAPACITY=1024 (oneDNN's default, what the server ran with
+before it set a bound), the other leaves it to the server. After each block: the server's resident
+memory (VmRSS summed over its process tree) and the block's req/s. Writes
+bench/results/memory.json and memory.png.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data import distinct_texts  # noqa: E402
+from gpu_http import requests_for  # noqa: E402
+from http_load import lpt_command, lpt_env, make_adapters, upload_adapters  # noqa: E402
+from loadgen import ServerProcess, closed_loop, send_each, tree_rss_mb  # noqa: E402
+from timing import RESULTS, command_line, pyplot  # noqa: E402
+
+CONFIGS = {"oneDNN default (1,024 kernels)": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"},
+           "lpt serve's bound": {}}
+
+
+def run_server(env_extra: dict[str, str], adapters: dict[str, bytes], texts: list[str], args, tmp: Path) -> dict:
+    tasks = sorted(adapters)
+    env = {k: v for k, v in lpt_env().items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"} | env_extra
+    server = ServerProcess(lpt_command(args.model, tmp / "store", []), tmp / "server.log", env=env)
+    out: dict = {"env": env_extra, "blocks": []}
+    try:
+        server.wait_ready("/ready", 180)
+        upload_adapters(server.url, adapters)
+        asyncio.run(send_each(server.url, requests_for(tasks, ["warm up"], len(tasks), 1)))
+        out["rss_mb_ready"] = round(tree_rss_mb(server.pid), 1)
+        for b in range(args.blocks):
+            block = texts[b * args.requests:(b + 1) * args.requests]
+            res = asyncio.run(closed_loop(server.url, requests_for(tasks, block, len(block), 1), args.concurrency,
+                                          args.time_limit, server))
+            res["requests_so_far"] = (b + 1) * args.requests
+            res["rss_mb"] = round(tree_rss_mb(server.pid), 1)
+            out["blocks"].append(res)
+            print(f"  block {b + 1}: {res['req_per_s']:6.1f} req/s, RSS {res['rss_mb']:6.0f} MB "
+                  f"({res['errors']} errors)", flush=True)
+        out["peak_rss_mb"] = round(server.peak_rss_mb(), 1)
+    finally:
+        out["exit_code"] = server.stop()
+    return out
+
+
+def plot(out: dict, path: Path) -> None:
+    plt = pyplot()
+    if plt is None:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, run in out["runs"].items():
+        xs = [0] + [b["requests_so_far"] for b in run["blocks"]]
+        ax.plot(xs, [run["rss_mb_ready"]] + [b["rss_mb"] for b in run["blocks"]], marker="o", label=name)
+    ax.set_xlabel("requests served (distinct tweets, 16 adapters)")
+    ax.set_ylabel("resident memory, MB")
+    ax.set_title("lpt serve's memory over a run")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="minilm")
+    ap.add_argument("--tasks", type=int, default=16)
+    ap.add_argument("--blocks", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=400, help="per block")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--time-limit", type=float, default=120.0, help="seconds per block (upper bound)")
+    ap.add_argument("--json", type=Path, default=RESULTS / "memory.json")
+    args = ap.parse_args(argv)
+    adapters = make_adapters(args.model, args.tasks)
+    texts = distinct_texts("tweets", args.blocks * args.requests)
+    out = {"command": command_line(), "tasks": args.tasks, "requests_per_block": args.requests,
+           "concurrency": args.concurrency, "runs": {}}
+    for name, env_extra in CONFIGS.items():
+        print(f"{name}:", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            out["runs"][name] = run_server(env_extra, adapters, texts, args, Path(tmp))
+    base, ours = (out["runs"][n] for n in CONFIGS)
+    grow = {n: r["blocks"][-1]["rss_mb"] - r["blocks"][0]["rss_mb"] for n, r in out["runs"].items()}
+    out["summary"] = {
+        "growth_after_first_block_mb": {n: round(g, 1) for n, g in grow.items()},
+        "final_rss_ratio": round(ours["blocks"][-1]["rss_mb"] / base["blocks"][-1]["rss_mb"], 3),
+        "peak_rss_ratio": round(ours["peak_rss_mb"] / base["peak_rss_mb"], 3),
+        "req_per_s_ratio": round(sum(b["req_per_s"] for b in ours["blocks"])
+                                 / sum(b["req_per_s"] for b in base["blocks"]), 3)}
+    s = out["summary"]
+    print(f"growth after the first block: " + ", ".join(f"{n} {g:+.0f} MB" for n, g in grow.items()))
+    print(f"bound / default: final RSS {s['final_rss_ratio']:.2f}x, peak RSS {s['peak_rss_ratio']:.2f}x, "
+          f"req/s {s['req_per_s_ratio']:.2f}x")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(out, indent=2) + "\n")
+    plot(out, args.json.with_suffix(".png"))
+    print(f"wrote {args.json}")
+    return 1 if any(b["errors"] for r in out["runs"].values() for b in r["blocks"]) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
