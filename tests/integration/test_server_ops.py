@@ -1,8 +1,10 @@
 """Probes, /info, /metrics, /docs offline, the error body for unknown routes, the CLI, logs."""
+import asyncio
 import json
 import logging
 import os
 import re
+import threading
 
 import httpx
 import pytest
@@ -44,6 +46,43 @@ async def test_probes_info_and_metrics(tmp_path, tiny_bb):
         assert "lpt_layer_cache_hits_total 1.0" in r.text
         held = float(re.search(r"^lpt_layer_cache_bytes (\S+)", r.text, re.M).group(1))
         assert held == app.state.runtime.engine.cache.stats.bytes > 0       # the one text's states
+
+
+@pytest.mark.asyncio
+async def test_request_duration_is_one_series_per_status_observed_once_per_request(tmp_path, tiny_bb):
+    """Per-task label sets on the latency histogram grew /metrics by ~15 series per adapter."""
+    async with running(tmp_path, tiny_bb) as (app, c):
+        for name in ("a", "b", "c"):
+            await upload(c, name, adapter_file(tiny_bb, name))
+        assert (await c.post("/v1/classify", json={"inputs": "great film", "task": "a"})).status_code == 200
+        assert (await c.post("/v1/classify", json={"inputs": ["fun", "bad"], "tasks": ["b", "c"]})).status_code == 200
+        text = (await c.get("/metrics")).text
+        assert 'lpt_request_duration_seconds_count{status="200"} 2.0' in text     # two requests
+        assert not re.search(r"^lpt_request_duration_seconds\S*\{[^}]*task=", text, re.M)
+        for name in ("a", "b", "c"):                                            # counted per task
+            assert f'lpt_requests_total{{status="200",task="{name}"}} 1.0' in text
+
+
+@pytest.mark.asyncio
+async def test_a_metrics_scrape_does_not_hold_up_the_event_loop(tmp_path, tiny_bb):
+    """/metrics renders off the loop: /health answers while a render is still running."""
+    async with running(tmp_path, tiny_bb) as (app, c):
+        metrics, release, order = app.state.runtime.metrics, threading.Event(), []
+        real = metrics.render
+
+        def slow_render():
+            release.wait(5)                       # on the event loop this would block /health for 5 s
+            order.append("render")
+            return real()
+
+        metrics.render = slow_render
+        scrape = asyncio.create_task(c.get("/metrics"))
+        await asyncio.sleep(0.05)
+        assert (await c.get("/health")).status_code == 200
+        order.append("health")
+        release.set()
+        assert (await scrape).status_code == 200
+        assert order == ["health", "render"]
 
 
 @pytest.mark.asyncio

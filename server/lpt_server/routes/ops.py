@@ -67,5 +67,6 @@ async def info(request: Request):
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(request: Request):
+def metrics(request: Request):
+    # A plain def: FastAPI runs it in its thread pool, so a scrape never holds up the event loop.
     return Response(_rt(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
