@@ -43,9 +43,10 @@ EngineFactory = Callable[[Settings], Any]   # returns an lpt.Engine (or anything
 
 # oneDNN, which runs some of torch's CPU kernels (GELU in float32, matrix products in bfloat16),
 # compiles a kernel for each input shape and keeps up to 1,024 of them. A server's batches have a
-# new token count nearly every time, so memory grew by ~1 MB per new shape over thousands of
-# requests. A batch needs a handful of shapes, and a GELU kernel is rebuilt in under a
-# millisecond. oneDNN reads the bound once, when it makes its cache: before the first kernel.
+# new token count nearly every time: the kept kernels, and the heap they pin between the batches'
+# freed buffers, grew its memory by ~100 MB over 3,200 requests, still growing (bench/memory.py).
+# A batch needs a handful of shapes, and a GELU kernel is rebuilt in under a millisecond. oneDNN
+# reads the bound once, when it makes its cache: before the first kernel.
 KERNEL_CACHE_ENTRIES = 16
 
 
