@@ -19,6 +19,7 @@ from lpt import AdapterError, RowError
 
 from .batcher import BatcherClosed, QueueFull
 from .registry import UnknownAdapter
+from .schemas import TOO_MANY
 from .store import InvalidName, StoreFull
 from .stores import StoreConflict, StoreUnavailable
 from .texts import InputTooLong
@@ -189,6 +190,12 @@ def _shown(value) -> str:
     return r if len(r) <= 60 else type(value).__name__
 
 
+def _too_many(loc: tuple, count: int, limit: int) -> str:
+    if loc == ("tasks",):
+        return f"{count} tasks in one request, more than the queue holds ({limit}, LPT_QUEUE_LIMIT): split the request"
+    return f"{count} inputs in one request, the limit is {limit} (LPT_MAX_INPUTS): split the request"
+
+
 def validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
     """Pydantic's errors as one message that says what to fix."""
     errors = exc.errors()
@@ -196,6 +203,9 @@ def validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
         if e.get("type") == "json_invalid":
             detail = (e.get("ctx") or {}).get("error", "")
             return 400, "invalid_json", f"the request body is not valid JSON ({detail}): send a JSON object {BODY_SHAPE}"
+    for e in errors:
+        if e.get("type") == TOO_MANY:           # a list past the server's bound (schemas.py): 413
+            return 413, PayloadTooLarge.type, _too_many(_clean_loc(tuple(e.get("loc", ()))), **e["ctx"])
     found: dict[tuple, str] = {}
     for e in errors:
         loc, typ = _clean_loc(tuple(e.get("loc", ()))), e.get("type")
@@ -216,7 +226,9 @@ def validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
             hint = FIELD_HINTS.get(key, e.get("msg", "invalid"))
             found.setdefault(loc, f"{_show_loc(loc)}: {hint} (got {_shown(e.get('input'))})")
     # a union reports each of its branches: keep the most specific location of each problem
-    locs = [loc for loc in found if not any(o != loc and o[:len(loc)] == loc for o in found)]
+    # (one that is no other's prefix; a set of prefixes, so that many errors cost linear time)
+    prefixes = {loc[:i] for loc in found for i in range(len(loc))}
+    locs = [loc for loc in found if loc not in prefixes]
     parts = [found[loc] for loc in locs]
     if len(parts) > 6:
         parts = parts[:6] + [f"... and {len(parts) - 6} more"]

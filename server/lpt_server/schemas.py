@@ -8,7 +8,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationInfo, field_validator,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
 # A text must hold a character other than whitespace. The class is spelled out (JSON Schema's
 # \s and Python's differ) so that the schema at /docs and the server's check agree exactly.
@@ -28,6 +30,21 @@ Input = Union[Text, TextPair]
 Inputs = Union[Text, Annotated[list[Input], Field(min_length=1)]]
 
 
+# The server's own bounds on a request's lists, given as validation context by the route:
+# {"inputs": LPT_MAX_INPUTS, "tasks": LPT_QUEUE_LIMIT} (a task more than the queue's rows can never
+# run). A list past its bound is refused before its items are checked: a body of a million bad
+# items would otherwise cost seconds of building one error per item.
+TOO_MANY = "too_many_items"
+
+
+def _bounded(value, handler, info: ValidationInfo):
+    limit = (info.context or {}).get(info.field_name)
+    if limit is not None and isinstance(value, list) and len(value) > limit:
+        raise PydanticCustomError(TOO_MANY, "{count} items, the limit is {limit}",
+                                  {"count": len(value), "limit": limit})
+    return handler(value)
+
+
 class ClassifyRequest(BaseModel):
     """`inputs`: one text, a list of texts, or a list of [text, text_pair]; `task` or `tasks`."""
 
@@ -43,6 +60,8 @@ class ClassifyRequest(BaseModel):
     tasks: list[StrictStr] = Field(None, description="several adapters, each run on every input",
                                    json_schema_extra={"minItems": 1, "uniqueItems": True})
     raw_scores: StrictBool = Field(False, description="also return every label's probability")
+
+    _bounded = field_validator("inputs", "tasks", mode="wrap")(_bounded)
 
     @model_validator(mode="after")
     def _one_of_task_or_tasks(self):
@@ -66,6 +85,8 @@ class TaskClassifyRequest(BaseModel):
 
     inputs: Inputs
     raw_scores: StrictBool = False
+
+    _bounded = field_validator("inputs", mode="wrap")(_bounded)
 
 
 class TaskResult(BaseModel):

@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from tiny_server import adapter_file, admin, running, upload
+from tiny_server import Held, adapter_file, admin, running, upload
 
 pytestmark = pytest.mark.integration
 
@@ -131,3 +131,42 @@ async def test_an_unhandled_error_is_a_logged_500_that_the_app_survives(tmp_path
         assert "secret detail" not in r.text                              # the client sees only the type
         assert any("unhandled error" in rec.getMessage() for rec in caplog.records)
         assert (await c.get("/health")).status_code == 200
+
+
+@pytest.mark.asyncio
+async def test_a_large_body_is_parsed_off_the_event_loop(tmp_path, tiny_bb, monkeypatch):
+    """/health answers while a large classify body is still being parsed."""
+    from lpt_server import body as body_module
+
+    held = Held(body_module.validate_json)
+    monkeypatch.setattr(body_module, "validate_json", held)
+    async with running(tmp_path, tiny_bb) as (app, c):
+        await _with_task(c, tiny_bb)
+        big = {"inputs": ["word " * 20_000], "task": "t"}             # ~100 KB
+        assert len(json.dumps(big)) > body_module.PARSE_OFF_LOOP_BYTES
+        assert (await held.health_answers_meanwhile(c, c.post("/v1/classify", json=big))).status_code == 200
+
+
+def test_many_validation_errors_make_one_message_in_linear_time():
+    """Each bad item gives an error per union branch; keeping the most specific location of each
+    compared every location with every other (50,000 errors: minutes). Now a set of prefixes."""
+    import threading
+
+    from fastapi.exceptions import RequestValidationError
+
+    from lpt_server.errors import validation_message
+
+    n = 25_000
+    errors = [e for i in range(n) for e in (
+        {"type": "string_type", "loc": ("body", "inputs", "str"), "msg": "x", "input": [1]},
+        {"type": "string_type", "loc": ("body", "inputs", "list[union[str,list[str]]]", i, "str"), "msg": "x", "input": 1},
+        {"type": "list_type", "loc": ("body", "inputs", "list[union[str,list[str]]]", i, "list[str]"), "msg": "x",
+         "input": 1})]
+    out = []
+    worker = threading.Thread(target=lambda: out.append(validation_message(RequestValidationError(errors))), daemon=True)
+    worker.start()
+    worker.join(60)                              # linear: well under a second; quadratic: many minutes
+    assert out, "validation_message did not finish in 60 s"
+    status, typ, message = out[0]
+    assert (status, typ) == (422, "validation_error")
+    assert message.startswith("invalid request: inputs[0]: each input must be a string") and f"and {n - 6} more" in message

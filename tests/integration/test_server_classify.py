@@ -100,6 +100,21 @@ async def test_too_many_inputs_is_413(tmp_path, tiny_bb):
         assert ok.status_code == 200
         r = await c.post("/v1/classify", json={"inputs": ["a"] * 4, "task": "sent"})
         assert r.status_code == 413 and "limit is 3" in r.json()["error"]["message"]
+        # counted before any item is checked: a million bad items are one 413, not a million errors
+        for route, body in (("/v1/classify", {"inputs": [1] * 1_000_000, "task": "sent"}),
+                            ("/v1/tasks/sent/classify", {"inputs": [1] * 1_000_000})):
+            r = await c.post(route, json=body)
+            assert r.status_code == 413, r.text
+            assert r.json()["error"]["message"] == ("1000000 inputs in one request, the limit is 3 (LPT_MAX_INPUTS): "
+                                                    "split the request")
+
+
+async def test_more_tasks_than_the_queue_holds_is_413_before_any_is_looked_up(tmp_path, tiny_bb):
+    async with running(tmp_path, tiny_bb, queue_limit=4, max_body_bytes=8 * 2**20) as (app, c):
+        r = await c.post("/v1/classify", json={"inputs": "x", "tasks": [1] * 1_000_000})
+        assert r.status_code == 413, r.text
+        assert r.json()["error"]["message"] == ("1000000 tasks in one request, more than the queue holds "
+                                                "(4, LPT_QUEUE_LIMIT): split the request")
 
 
 LONG = "the plot was boring and the actors bad " * 4      # 32 tokens

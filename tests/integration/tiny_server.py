@@ -6,7 +6,9 @@ in one run (e.g. `pytest tests/integration tests/unit/client`).
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -82,3 +84,29 @@ def tiny_app(store: Path, bb: Backbone, **settings) -> FastAPI:
     """A complete app (not started) on `bb`, with an empty store and no demo adapters."""
     settings = Settings(**{"store": store, "demo_adapters": False, **settings})
     return create_app(settings, engine_factory=lambda s: engine_for(bb, s), demo_dir=None)
+
+
+class Held:
+    """A function made to wait in a worker thread until released (at most 5 s), to show that the
+    event loop answers other requests meanwhile: `order` records what finished first."""
+
+    def __init__(self, fn):
+        self.fn, self.release, self.order = fn, threading.Event(), []
+
+    def __call__(self, *args, **kwargs):
+        self.release.wait(5)                      # on the event loop this would block /health for 5 s
+        self.order.append("held call")
+        return self.fn(*args, **kwargs)
+
+    async def health_answers_meanwhile(self, client, request) -> httpx.Response:
+        """Send `request` (a coroutine that reaches the held call), check that /health answers
+        before the held call returns, then release it and return the request's response."""
+        sent = asyncio.create_task(request)
+        await asyncio.sleep(0.05)
+        assert (await client.get("/health")).status_code == 200
+        self.order.append("health")
+        self.release.set()
+        response = await sent
+        assert self.order == ["health", "held call"]
+        return response
+

@@ -62,10 +62,7 @@ async def _resolve(rt: Runtime, name: str):
 
 async def parse(rt: Runtime, inputs, tasks: list[str]) -> Job:
     s = rt.settings
-    pairs = _normalize(inputs)
-    if len(pairs) > s.max_inputs:
-        raise PayloadTooLarge(f"{len(pairs)} inputs in one request, the limit is {s.max_inputs} "
-                              "(LPT_MAX_INPUTS): split the request")
+    pairs = _normalize(inputs)     # at most LPT_MAX_INPUTS: the schema's bound (schemas.py)
     if len(pairs) * len(tasks) > s.queue_limit:
         raise PayloadTooLarge(f"{len(pairs)} inputs x {len(tasks)} tasks = {len(pairs) * len(tasks)} rows, "
                               f"more than the queue holds ({s.queue_limit}): split the request")
@@ -165,7 +162,7 @@ async def classify(request: Request, inputs, tasks: list[str], raw_scores: bool)
 async def _body(request: Request, model):
     s = request.app.state.runtime.settings
     return await parse_json(request, model, limit=s.max_body_bytes, setting="LPT_MAX_BODY_BYTES",
-                            timeout_s=s.body_timeout_s)
+                            timeout_s=s.body_timeout_s, context={"inputs": s.max_inputs, "tasks": s.queue_limit})
 
 
 # The body is parsed in the route, not by FastAPI: FastAPI reads and parses a body parameter
