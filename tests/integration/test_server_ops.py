@@ -7,7 +7,7 @@ import re
 import httpx
 import pytest
 
-from tiny_server import Held, adapter_file, running, upload
+from tiny_server import Held, adapter_file, admin, running, upload
 from lpt import Engine
 from lpt_server import Settings, cli, create_app, docs
 from lpt_server.logging import JsonFormatter
@@ -68,6 +68,19 @@ async def test_a_metrics_scrape_does_not_hold_up_the_event_loop(tmp_path, tiny_b
         metrics = app.state.runtime.metrics
         metrics.render = held = Held(metrics.render)
         assert (await held.health_answers_meanwhile(c, c.get("/metrics"))).status_code == 200
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("path, owner, method", [("/v1/adapters", "registry", "list"),
+                                                 ("/v1/train", "trainer", "list")])
+async def test_listings_run_off_the_event_loop(tmp_path, tiny_bb, path, owner, method):
+    """A list of thousands of adapters or of kept training jobs (and the check of the response)
+    is built in a worker thread: /health answers meanwhile."""
+    async with running(tmp_path, tiny_bb) as (app, c):
+        target = getattr(app.state.runtime, owner)
+        held = Held(getattr(target, method))
+        setattr(target, method, held)
+        assert (await held.health_answers_meanwhile(c, c.get(path, headers=admin()))).status_code == 200
 
 
 @pytest.mark.asyncio

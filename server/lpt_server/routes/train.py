@@ -59,7 +59,9 @@ async def start_training(request: Request):
 
 
 @router.get("", response_model=TrainJobList, responses=_errors(), summary="List the training jobs, newest first")
-async def list_training(request: Request):
+def list_training(request: Request):
+    # A plain def (FastAPI's thread pool): up to 100 kept jobs with their histories and metrics
+    # took 80-420 ms to list and check.
     return {"jobs": _rt(request).trainer.list()}
 
 
