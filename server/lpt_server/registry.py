@@ -43,6 +43,7 @@ from .stores import AdapterStore, StoreUnavailable
 log = logging.getLogger("lpt_server.registry")
 
 SHOW_KNOWN = 5    # names an unknown-task 404 lists
+ASK = object()    # _refresh/_reread: no listed version given, read the name's pointer
 
 
 class UnknownAdapter(LookupError):
@@ -145,27 +146,31 @@ class Registry:
         with self._lock:
             return self._name_locks.setdefault(name, threading.Lock())
 
-    def _refresh(self, name: str, force: bool = False) -> tuple[Entry | None, AdapterFile | None]:
+    def _refresh(self, name: str, force: bool = False, listed: str | None | object = ASK
+                 ) -> tuple[Entry | None, AdapterFile | None]:
         """Re-read the pointer if due; read and check the file if the version changed. Returns the
         entry and, when the file was just read and can serve, the parsed file (for get() to build:
-        one read, one parse). Call with the name's lock held."""
+        one read, one parse). listed: the version a listing of the store just gave (None: not
+        listed), used instead of reading the pointer. Call with the name's lock held."""
         now = time.monotonic()
         e = self._entries.get(name)
-        if e is not None and not force and now - e.checked_at < self.recheck_s:
-            return e, None
-        if e is not None and not self.store.health().up:
-            e.checked_at = now                    # the store is down: keep what we know until it is back
-            return e, None
+        if listed is ASK:
+            if e is not None and not force and now - e.checked_at < self.recheck_s:
+                return e, None
+            if e is not None and not self.store.health().up:
+                e.checked_at = now                # the store is down: keep what we know until it is back
+                return e, None
         try:
-            return self._reread(name, e, now)
+            return self._reread(name, e, now, listed)
         except StoreUnavailable:
             if e is None:
                 raise
             e.checked_at = now
             return e, None
 
-    def _reread(self, name: str, e: Entry | None, now: float) -> tuple[Entry | None, AdapterFile | None]:
-        version = self.store.current(name)
+    def _reread(self, name: str, e: Entry | None, now: float, listed: str | None | object = ASK
+                ) -> tuple[Entry | None, AdapterFile | None]:
+        version = self.store.current(name) if listed is ASK else listed
         if version is None:                       # deleted (maybe by another replica)
             self._forget(name)
             return None, None
@@ -270,12 +275,13 @@ class Registry:
         return e.describe(name in self._resident)
 
     def list(self) -> list[dict]:
-        """Every usable adapter in the store, including ones other replicas wrote."""
-        names = set(self.store.names()) | set(self._entries)
+        """Every usable adapter in the store, including ones other replicas wrote: one listing of
+        the store (store.versions()), then a file read only for versions not known here."""
+        versions = self.store.versions()
         out = []
-        for name in sorted(names):
+        for name in sorted(set(versions) | set(self._entries)):
             with self._name_lock(name):
-                e, _ = self._refresh(name)
+                e, _ = self._refresh(name, listed=versions.get(name))
             if e is not None and not e.problems:
                 out.append(e.describe(name in self._resident))
         return out

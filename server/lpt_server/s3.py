@@ -117,6 +117,7 @@ class Listed:
     key: str
     size: int
     modified: float     # seconds since the epoch, the server's clock
+    etag: str = ""      # as a GET of the object would give it ("" if the server lists none)
 
 
 class S3Client:
@@ -177,7 +178,8 @@ class S3Client:
             root = ET.fromstring(r.content)
             for c in root.iter(f"{NS}Contents"):
                 modified = datetime.fromisoformat(c.findtext(f"{NS}LastModified", "").replace("Z", "+00:00"))
-                yield Listed(c.findtext(f"{NS}Key", ""), int(c.findtext(f"{NS}Size", "0")), modified.timestamp())
+                yield Listed(c.findtext(f"{NS}Key", ""), int(c.findtext(f"{NS}Size", "0")), modified.timestamp(),
+                             c.findtext(f"{NS}ETag", ""))
             token = root.findtext(f"{NS}NextContinuationToken")
             if max_keys or root.findtext(f"{NS}IsTruncated") != "true" or not token:
                 return

@@ -217,6 +217,9 @@ class Store:
             return None
         return v if VERSION_RE.fullmatch(v) and (d / MARKER).is_file() else None
 
+    def versions(self) -> dict[str, str]:
+        return {n: v for n in self.names() if (v := self.current(n)) is not None}
+
     def path(self, name: str, version: str) -> Path:
         if not VERSION_RE.fullmatch(version):
             raise ValueError(f"not a version: {version!r}")

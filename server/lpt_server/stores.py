@@ -38,6 +38,10 @@ class AdapterStore(Protocol):
     def current(self, name: str) -> str | None:
         """The current version (sha256) of a name, or None."""
 
+    def versions(self) -> dict[str, str]:
+        """Every name's current version, as names() and current() would give them, in as few
+        calls to the backend as it allows (a listing of thousands of adapters)."""
+
     def read(self, name: str, version: str) -> bytes:
         """A version's bytes. FileNotFoundError when that version is gone (replaced meanwhile)."""
 

@@ -59,6 +59,22 @@ def test_a_replica_sees_another_replicas_writes_at_once(replicas):
     assert reader.current("x") is None and reader.names() == []
 
 
+def test_a_listing_gives_every_current_version_and_rereads_only_what_changed(replicas):
+    writer, reader = replicas(), replicas()
+    for n in "abc":
+        writer.put(n, n.encode())
+    assert reader.versions() == {n: sha(n.encode()) for n in "abc"}
+    writer.put("b", b"b2")
+    writer.delete("c")
+    assert reader.versions() == {"a": sha(b"a"), "b": sha(b"b2")}
+    if reader.kind == "s3":      # the server lists each pointer's ETag as a GET gives it: one GET, for "a"
+        gets, real = [], reader.client.get
+        reader.client.get = lambda key: (gets.append(key), real(key))[1]
+        writer.put("a", b"a2")
+        assert reader.versions() == {"a": sha(b"a2"), "b": sha(b"b2")}
+        assert gets == [reader._pointer_key("a")]
+
+
 def test_bad_names_are_refused_before_any_io(replicas):
     store = replicas()
     for bad in ("../x", "a/b", ".hidden", "", "x" * 65):

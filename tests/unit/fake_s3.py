@@ -69,7 +69,8 @@ class FakeS3:
 
     def _list(self, prefix: str, now: str) -> httpx.Response:
         items = "".join(f"<Contents><Key>{k}</Key><Size>{len(v[0])}</Size><LastModified>"
-                        f"{time.strftime('%Y-%m-%dT%H:%M:%S.000Z', time.gmtime(v[2]))}</LastModified></Contents>"
+                        f"{time.strftime('%Y-%m-%dT%H:%M:%S.000Z', time.gmtime(v[2]))}</LastModified>"
+                        f"<ETag>{v[1].replace(chr(34), '&quot;')}</ETag></Contents>"
                         for k, v in sorted(self.objects.items()) if k.startswith(prefix))
         xml = ('<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
                f"<IsTruncated>false</IsTruncated>{items}</ListBucketResult>")

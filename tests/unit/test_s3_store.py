@@ -144,6 +144,30 @@ def test_version_files_are_cached_within_the_bound():
     assert cache.get("big") is None
 
 
+def test_a_listing_reads_only_the_pointers_that_changed_since_they_were_last_read():
+    """versions() lists every pointer with its ETag and reads (GET) only the pointers written
+    since this store last read them: one LIST, not a GET per adapter. A name another replica
+    replaced is read again, one it deleted is gone; current() always reads the pointer."""
+    fake = FakeS3()
+    other = S3Store(URL, client=fake.client())                  # the replica that writes
+    versions = {f"a{i}": other.put(f"a{i}", f"file {i}".encode()).version for i in range(20)}
+    store = S3Store(URL, client=fake.client())                  # the replica that lists
+
+    def listing() -> tuple[dict, list]:
+        fake.calls.clear()
+        return store.versions(), [key for method, key in fake.calls if method == "GET" and key]
+
+    assert listing() == (versions, [f"adapters/a{i}/current" for i in sorted(range(20), key=str)])
+    assert listing() == (versions, [])              # nothing changed: the LIST alone
+    v_new = other.put("a3", b"replaced").version
+    other.delete("a7")
+    current, gets = listing()
+    assert current == {**{n: v for n, v in versions.items() if n != "a7"}, "a3": v_new}
+    assert gets == ["adapters/a3/current"]          # only the pointer written since
+    fake.calls.clear()
+    assert store.current("a1") == versions["a1"] and fake.calls == [("GET", "adapters/a1/current")]
+
+
 def test_old_versions_go_once_no_pointer_names_them_and_foreign_objects_stay(monkeypatch):
     fake = FakeS3()
     store = S3Store(URL, client=fake.client())
@@ -190,3 +214,21 @@ def test_the_registry_keeps_serving_what_it_knows_while_the_store_is_down(bb):
     assert registry.get("a").version == v1                       # not rechecked until the store is seen back
     registry.store.ping()
     assert registry.get("a").version == v2
+
+
+def test_the_registry_lists_with_one_listing_and_reads_only_new_files(bb):
+    """GET /v1/adapters on an S3 store: a listing, not a pointer read per adapter; a version
+    another replica wrote is read (its file) and shown."""
+    fake = FakeS3()
+    other = S3Store(URL, client=fake.client())
+    for i in range(5):
+        other.put(f"t{i}", adapter(bb, i))
+    registry = Registry(S3Store(URL, client=fake.client()), bb, recheck_s=0)
+    assert [a["name"] for a in registry.list()] == [f"t{i}" for i in range(5)]
+    fake.calls.clear()
+    assert [a["name"] for a in registry.list()] == [f"t{i}" for i in range(5)]
+    assert [c for c in fake.calls if c[0] == "GET" and c[1]] == []       # the LIST alone
+    v = other.put("t2", adapter(bb, 9)).version
+    fake.calls.clear()
+    assert {a["name"]: a["version"] for a in registry.list()}["t2"] == v
+    assert [c[1] for c in fake.calls if c[0] == "GET" and c[1]] == ["adapters/t2/current", f"adapters/t2/{v}.safetensors"]
