@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +119,9 @@ class Registry:
         self._entries: dict[str, Entry] = {}
         self._resident: OrderedDict[str, LatePrompt] = OrderedDict()
         self._lock = threading.Lock()                 # guards the two dicts; never held during I/O
-        self._name_locks: dict[str, threading.Lock] = {}
+        # A name's lock lives while a caller holds it: names asked for once (unknown tasks, any
+        # client can send them) leave nothing behind.
+        self._name_locks: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
 
     # ---- sizes ----------------------------------------------------------------------------
     @property

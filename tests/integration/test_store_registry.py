@@ -71,6 +71,20 @@ async def test_an_unknown_task_404_lists_the_known_tasks(tmp_path, tiny_bb):
 
 
 @pytest.mark.asyncio
+async def test_unknown_task_names_leave_nothing_behind(tmp_path, tiny_bb):
+    """Any client can ask for any name: a thousand unknown ones keep no per-name state (a lock
+    per name asked for used to stay forever)."""
+    async with running(tmp_path, tiny_bb) as (app, c):
+        assert (await upload(c, "a", adapter_file(tiny_bb, "a"))).status_code == 201
+        registry = app.state.runtime.registry
+        for i in range(1000):
+            r = await c.post("/v1/classify", json={"inputs": "x", "task": f"nope-{i}"})
+            assert r.status_code == 404
+        assert (await c.post("/v1/classify", json={"inputs": "x", "task": "a"})).status_code == 200
+        assert len(registry._name_locks) == 0 and list(registry._entries) == ["a"]
+
+
+@pytest.mark.asyncio
 async def test_a_version_new_to_a_replica_is_read_and_parsed_once(tmp_path, tiny_bb, monkeypatch):
     root = tmp_path / "store"
     other, mine = Store(root), Store(root)          # another replica writes, this one serves
