@@ -126,7 +126,8 @@ class Registry:
     # ---- sizes ----------------------------------------------------------------------------
     @property
     def registered(self) -> int:
-        return sum(1 for e in self._entries.values() if not e.problems)
+        with self._lock:       # read from other threads (a /metrics scrape) while loads insert
+            return sum(1 for e in self._entries.values() if not e.problems)
 
     @property
     def resident_count(self) -> int:
@@ -134,7 +135,8 @@ class Registry:
 
     def problems(self) -> dict[str, list[str]]:
         """Stored adapters that cannot serve on this model, with every reason."""
-        return {n: e.problems for n, e in sorted(self._entries.items()) if e.problems}
+        with self._lock:
+            return {n: e.problems for n, e in sorted(self._entries.items()) if e.problems}
 
     # ---- reading the store ------------------------------------------------------------------
     def scan(self) -> dict[str, list[str]]:
