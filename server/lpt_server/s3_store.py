@@ -201,8 +201,11 @@ class S3Store:
         """One listing (a call per 1,000 objects) and a GET only for the pointers written since
         this store last read them: every pointer write has an ETag of its own (the write id), so a
         listed ETag equal to the one read means the same pointer, without reading it again."""
+        listed = self._listed_pointers()
+        for gone in self._read.keys() - listed.keys():    # deleted, maybe through another replica
+            self._read.pop(gone, None)
         out = {}
-        for name, etag in sorted(self._listed_pointers().items()):
+        for name, etag in sorted(listed.items()):
             known = self._read.get(name)
             if known is not None and etag and etag.strip('"') == known.etag.strip('"'):
                 version = known.version

@@ -164,6 +164,7 @@ def test_a_listing_reads_only_the_pointers_that_changed_since_they_were_last_rea
     current, gets = listing()
     assert current == {**{n: v for n, v in versions.items() if n != "a7"}, "a3": v_new}
     assert gets == ["adapters/a3/current"]          # only the pointer written since
+    assert "a7" not in store._read                  # what a deleted name's pointer was is forgotten
     fake.calls.clear()
     assert store.current("a1") == versions["a1"] and fake.calls == [("GET", "adapters/a1/current")]
 

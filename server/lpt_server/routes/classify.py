@@ -86,6 +86,12 @@ async def _disconnected(request: Request) -> None:
             return
 
 
+def _retrieve(future: asyncio.Future) -> None:
+    """Mark a finished future's outcome as read (its exception, if any, was answered already)."""
+    if not future.cancelled():
+        future.exception()
+
+
 async def schedule(rt: Runtime, request: Request, job: Job) -> list[Item]:
     rows = [(Row(adapter, text, pair, enc), len(enc.input_ids))
             for (text, pair), encs in zip(job.inputs, job.encoded.rows) for adapter, enc in zip(job.adapters, encs)]
@@ -107,9 +113,10 @@ async def schedule(rt: Runtime, request: Request, job: Job) -> list[Item]:
     finally:
         gone.cancel()
         if not answers.done():
-            answers.cancel()
-        elif not answers.cancelled():
-            answers.exception()                   # retrieved: no "never retrieved" warning
+            answers.cancel()                      # a cancelled gather ends holding a CancelledError:
+            answers.add_done_callback(_retrieve)  # read it, or asyncio logs it as never retrieved
+        else:
+            _retrieve(answers)
         rt.batcher.discard(items)                 # rows not run yet are dropped before the engine
 
 
