@@ -109,13 +109,14 @@ class Entry:
 class Registry:
     def __init__(self, store: AdapterStore, backbone: Backbone, *, max_resident: int = 256,
                  max_bytes: int | None = None, recheck_s: float = 0.5,
-                 on_load: Callable[[float], None] | None = None):
+                 on_load: Callable[[float], None] | None = None, on_forget: Callable[[str], None] | None = None):
         self.store = store
         self.backbone = backbone
         self.max_resident = max_resident
         self.max_bytes = max_bytes
         self.recheck_s = recheck_s
         self.on_load = on_load
+        self.on_forget = on_forget      # called with a name once it is gone from the store
         self._entries: dict[str, Entry] = {}
         self._resident: OrderedDict[str, LatePrompt] = OrderedDict()
         self._lock = threading.Lock()                 # guards the two dicts; never held during I/O
@@ -208,8 +209,10 @@ class Registry:
 
     def _forget(self, name: str) -> None:
         with self._lock:
-            self._entries.pop(name, None)
+            known = self._entries.pop(name, None) is not None
             self._resident.pop(name, None)
+        if known and self.on_forget is not None:
+            self.on_forget(name)
 
     # ---- lookups ------------------------------------------------------------------------------
     def lookup(self, name: str) -> LatePrompt | None:

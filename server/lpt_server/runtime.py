@@ -132,7 +132,8 @@ class Runtime:
         await asyncio.to_thread(sweep_store, store)
         self.registry = Registry(store, backbone, max_resident=s.max_resident_adapters,
                                  max_bytes=s.max_adapter_bytes,
-                                 recheck_s=s.store_recheck_ms / 1000, on_load=self.metrics.adapter_load_seconds.observe)
+                                 recheck_s=s.store_recheck_ms / 1000, on_load=self.metrics.adapter_load_seconds.observe,
+                                 on_forget=self.metrics.forget_task)
         if s.demo_adapters and self.demo_dir is not None:
             self.seeded = await asyncio.to_thread(seed_demo_adapters, self.registry, self.demo_dir)
         await asyncio.to_thread(self.registry.scan)

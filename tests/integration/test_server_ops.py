@@ -62,6 +62,25 @@ async def test_request_duration_is_one_series_per_status_observed_once_per_reque
 
 
 @pytest.mark.asyncio
+async def test_a_deleted_adapters_request_series_go_with_it(tmp_path, tiny_bb):
+    """Adapters come and go: a series per name ever served would grow /metrics without end.
+    Deleted here or through another replica (seen by the next listing), its series go."""
+    from lpt_server.store import Store
+
+    async with running(tmp_path, tiny_bb, store_recheck_ms=0) as (app, c):
+        for name in ("a", "b", "c"):
+            await upload(c, name, adapter_file(tiny_bb, name))
+            assert (await c.post("/v1/classify", json={"inputs": "fun", "task": name})).status_code == 200
+        assert (await c.post("/v1/classify", json={"inputs": "", "task": "a"})).status_code == 422
+        assert (await c.delete("/v1/adapters/a", headers=admin())).status_code == 204
+        Store(tmp_path / "store").delete("b")                 # another replica deletes b
+        assert [x["name"] for x in (await c.get("/v1/adapters")).json()["adapters"]] == ["c"]
+        text = (await c.get("/metrics")).text
+        series = set(re.findall(r'^lpt_requests_total\{status="(\d+)",task="(\w+)"\}', text, re.M))
+        assert series == {("200", "c")}
+
+
+@pytest.mark.asyncio
 async def test_a_metrics_scrape_does_not_hold_up_the_event_loop(tmp_path, tiny_bb):
     """/metrics renders off the loop: /health answers while a render is still running."""
     async with running(tmp_path, tiny_bb) as (app, c):
