@@ -31,9 +31,9 @@ Inputs = Union[Text, Annotated[list[Input], Field(min_length=1)]]
 
 
 # The server's own bounds on a request's lists, given as validation context by the route:
-# {"inputs": LPT_MAX_INPUTS, "tasks": LPT_QUEUE_LIMIT} (a task more than the queue's rows can never
-# run). A list past its bound is refused before its items are checked: a body of a million bad
-# items would otherwise cost seconds of building one error per item.
+# {"inputs": LPT_MAX_INPUTS, "tasks": LPT_QUEUE_LIMIT} (more tasks than the queue has rows could
+# never run). A list past its bound is refused before its items are checked: a body of a million
+# bad items would otherwise cost seconds of building one error per item.
 TOO_MANY = "too_many_items"
 
 
