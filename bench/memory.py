@@ -3,6 +3,7 @@ kernel cache at its library default and at the server's own bound, in one run.
 
     python bench/memory.py                       # 16 adapters, 8 blocks of 400 one-tweet requests
     python bench/memory.py --blocks 4 --json bench/results/memory-x.json
+    python bench/memory.py --engine-cpu 3        # and what the bound costs the engine, per row
 
 oneDNN (GELU's kernel in float32, matrix products in bfloat16) compiles a kernel per input shape
 and by default keeps 1,024 of them; a server's batches bring a new token count nearly every time.
@@ -10,16 +11,23 @@ Both servers are `lpt serve` on the embedded model with the same adapters and th
 tweets (none asked twice), a closed loop of 32 clients, default threads and layer-k cache; the
 baseline sets ONEDNN_PRIMITIVE_CACHE_CAPACITY=1024 (oneDNN's default, what the server ran with
 before it set a bound), the other leaves it to the server. After each block: the server's resident
-memory (VmRSS summed over its process tree) and the block's req/s. Writes
+memory (VmRSS summed over its process tree) and the block's req/s; at the end, the same after
+a few seconds without requests (idle engine workers give freed memory back). Writes
 bench/results/memory.json and memory.png.
+
+--engine-cpu N: the engine alone (`Engine.predict`, one thread, batches of 4-16 distinct tweets
+for 16 adapters) in N pairs of fresh processes, one per setting, alternating: CPU ms per row
+after a warm-up, the bound's cost over the library default.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,6 +36,9 @@ from gpu_http import requests_for  # noqa: E402
 from http_load import lpt_command, lpt_env, make_adapters, upload_adapters  # noqa: E402
 from loadgen import ServerProcess, closed_loop, send_each, tree_rss_mb  # noqa: E402
 from timing import RESULTS, command_line, pyplot  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from lpt_server.runtime import KERNEL_CACHE_ENTRIES  # noqa: E402
 
 CONFIGS = {"oneDNN default (1,024 kernels)": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"},
            "lpt serve's bound": {}}
@@ -53,9 +64,60 @@ def run_server(env_extra: dict[str, str], adapters: dict[str, bytes], texts: lis
             print(f"  block {b + 1}: {res['req_per_s']:6.1f} req/s, RSS {res['rss_mb']:6.0f} MB "
                   f"({res['errors']} errors)", flush=True)
         out["peak_rss_mb"] = round(server.peak_rss_mb(), 1)
+        time.sleep(args.idle_s)                   # idle workers give the allocator's free pages back
+        out["rss_mb_idle"] = round(tree_rss_mb(server.pid), 1)
+        print(f"  after {args.idle_s:g} s idle: RSS {out['rss_mb_idle']:6.0f} MB", flush=True)
     finally:
         out["exit_code"] = server.stop()
     return out
+
+
+ENGINE_CHILD = r"""
+import random, sys, time
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[1])
+from data import distinct_texts
+from http_load import make_adapters
+from lpt import Backbone, Engine, Row, load_adapter
+bb = Backbone.load("minilm")
+adapters = [load_adapter(b, bb) for b in make_adapters("minilm", 16).values()]
+texts, rng, engine, i = distinct_texts("tweets", 4000), random.Random(0), Engine(bb, cache_entries=0), 0
+
+def run(rows_wanted):
+    global i
+    c0, n = time.process_time(), 0
+    while n < rows_wanted:
+        b = rng.randint(4, 16)
+        engine.predict([Row(adapters[(i + j) % 16], texts[(i + j) % len(texts)]) for j in range(b)])
+        i, n = i + b, n + b
+    return (time.process_time() - c0) / n * 1000
+
+run(400)                                        # warm-up: first calls, allocator, kernels
+print(run(1600))
+"""
+
+
+def engine_cpu_ms_per_row(pairs: int) -> dict:
+    """CPU ms per row of the engine alone, each setting in its own process, alternating."""
+    import subprocess
+
+    out: dict[str, list[float]] = {"1024": [], "server bound": []}
+    here = str(Path(__file__).resolve().parent)
+    for _ in tqdm(range(pairs), desc="engine CPU pairs", file=sys.stderr):
+        for name in out:
+            env = {k: v for k, v in lpt_env().items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+            if name == "1024":
+                env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "1024"
+            else:
+                env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(KERNEL_CACHE_ENTRIES)
+            r = subprocess.run([sys.executable, "-c", ENGINE_CHILD, here], env=env, capture_output=True, text=True)
+            if r.returncode:
+                raise SystemExit(r.stderr[-2000:])
+            out[name].append(round(float(r.stdout.split()[-1]), 3))
+    ratios = [b / a for a, b in zip(out["1024"], out["server bound"])]
+    return {"cpu_ms_per_row": out, "bound_over_default": [round(x, 3) for x in ratios],
+            "median_ratio": round(statistics.median(ratios), 3)}
 
 
 def plot(out: dict, path: Path) -> None:
@@ -83,6 +145,9 @@ def main(argv=None) -> int:
     ap.add_argument("--requests", type=int, default=400, help="per block")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--time-limit", type=float, default=120.0, help="seconds per block (upper bound)")
+    ap.add_argument("--idle-s", type=float, default=3.0, help="idle time before the last reading")
+    ap.add_argument("--engine-cpu", type=int, default=0, metavar="PAIRS",
+                    help="also the engine's CPU per row with each setting, PAIRS alternating processes")
     ap.add_argument("--json", type=Path, default=RESULTS / "memory.json")
     args = ap.parse_args(argv)
     adapters = make_adapters(args.model, args.tasks)
@@ -101,6 +166,11 @@ def main(argv=None) -> int:
         "peak_rss_ratio": round(ours["peak_rss_mb"] / base["peak_rss_mb"], 3),
         "req_per_s_ratio": round(sum(b["req_per_s"] for b in ours["blocks"])
                                  / sum(b["req_per_s"] for b in base["blocks"]), 3)}
+    if args.engine_cpu:
+        out["engine"] = engine_cpu_ms_per_row(args.engine_cpu)
+        e = out["engine"]
+        print(f"engine CPU ms per row, 1,024 kernels {e['cpu_ms_per_row']['1024']}, the bound "
+              f"{e['cpu_ms_per_row']['server bound']}: bound / default {e['median_ratio']:.3f} (median of pairs)")
     s = out["summary"]
     print(f"growth after the first block: " + ", ".join(f"{n} {g:+.0f} MB" for n, g in grow.items()))
     print(f"bound / default: final RSS {s['final_rss_ratio']:.2f}x, peak RSS {s['peak_rss_ratio']:.2f}x, "

@@ -8,6 +8,7 @@ Each thread takes one batch at a time from a shared queue, so up to `threads` ba
 once (the batcher closes one per free thread) while the event loop keeps parsing and answering.
 PyTorch's kernels release the GIL: on a CPU, two threads of one torch thread each keep two cores
 busy, which is faster for a small model than one batch on two torch threads (threads.py).
+A worker idle for IDLE_TRIM_S after a batch hands the allocator's free pages back to the system.
 A batch whose engine call raises fails only its own rows; the thread lives on. If a thread
 itself dies (a BaseException, a bug here), `alive` turns False, /ready says 503 and the runtime's
 watchdog reports it (`lpt serve` then exits 1 for its supervisor to restart it).
@@ -53,6 +54,29 @@ class _Job:
     loop: asyncio.AbstractEventLoop
 
 
+# Batches free most of what they allocate, but the C allocator keeps freed pages for reuse, so a
+# server's resident memory stays at its busiest. After this long without a batch, a worker hands
+# the free pages back (glibc's malloc_trim; elsewhere nothing).
+IDLE_TRIM_S = 1.0
+
+
+def _trimmer() -> Callable[[], object] | None:
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        return lambda: libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _trimmer()
+
+
+def release_free_memory() -> None:
+    if _TRIM is not None:
+        _TRIM()
+
+
 class EngineWorker:
     def __init__(self, engine: Any, on_batch: Callable[[BatchReport], None] | None = None, threads: int = 1):
         if threads < 1:
@@ -95,14 +119,19 @@ class EngineWorker:
 
     # ---- the thread ---------------------------------------------------------------------
     def _main(self) -> None:
-        job = None
+        job, ran = None, False
         try:
             while True:
-                job = self._jobs.get()
+                try:
+                    job = self._jobs.get(timeout=IDLE_TRIM_S) if ran and IDLE_TRIM_S else self._jobs.get()
+                except queue.Empty:           # idle since the last batch: give back freed memory
+                    release_free_memory()
+                    ran = False
+                    continue
                 if job is None:
                     return
                 self._run_job(job)
-                job = None
+                job, ran = None, True
         except BaseException as e:  # the thread is dying: say why, and release its waiters
             self.error = e
             log.critical("engine worker thread died: %r", e, exc_info=True)

@@ -203,6 +203,32 @@ async def test_two_worker_threads_run_two_batches_at_once():
     assert worker.batches == 2 and not worker.alive
 
 
+@pytest.mark.asyncio
+async def test_an_idle_worker_gives_freed_memory_back_once(monkeypatch):
+    """After IDLE_TRIM_S without a batch a worker releases the allocator's free pages, once per
+    idle spell (not in a loop while idle, not between busy batches)."""
+    from lpt_server import worker as worker_module
+
+    calls = []
+    monkeypatch.setattr(worker_module, "IDLE_TRIM_S", 0.1)
+    monkeypatch.setattr(worker_module, "release_free_memory", lambda: calls.append(time.monotonic()))
+    worker = EngineWorker(SleepyEngine(0.01))
+    worker.start()
+    b = Batcher(worker.run, max_rows=1, max_tokens=1000, max_wait_s=0.0, queue_limit=100)
+    b.start()
+    for text in ("a", "b", "c"):                       # busy: batches closer together than 0.1 s
+        assert await b.submit([(text, 1)])[0].future == ("done", text)
+    assert calls == []
+    await asyncio.sleep(0.5)                           # idle: once, not every 0.1 s
+    assert len(calls) == 1
+    assert await b.submit([("d", 1)])[0].future == ("done", "d")
+    await asyncio.sleep(0.3)                           # a new idle spell: once more
+    assert len(calls) == 2
+    await b.close()
+    await asyncio.to_thread(worker.stop, 5)
+    assert worker_module._TRIM is not None             # glibc here: the real call exists
+
+
 def test_one_engine_called_from_several_threads_answers_as_it_does_alone(tiny_bb):
     # The workers share one engine and its layer-k cache: the same rows, run from four threads
     # at once (texts repeat across batches, so the cache is read and written concurrently),
