@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import random
@@ -32,6 +31,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import ServerProcess, closed_loop as _closed_loop, send_each  # noqa: E402
+from timing import write_json  # noqa: E402
 
 ADMIN = "bench-admin"
 WORDS = ("the film was long slow and yet strangely moving great acting terrible plot service food market bank "
@@ -193,8 +193,7 @@ def main(argv=None) -> int:
                                                         "python": platform.python_version()},
            "results": results, f"throughput_ratio_batched_over_{base}": ratios,
            "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.out, out)
     print(f"\nwrote {args.out}")
     return 0
 

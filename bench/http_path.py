@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import statistics
@@ -40,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from http_load import Server, batch_stats, make_adapters, texts, upload_adapters, warm_up  # noqa: E402
 from loadgen import Request, closed_loop, machine_busy_s, process_tree  # noqa: E402
-from timing import RESULTS, command_line, pyplot  # noqa: E402
+from timing import RESULTS, command_line, pyplot, write_json  # noqa: E402
 
 from lpt import Backbone, Engine, Row, load_adapter  # noqa: E402
 
@@ -259,8 +258,7 @@ def main(argv=None) -> int:
            "requests": args.requests, "warmup_requests": args.warmup, "concurrency": args.concurrency,
            "engine_batch_rows": args.engine_batch, "torch_threads": 1, "server_flags": "--threads 1 --cache-entries 0",
            "loadavg_after": loadavg(), "summary": summary, **runs}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.json, out)
     plot(summary, runs, args.json.with_suffix(".png"), f"{args.tasks} tasks, {args.concurrency} clients, "
          f"one torch thread, code {out['code_commit']}")
     print(f"wrote {args.json} and {args.json.with_suffix('.png')}")

@@ -18,7 +18,6 @@ request (a remote S3: a few ms in one region). Writes bench/results/listing.json
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))   # the tests' SeaweedFS runner
 from seaweed import SeaweedS3, weed_binary  # noqa: E402
-from timing import RESULTS, command_line  # noqa: E402
+from timing import RESULTS, command_line, write_json  # noqa: E402
 
 from lpt_server.s3 import S3Client, S3Config  # noqa: E402
 from lpt_server.s3_store import S3Store  # noqa: E402
@@ -94,8 +93,7 @@ def main(argv=None) -> int:
     for way in ways:
         print(f"{way:9}: {out['requests'][way]:5d} requests, {out['median_seconds'][way] * 1000:9.1f} ms per listing")
     print(f"versions() over a pointer read per name: {out['speedup']}x faster")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.json, out)
     print(f"wrote {args.json}")
     return 0
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from data import distinct_texts  # noqa: E402
 from gpu_http import requests_for  # noqa: E402
 from http_load import lpt_command, lpt_env, make_adapters, upload_adapters  # noqa: E402
 from loadgen import ServerProcess, closed_loop, send_each, tree_rss_mb  # noqa: E402
-from timing import RESULTS, command_line, pyplot  # noqa: E402
+from timing import RESULTS, command_line, pyplot, write_json  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from lpt_server.runtime import KERNEL_CACHE_ENTRIES  # noqa: E402
@@ -102,15 +101,12 @@ def engine_cpu_ms_per_row(pairs: int) -> dict:
     """CPU ms per row of the engine alone, each setting in its own process, alternating."""
     import subprocess
 
-    out: dict[str, list[float]] = {"1024": [], "server bound": []}
+    capacity = {"1024": "1024", "server bound": str(KERNEL_CACHE_ENTRIES)}   # result key -> the setting
+    out: dict[str, list[float]] = {name: [] for name in capacity}
     here = str(Path(__file__).resolve().parent)
     for _ in tqdm(range(pairs), desc="engine CPU pairs", file=sys.stderr):
-        for name in out:
-            env = {k: v for k, v in lpt_env().items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
-            if name == "1024":
-                env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "1024"
-            else:
-                env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(KERNEL_CACHE_ENTRIES)
+        for name, entries in capacity.items():
+            env = {**lpt_env(), "ONEDNN_PRIMITIVE_CACHE_CAPACITY": entries}
             r = subprocess.run([sys.executable, "-c", ENGINE_CHILD, here], env=env, capture_output=True, text=True)
             if r.returncode:
                 raise SystemExit(r.stderr[-2000:])
@@ -172,11 +168,10 @@ def main(argv=None) -> int:
         print(f"engine CPU ms per row, 1,024 kernels {e['cpu_ms_per_row']['1024']}, the bound "
               f"{e['cpu_ms_per_row']['server bound']}: bound / default {e['median_ratio']:.3f} (median of pairs)")
     s = out["summary"]
-    print(f"growth after the first block: " + ", ".join(f"{n} {g:+.0f} MB" for n, g in grow.items()))
+    print("growth after the first block: " + ", ".join(f"{n} {g:+.0f} MB" for n, g in grow.items()))
     print(f"bound / default: final RSS {s['final_rss_ratio']:.2f}x, peak RSS {s['peak_rss_ratio']:.2f}x, "
           f"req/s {s['req_per_s_ratio']:.2f}x")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.json, out)
     plot(out, args.json.with_suffix(".png"))
     print(f"wrote {args.json}")
     return 1 if any(b["errors"] for r in out["runs"].values() for b in r["blocks"]) else 0

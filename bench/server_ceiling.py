@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ from data import distinct_texts  # noqa: E402
 from gpu_http import requests_for  # noqa: E402
 from http_load import lpt_command, lpt_env, make_adapters, upload_adapters  # noqa: E402
 from loadgen import ServerProcess, closed_loop, send_each  # noqa: E402
-from timing import RESULTS, command_line  # noqa: E402
+from timing import RESULTS, command_line, write_json  # noqa: E402
 
 from lpt import Backbone, Engine, Row, load_adapter  # noqa: E402
 
@@ -103,8 +102,7 @@ def main(argv=None) -> int:
                       f"ceiling / engine {shape['ceiling_over_engine']:.2f} ({res['errors']} errors)", flush=True)
         finally:
             out["server_exit_code"] = server.stop()
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=2) + "\n")
+    write_json(args.json, out)
     print(f"wrote {args.json}")
     return 1 if any(s["errors"] for s in out["shapes"]) else 0
 

@@ -34,9 +34,10 @@ def median_iqr_ms(xs: list[float]) -> dict:
             "q3": round(qs[2] * 1e3, 3), "n": len(xs)}
 
 
-def write_json(name: str, result: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_json(target: str | Path, result: dict) -> Path:
+    """result as indented JSON at a path, or under bench/results/ as NAME.json; returns the path."""
+    path = target if isinstance(target, Path) else RESULTS / f"{target}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
 
