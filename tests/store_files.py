@@ -1,11 +1,17 @@
 """Helpers for the adapter store's tests: a directory's full contents, ageing a file, a disk
-that fills up at a chosen write."""
+that fills up at a chosen write, a volume that does not tell names apart by case."""
 from __future__ import annotations
 
 import errno
 import os
+import shutil
+import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+import pytest
 
 
 def tree(root: Path) -> dict[str, bytes | None]:
@@ -37,3 +43,36 @@ def failing_fsync(monkeypatch, nth: int, err: int = errno.ENOSPC) -> None:
         return real(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+@contextmanager
+def case_folding_volume(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB exFAT image on a loop device, mounted through FUSE (exfatprogs, exfat-fuse:
+    `scripts/install.sh --test`); skipped where those or mounting are not available."""
+    if not (shutil.which("mkfs.exfat") and shutil.which("mount.exfat-fuse") and shutil.which("losetup")):
+        pytest.skip("no exFAT tools (exfatprogs, exfat-fuse)")
+    image, mnt = tmp_path / "volume.img", tmp_path / "volume"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(16 << 20)
+    if (r := _run("mkfs.exfat", str(image))).returncode != 0:
+        pytest.skip(f"cannot make an exFAT image: {r.stderr.strip()}")
+    if (r := _run("losetup", "-f", "--show", str(image))).returncode != 0:
+        pytest.skip(f"cannot attach a loop device here: {r.stderr.strip()}")
+    loop = r.stdout.strip()
+    try:
+        if (r := _run("mount.exfat-fuse", loop, str(mnt))).returncode != 0:
+            pytest.skip(f"cannot mount exFAT here: {r.stderr.strip()}")
+        try:
+            (mnt / "Probe").mkdir()
+            assert (mnt / "PROBE").is_dir(), "the exFAT mount tells names apart by case"
+            (mnt / "Probe").rmdir()
+            yield mnt
+        finally:
+            _run("umount", str(mnt))
+    finally:
+        _run("losetup", "-d", loop)

@@ -12,6 +12,10 @@ the marker is refused (NameTaken), never overwritten; a directory that is neithe
 store is refused when the store opens (NotAStore), except one that holds only folders of the
 earlier layout without markers, which is adopted (markers written).
 
+Names are case-sensitive. On a volume that is not (macOS, Windows, Docker Desktop's bind mounts)
+"Sentiment" would open the folder of "sentiment": there a name is found only under its exact
+spelling, and a new name that differs from a stored one only in case is refused (NameTaken).
+
 Writers of one name (put, delete, sweep) hold its lock file (flock), across processes; readers
 take no lock. A writer stores the version file first and then swaps `current`, so a reader sees
 the old version or the new one, never a partial file; a delete removes the pointer first, so no
@@ -148,6 +152,7 @@ class Store:
         if not (self.root / ROOT_MARKER).is_file():
             self._claim_root()
         (self.root / LOCKS).mkdir(exist_ok=True)
+        self.case_insensitive = (self.root / ROOT_MARKER.upper()).exists()
 
     def _claim_root(self) -> None:
         """An empty directory becomes a store; one holding only markerless store folders (the
@@ -208,9 +213,18 @@ class Store:
         return sorted(d.name for d in self.root.iterdir()
                       if NAME_RE.fullmatch(d.name) and (d / POINTER).is_file() and (d / MARKER).is_file())
 
+    def _spelled(self, d: Path) -> bool:
+        """False where the volume ignores case and `d` opens a folder spelled otherwise (another
+        name's). A listing of the store: only on such volumes, and only per single-name call."""
+        return not self.case_insensitive or d.name in os.listdir(self.root) or not d.exists()
+
     def current(self, name: str) -> str | None:
         """The current version (sha256) of a name, or None. Two small reads: cheap to repeat."""
         d = self.root / check_name(name)
+        return self._current(d) if self._spelled(d) else None
+
+    @staticmethod
+    def _current(d: Path) -> str | None:
         try:
             v = (d / POINTER).read_text().strip()
         except (FileNotFoundError, NotADirectoryError):
@@ -218,12 +232,16 @@ class Store:
         return v if VERSION_RE.fullmatch(v) and (d / MARKER).is_file() else None
 
     def versions(self) -> dict[str, str]:
-        return {n: v for n in self.names() if (v := self.current(n)) is not None}
+        # names() lists the folders as spelled: no per-name spelling check
+        return {n: v for n in self.names() if (v := self._current(self.root / n)) is not None}
 
     def path(self, name: str, version: str) -> Path:
         if not VERSION_RE.fullmatch(version):
             raise ValueError(f"not a version: {version!r}")
-        return self.root / check_name(name) / f"{version}{SUFFIX}"
+        d = self.root / check_name(name)
+        if not self._spelled(d):
+            raise FileNotFoundError(errno.ENOENT, f"no adapter {name!r} in the store (a name differing only in case is)")
+        return d / f"{version}{SUFFIX}"
 
     def read(self, name: str, version: str) -> bytes:
         return self.path(name, version).read_bytes()
@@ -266,6 +284,11 @@ class Store:
             return True
         except FileExistsError:
             pass
+        if not self._spelled(d):
+            held = [repr(n) for n in os.listdir(self.root) if n.casefold() == d.name.casefold()]
+            raise NameTaken(f"adapter name {d.name!r} is not available: the store's volume does not tell names apart "
+                            f"by case, and it holds {held[0] if held else 'a name differing only in case'}; "
+                            "use another name")
         if not d.is_dir():
             raise NameTaken(self._taken(d.name))
         if self._owned(d):
@@ -285,7 +308,7 @@ class Store:
         files, then the folder if that left it empty. False if there was no adapter of that name."""
         d = self.root / check_name(name)
         with self._locked(name):
-            if not d.is_dir() or not self._owned(d):
+            if not d.is_dir() or not self._spelled(d) or not self._owned(d):
                 return False
             existed = (d / POINTER).is_file()
             (d / POINTER).unlink(missing_ok=True)
@@ -348,7 +371,7 @@ class Store:
         return removed
 
     def _sweep_name(self, d: Path, grace_s: float) -> list[str]:
-        current = self.current(d.name)
+        current = self._current(d)
         if current is not None and not (d / f"{current}{SUFFIX}").is_file():
             log.warning("adapter %r: its pointer names a missing version file; removing the pointer", d.name)
             (d / POINTER).unlink()

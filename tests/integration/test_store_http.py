@@ -31,6 +31,28 @@ async def test_a_name_whose_folder_the_store_did_not_write_is_refused_and_left_i
     assert tree(root) == before
 
 
+async def test_names_differing_only_in_case_stay_apart_on_a_case_folding_volume(folding_volume, tiny_bb):
+    """A store folder on macOS or a Docker Desktop bind mount: "SENTiment" opens the folder of
+    "sentiment" there. It must not serve, replace or delete it, nor load a copy of it."""
+    data = adapter_file(tiny_bb, "sentiment")
+    async with running(folding_volume, tiny_bb) as (app, c):
+        assert (await upload(c, "sentiment", data)).status_code == 201
+        answer = (await c.post("/v1/classify", json={"inputs": "x", "task": "sentiment"})).json()
+        before = tree(folding_volume / "store")
+        for other in ("SENTiment", "Sentiment"):
+            r = await c.post("/v1/classify", json={"inputs": "x", "task": other})
+            assert r.status_code == 404 and "sentiment" in r.json()["error"]["message"], r.text
+            assert (await c.get(f"/v1/adapters/{other}")).status_code == 404
+            r = await upload(c, other, adapter_file(tiny_bb, other))
+            assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_name", r.text
+            assert "case" in r.json()["error"]["message"]
+            assert (await c.delete(f"/v1/adapters/{other}", headers=admin())).status_code == 404
+        assert tree(folding_volume / "store") == before
+        registry = app.state.runtime.registry
+        assert registry.registered == 1 and registry.resident_count == 1      # no copy under another spelling
+        assert (await c.post("/v1/classify", json={"inputs": "x", "task": "sentiment"})).json() == answer
+
+
 async def test_a_directory_that_is_not_a_store_stops_the_server_at_start(tmp_path, tiny_bb):
     root = tmp_path / "store"
     (root / "lpt").mkdir(parents=True)
