@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import upload
 from .store import check_name
-from .train_jobs import WORKDIR_PREFIX, TrainJob
+from .train_jobs import TrainJob
+from .train_workdirs import make_workdir
 
 FILES = ("data", "dev", "test")
 # `lpt train` options a client may set; the model, device, threads and output are the server's.
@@ -201,7 +201,7 @@ def prepare_job(form: TrainForm, runner: Runner, backbone) -> TrainJob:
     from lpt.encoding import tokenizer_lock
     from lpt.methods import ADAPTER_METHODS
 
-    workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+    workdir = make_workdir()
     try:
         files, shown = form.write(workdir)
         out = workdir / "out" / f"{form.task}.safetensors"

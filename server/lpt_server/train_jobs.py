@@ -36,6 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .train_workdirs import WORKDIR_PREFIX, sweep_workdirs
+
 log = logging.getLogger("lpt_server.train")
 
 ACTIVE = ("queued", "running")
@@ -45,7 +47,6 @@ KEEP_FINISHED = 100         # finished jobs remembered; the oldest are forgotten
 CANCEL_GRACE_S = 10.0       # a cancelled child that has not stopped by then is killed
 STDERR_LINES = 20           # the child's last stderr lines, kept for a crash's message
 MAX_EVENT_BYTES = 1 << 20   # one event line from the child at most
-WORKDIR_PREFIX = "lpt-train-"   # a job's folder of uploaded files (train_form makes it)
 
 
 class UnknownJob(LookupError):
@@ -340,6 +341,7 @@ class Trainer:
 
     # ---- the runner thread ------------------------------------------------------------------------
     def _loop(self) -> None:
+        sweep_workdirs()          # job folders that servers killed without a journal left behind
         while True:
             with self._lock:
                 while not self._queue and not self._closed:
