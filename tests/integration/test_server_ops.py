@@ -91,10 +91,11 @@ async def test_a_metrics_scrape_does_not_hold_up_the_event_loop(tmp_path, tiny_b
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("path, owner, method", [("/v1/adapters", "registry", "list"),
-                                                 ("/v1/train", "trainer", "list")])
+                                                 ("/v1/train", "trainer", "list"),
+                                                 ("/info", "registry", "problems")])
 async def test_listings_run_off_the_event_loop(tmp_path, tiny_bb, path, owner, method):
-    """A list of thousands of adapters or of kept training jobs (and the check of the response)
-    is built in a worker thread: /health answers meanwhile."""
+    """A list of thousands of adapters, of kept training jobs or of unusable stored files (and
+    the check of the response) is built in a worker thread: /health answers meanwhile."""
     async with running(tmp_path, tiny_bb) as (app, c):
         target = getattr(app.state.runtime, owner)
         held = Held(getattr(target, method))

@@ -34,7 +34,8 @@ async def ready(request: Request):
 
 
 @router.get("/info", summary="Model, limits, adapters, versions")
-async def info(request: Request):
+def info(request: Request):
+    # A plain def (FastAPI's thread pool): thousands of unusable stored files make a long list.
     import lpt
     import torch
 
