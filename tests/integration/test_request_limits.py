@@ -147,6 +147,38 @@ async def test_a_large_body_is_parsed_off_the_event_loop(tmp_path, tiny_bb, monk
         assert (await held.health_answers_meanwhile(c, c.post("/v1/classify", json=big))).status_code == 200
 
 
+@pytest.mark.asyncio
+async def test_a_large_answer_is_built_off_the_event_loop_as_json_would_write_it(tmp_path, tiny_bb, monkeypatch):
+    """/health answers while a many-row answer is still being built; a small one is built on the
+    loop (no thread hop); both are the bytes JSONResponse would write."""
+    import threading
+
+    from starlette.responses import JSONResponse
+
+    from lpt_server.routes import classify as classify_module
+
+    held, on_loop = Held(classify_module.respond), []
+
+    def respond(*args):
+        on_loop.append(threading.current_thread() is threading.main_thread())   # the loop's thread here
+        return held(*args)
+
+    monkeypatch.setattr(classify_module, "respond", respond)
+    async with running(tmp_path, tiny_bb) as (app, c):
+        await _with_task(c, tiny_bb)
+        n = classify_module.RESPOND_OFF_LOOP_ROWS
+        big = {"inputs": [f"text n\u00b0{i}" for i in range(n)], "task": "t", "raw_scores": True}
+        r = await held.health_answers_meanwhile(c, c.post("/v1/classify", json=big))
+        assert r.status_code == 200 and len(r.json()["results"]) == n
+        assert r.content == JSONResponse(r.json()).body
+        small = await c.post("/v1/classify", json={**big, "inputs": big["inputs"][:n - 1]})
+        assert small.status_code == 200 and small.content == JSONResponse(small.json()).body
+        assert small.json()["results"] == r.json()["results"][:n - 1]
+        assert on_loop == [False, True]
+    answer = {"results": r.json()["results"][:3], "truncated_inputs": [0, 2]}    # what else an answer holds
+    assert classify_module.RowsResponse(answer).body == JSONResponse(answer).body
+
+
 def test_many_validation_errors_make_one_message_in_linear_time():
     """Each bad item gives an error per union branch; keeping the most specific location of each
     compared every location with every other (50,000 errors: minutes). Now a set of prefixes."""
