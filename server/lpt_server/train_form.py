@@ -30,6 +30,7 @@ LISTS = ("labels", "label_words")     # repeated fields (or one field, comma-sep
 MAX_FIELD_BYTES = 4096
 MAX_PARTS = 64
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_NEGATIVE_NUMBER = re.compile(r"-\d+|-\d*\.\d+")     # what argparse takes for a value, not an option
 
 
 _FILE = {"type": "string", "format": "binary"}
@@ -158,13 +159,19 @@ class TrainForm:
         self.task = check_name(self.fields["task"][0])
 
     def argv(self) -> list[str]:
-        """The fields as `lpt train` options (paths come from `write`)."""
+        """The fields as `lpt train` options (paths come from `write`). A list's values are
+        arguments of their own: one that argparse would read as an option (`--dev=/etc/...`)
+        is refused."""
         out = []
         for name in OPTIONS:
             values = self.fields.get(name)
             if not values:
                 continue
             flag = "--" + name.replace("_", "-")
+            for v in values if name in LISTS else ():
+                if v.startswith("-") and not _NEGATIVE_NUMBER.fullmatch(v):
+                    raise FormError(f"form field {name!r}: the value {v[:40]!r} starts with '-': "
+                                    "labels and label words cannot (negative numbers can)")
             out += [flag, *values] if name in LISTS else [f"{flag}={values[0]}"]
         return out
 

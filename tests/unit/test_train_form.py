@@ -152,3 +152,19 @@ def test_a_good_form_becomes_a_job_with_the_servers_model(model_dir):
     finally:
         job.discard()
     assert not job.workdir.exists()
+
+
+def test_a_list_value_cannot_smuggle_in_an_option(model_dir, tmp_path):
+    """Each label is an argument of its own: `neg,pos,--dev=FILE` would make the server read any
+    file it can (and show its columns in the 400). Negative numbers stay labels."""
+    model, bb = model_dir
+    secret = tmp_path / "secret.csv"
+    secret.write_text("secret_key,value\nk,v\n")
+    for field, value in (("labels", f"neg,pos,--dev={secret}"), ("label_words", "bad,--no-save")):
+        form = read({"task": "t", field: value}, {"data": ("train.csv", ROWS.encode())})
+        with pytest.raises(FormError, match=f"form field '{field}': the value '--") as err:
+            prepare_job(form, Runner(str(model), "cpu", "float32", 1), bb)
+        assert "secret_key" not in str(err.value)
+    form = read({"task": "t", "labels": "-1,1"}, {"data": ("train.csv", ROWS.encode())})
+    assert form.argv() == ["--labels", "-1", "1"]
+    assert lpt_cli.parse_train_args([*form.argv(), "--task", "t", "--data", "d.csv"]).labels == ["-1", "1"]
