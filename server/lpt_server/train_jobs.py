@@ -341,7 +341,10 @@ class Trainer:
 
     # ---- the runner thread ------------------------------------------------------------------------
     def _loop(self) -> None:
-        sweep_workdirs()          # job folders that servers killed without a journal left behind
+        try:
+            sweep_workdirs()      # job folders that servers killed without a journal left behind
+        except Exception:         # a clean-up must never stop the queue
+            log.exception("training job folders of earlier servers not swept")
         while True:
             with self._lock:
                 while not self._queue and not self._closed:

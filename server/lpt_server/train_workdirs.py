@@ -5,10 +5,10 @@
 
 A job removes its folder when it ends, and a journal (LPT_TRAIN_JOURNAL) lets a restarted server
 remove those of the jobs it interrupted; a server killed without a journal leaves them behind.
-Each folder names the server process that made it (host, boot, pid and the process's start
-time, so a reused pid is not mistaken for it), and a starting server removes only folders whose
-owner provably no longer runs on this machine: never one it cannot tell (another host, no
-owner file, no /proc).
+Each folder names the server process that made it (host, boot, pid namespace, pid and the
+process's start time, so a reused pid is not mistaken for it), and a starting server removes
+only folders whose owner provably no longer runs: never one it cannot tell (another host or
+pid namespace, as containers sharing a /tmp have; no owner file; no /proc).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import tempfile
 from pathlib import Path
 
@@ -24,11 +25,19 @@ log = logging.getLogger("lpt_server.train")
 
 WORKDIR_PREFIX = "lpt-train-"
 OWNER_FILE = ".lpt-owner"
+MAX_OWNER_BYTES = 1024
 
 
 def _boot_id() -> str | None:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
     except OSError:
         return None
 
@@ -43,7 +52,8 @@ def _started(pid: int) -> int | None:
 
 
 def this_process() -> dict:
-    return {"host": socket.gethostname(), "boot": _boot_id(), "pid": os.getpid(), "started": _started(os.getpid())}
+    return {"host": socket.gethostname(), "boot": _boot_id(), "pidns": _pid_namespace(), "pid": os.getpid(),
+            "started": _started(os.getpid())}
 
 
 def make_workdir() -> Path:
@@ -53,15 +63,24 @@ def make_workdir() -> Path:
 
 
 def _owner_gone(owner: dict, me: dict) -> bool:
-    """True only when the owner ran on this machine since this boot and runs no more."""
-    if me["boot"] is None or me["started"] is None:          # cannot tell here (no /proc)
+    """True only when the owner ran on this machine since this boot, in this pid namespace (its
+    pids are ours to look up), and runs no more."""
+    if me["boot"] is None or me["pidns"] is None or me["started"] is None:     # cannot tell here (no /proc)
         return False
-    if owner.get("host") != me["host"] or owner.get("boot") != me["boot"]:
+    if any(owner.get(k) != me[k] for k in ("host", "boot", "pidns")):
         return False
     pid = owner.get("pid")
-    if not isinstance(pid, int) or pid == me["pid"]:
-        return False
-    return _started(pid) != owner.get("started")
+    return isinstance(pid, int) and _started(pid) != owner.get("started")
+
+
+def _read_owner(d: Path) -> dict | None:
+    """The folder's owner record: a small regular file (not a link, a pipe or anything large)."""
+    path = d / OWNER_FILE
+    st = path.lstat()
+    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_OWNER_BYTES:
+        return None
+    owner = json.loads(path.read_bytes())
+    return owner if isinstance(owner, dict) else None
 
 
 def sweep_workdirs(tmp: str | Path | None = None) -> list[Path]:
@@ -76,10 +95,10 @@ def sweep_workdirs(tmp: str | Path | None = None) -> list[Path]:
         try:
             if d.is_symlink() or not d.is_dir():
                 continue
-            owner = json.loads((d / OWNER_FILE).read_text())
-        except (OSError, ValueError):
+            owner = _read_owner(d)
+        except (OSError, ValueError, RecursionError):
             continue                                          # not one of ours, or unreadable: left alone
-        if isinstance(owner, dict) and _owner_gone(owner, me):
+        if owner is not None and _owner_gone(owner, me):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
     if removed:

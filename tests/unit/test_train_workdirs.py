@@ -64,9 +64,11 @@ def test_only_folders_of_servers_that_are_gone_are_removed(tmp):
             started = int(Path(f"/proc/{live.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
             alive = owned_by(tmp, f"{WORKDIR_PREFIX}alive", pid=live.pid, started=started)
             reused = owned_by(tmp, f"{WORKDIR_PREFIX}reused", pid=live.pid, started=started - 1)   # pid reused since
+            my_pid = owned_by(tmp, f"{WORKDIR_PREFIX}mypid", started=me["started"] - 1)   # an earlier server, same pid
             gone_owner = json.loads((gone / OWNER_FILE).read_text())
             elsewhere = owned_by(tmp, f"{WORKDIR_PREFIX}elsewhere", **{**gone_owner, "host": me["host"] + "-other"})
             old_boot = owned_by(tmp, f"{WORKDIR_PREFIX}oldboot", **{**gone_owner, "boot": "another-boot"})
+            other_ns = owned_by(tmp, f"{WORKDIR_PREFIX}otherns", **{**gone_owner, "pidns": "pid:[1]"})   # another container
             not_prefixed = owned_by(tmp, "data", **gone_owner)
             no_owner = tmp / f"{WORKDIR_PREFIX}no-owner"
             no_owner.mkdir()
@@ -76,9 +78,16 @@ def test_only_folders_of_servers_that_are_gone_are_removed(tmp):
             link = tmp / f"{WORKDIR_PREFIX}link"
             link.symlink_to(not_prefixed)
 
-            assert sorted(sweep_workdirs()) == sorted([gone, reused])
+            fifo = tmp / f"{WORKDIR_PREFIX}fifo"                    # a planted owner file that would block
+            fifo.mkdir()
+            os.mkfifo(fifo / OWNER_FILE)
+            deep = tmp / f"{WORKDIR_PREFIX}deep"                    # ... or blow the parser's stack
+            deep.mkdir()
+            (deep / OWNER_FILE).write_text("[" * 1000)
+
+            assert sorted(sweep_workdirs()) == sorted([gone, reused, my_pid])
             assert not gone.exists() and not reused.exists()
-            for kept in (mine, alive, elsewhere, old_boot, not_prefixed, no_owner, bad_owner):
+            for kept in (mine, alive, elsewhere, old_boot, other_ns, not_prefixed, no_owner, bad_owner, fifo, deep):
                 assert kept.is_dir(), kept
             assert link.is_symlink()
         finally:
@@ -97,3 +106,24 @@ def test_a_starting_trainer_sweeps_what_a_killed_server_left(tmp):
         assert not gone.exists()
     finally:
         trainer.stop()
+
+
+@needs_proc
+def test_a_live_server_in_another_pid_namespace_keeps_its_folder(tmp):
+    """Containers sharing a /tmp (and a host name) see other pids: a live one is not ours to judge."""
+    import shutil
+
+    if not shutil.which("unshare"):
+        pytest.skip("no unshare")
+    code = "from lpt_server.train_workdirs import make_workdir; print(make_workdir(), flush=True); import time; time.sleep(60)"
+    with subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-c", code], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(tmp)}) as other:
+        try:
+            line = other.stdout.readline().strip()
+            if not line:
+                pytest.skip(f"cannot make a pid namespace here: {other.stderr.read().strip()[:200]}")
+            folder = Path(line)
+            assert json.loads((folder / OWNER_FILE).read_text())["pidns"] != this_process()["pidns"]
+            assert sweep_workdirs() == [] and folder.is_dir()
+        finally:
+            other.kill()
