@@ -385,7 +385,9 @@ class Store:
         """Hold the name's lock file (flock: other processes and other Store objects wait).
         wait=False: yields False at once if another writer holds it. On leaving, a name without
         a folder of the store's loses its lock file too. A full disk raises StoreFull."""
-        path = self.root / LOCKS / name
+        # one lock file per name as the volume tells names apart: on one that ignores case, FUSE
+        # may give each spelling's open file its own lock, so all spellings share the folded one
+        path = self.root / LOCKS / (name.casefold() if self.case_insensitive else name)
         try:
             fd = self._acquire(path, wait)
         except OSError as e:

@@ -37,3 +37,17 @@ def test_a_name_differing_only_in_case_is_another_name(folding_volume):
     assert store.delete("sentiment") is True
     assert store.put("SENTIMENT", b"weights of SENTIMENT").created    # free again: any spelling
     assert store.names() == ["SENTIMENT"] and store.current("sentiment") is None
+
+
+def test_spellings_of_one_name_share_its_writers_lock(folding_volume):
+    """Writers of "tasky" and "TASKY" would write the same folder there: they must exclude each other."""
+    store = Store(folding_volume / "store")
+    store.put("tasky", b"v1")
+    with store._locked("tasky") as held:
+        assert held
+        for other in ("TASKY", "Tasky"):
+            with store._locked(other, wait=False) as also:
+                assert not also
+    with store._locked("TASKY", wait=False) as held:
+        assert held
+    assert store.current("tasky") is not None and store.sweep(grace_s=0) == []
