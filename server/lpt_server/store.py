@@ -185,7 +185,10 @@ class Store:
         return bool(files) and all(is_store_file(f.name) and f.is_file() and not f.is_symlink() for f in files)
 
     def _owned(self, d: Path) -> bool:
-        """The store wrote this folder (adopting an earlier-layout one). Call with the name's lock."""
+        """The store wrote this folder (adopting an earlier-layout one). Call with the name's lock.
+        A link is never the store's: it writes none, and one could lead out of the store."""
+        if d.is_symlink():
+            return False
         if (d / MARKER).is_file():
             return True
         if self._old_layout(d):
@@ -211,7 +214,8 @@ class Store:
     def names(self) -> list[str]:
         """Every name with a `current` pointer in a folder the store owns, sorted."""
         return sorted(d.name for d in self.root.iterdir()
-                      if NAME_RE.fullmatch(d.name) and (d / POINTER).is_file() and (d / MARKER).is_file())
+                      if NAME_RE.fullmatch(d.name) and not d.is_symlink() and (d / POINTER).is_file()
+                      and (d / MARKER).is_file())
 
     def _spelled(self, d: Path) -> bool:
         """False where the volume ignores case and `d` opens a folder spelled otherwise (another
@@ -225,6 +229,8 @@ class Store:
 
     @staticmethod
     def _current(d: Path) -> str | None:
+        if d.is_symlink():
+            return None
         try:
             v = (d / POINTER).read_text().strip()
         except (FileNotFoundError, NotADirectoryError):
@@ -284,6 +290,8 @@ class Store:
             return True
         except FileExistsError:
             pass
+        if d.is_symlink():
+            raise NameTaken(self._taken(d.name))
         if not self._spelled(d):
             held = [repr(n) for n in os.listdir(self.root) if n.casefold() == d.name.casefold()]
             raise NameTaken(f"adapter name {d.name!r} is not available: the store's volume does not tell names apart "
@@ -365,7 +373,7 @@ class Store:
                     if held and entry.is_dir() and self._owned(entry):
                         removed += self._sweep_name(entry, grace_s)
         for lock in sorted((self.root / LOCKS).iterdir()):
-            if NAME_RE.fullmatch(lock.name) and not (self.root / lock.name / MARKER).exists():
+            if NAME_RE.fullmatch(lock.name) and not self._marked(lock.name):
                 with self._locked(lock.name, wait=False):
                     pass                  # leaving the lock of a name without a folder removes it
         return removed
@@ -380,6 +388,11 @@ class Store:
         return self._remove_owned(d, keep, older_than=grace_s)
 
     # ---- the per-name lock --------------------------------------------------------------------
+    def _marked(self, name: str) -> bool:
+        """The name has a folder with the store's marker (a link is no folder of the store's)."""
+        d = self.root / name
+        return not d.is_symlink() and (d / MARKER).exists()
+
     @contextmanager
     def _locked(self, name: str, wait: bool = True) -> Iterator[bool]:
         """Hold the name's lock file (flock: other processes and other Store objects wait).
@@ -404,7 +417,7 @@ class Store:
                 raise _full(self.root) from e
             raise
         finally:
-            if not (self.root / name / MARKER).exists():
+            if not self._marked(name):
                 path.unlink(missing_ok=True)
             os.close(fd)
 

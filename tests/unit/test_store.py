@@ -48,6 +48,27 @@ def test_a_directory_it_did_not_create_is_refused_at_open_and_left_alone(tmp_pat
         Store(tmp_path / "file")
 
 
+def test_a_linked_name_folder_is_never_the_stores(tmp_path):
+    """The store writes no links: one in its directory (to an empty folder outside, or to another
+    store's adapter) is neither written through, served, deleted nor swept."""
+    store = Store(tmp_path / "store")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    other = Store(tmp_path / "other")
+    v = other.put("theirs", b"their adapter").version
+    (tmp_path / "store" / "evil").symlink_to(outside)
+    (tmp_path / "store" / "link").symlink_to(tmp_path / "other" / "theirs")
+    before = tree(tmp_path)
+    with pytest.raises(NameTaken, match="did not write"):
+        store.put("evil", b"data")
+    with pytest.raises(NameTaken, match="did not write"):
+        store.put("link", b"data")
+    assert store.delete("evil") is False and store.delete("link") is False
+    assert store.current("link") is None and store.names() == [] and store.versions() == {}
+    assert store.sweep(grace_s=0) == []
+    assert tree(tmp_path) == before and other.current("theirs") == v
+
+
 def test_an_empty_or_missing_directory_becomes_a_store(tmp_path):
     for root in (tmp_path / "new" / "deep", tmp_path / "empty"):
         if root.name == "empty":
