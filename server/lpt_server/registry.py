@@ -285,11 +285,16 @@ class Registry:
     def list(self) -> list[dict]:
         """Every usable adapter in the store, including ones other replicas wrote: one listing of
         the store (store.versions()), then a file read only for versions not known here."""
+        began = time.monotonic()
         versions = self.store.versions()
         out = []
         for name in sorted(set(versions) | set(self._entries)):
             with self._name_lock(name):
-                e, _ = self._refresh(name, listed=versions.get(name))
+                # a put or pointer check since the listing began knows better than it (a name
+                # deleted since is dropped when its listed version is read and is not there)
+                e = self._entries.get(name)
+                newer = e is not None and e.checked_at >= began
+                e, _ = self._refresh(name, listed=ASK if newer else versions.get(name))
             if e is not None and not e.problems:
                 out.append(e.describe(name in self._resident))
         return out

@@ -103,6 +103,31 @@ async def test_a_version_new_to_a_replica_is_read_and_parsed_once(tmp_path, tiny
     assert (len(reads), len(parses)) == (0, 0)
 
 
+def test_a_listing_never_undoes_a_write_made_while_it_was_taken(tmp_path, tiny_bb, monkeypatch):
+    """A PUT or DELETE that lands between the store's listing and its use: the listing is older,
+    and must not bring back the old version or the deleted name."""
+    store = Store(tmp_path / "store")
+    registry = Registry(store, tiny_bb)               # the default recheck interval
+    registry.put("kept", adapter_file(tiny_bb, "kept", seed=1))
+    registry.put("gone", adapter_file(tiny_bb, "gone"))
+    real_versions = store.versions
+
+    def listing_then_writes():
+        listed = real_versions()
+        registry.put("kept", adapter_file(tiny_bb, "kept", seed=2))     # another request, meanwhile
+        registry.delete("gone")
+        return listed
+
+    monkeypatch.setattr(store, "versions", listing_then_writes)
+    new = store.current("kept")
+    names = {a["name"]: a["version"] for a in registry.list()}
+    assert store.current("kept") != new and names == {"kept": store.current("kept")}
+    assert registry.get("kept").version == store.current("kept")
+    assert registry.lookup("kept") is not None                         # still resident: not evicted
+    with pytest.raises(Exception, match="gone"):
+        registry.get("gone")
+
+
 def test_a_config_the_api_cannot_show_is_a_problem_not_a_crash():
     """Whatever the file checks let through, the description has the API's types or the entry
     has a problem (and is never described)."""
