@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from lpt import AdapterError, RowError
 
@@ -120,6 +121,7 @@ ERROR_TABLE: list[tuple[type[BaseException], int, str]] = [
     (StoreUnavailable, 503, "store_unavailable"),
     (StoreConflict, 409, "conflict"),
     (asyncio.TimeoutError, 504, "timeout"),
+    (ClientDisconnect, 499, "client_closed_request"),   # gone while its body was read: nobody to answer
 ]
 
 # How a row's exception is worded for the client, where str(exc) alone would not say enough.

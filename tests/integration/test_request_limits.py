@@ -179,6 +179,40 @@ async def test_a_large_answer_is_built_off_the_event_loop_as_json_would_write_it
     assert classify_module.RowsResponse(answer).body == JSONResponse(answer).body
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("method, path", [("POST", "/v1/classify"), ("POST", "/v1/tasks/t/classify"),
+                                          ("PUT", "/v1/adapters/x"), ("POST", "/v1/train")])
+async def test_a_client_gone_while_its_body_is_read_is_not_an_error(tmp_path, tiny_bb, caplog, method, path):
+    """A client that hangs up mid-body is a 4xx for the access log (499), not a logged server error."""
+    import asyncio
+    import logging
+
+    caplog.set_level(logging.INFO)
+    async with running(tmp_path, tiny_bb) as (app, c):
+        await _with_task(c, tiny_bb)
+        messages = [{"type": "http.request", "body": b'{"inputs": ', "more_body": True}, {"type": "http.disconnect"}]
+        sent = []
+
+        async def receive():
+            return messages.pop(0) if messages else await asyncio.Future()
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "path": path,
+                 "raw_path": path.encode(), "query_string": b"", "root_path": "", "scheme": "http",
+                 "server": ("test", 80), "client": ("127.0.0.1", 1),
+                 "headers": [(b"host", b"test"), (b"content-type", b"application/json"),
+                             (b"content-length", b"100"), *admin_header()]}
+        await asyncio.wait_for(app(scope, receive, send), 10)
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+        assert 400 <= sent[0]["status"] < 500 and (await c.get("/health")).status_code == 200   # nobody reads it
+
+
+def admin_header() -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode(), v.encode()) for k, v in admin().items()]
+
+
 def test_many_validation_errors_make_one_message_in_linear_time():
     """Each bad item gives an error per union branch; keeping the most specific location of each
     compared every location with every other (50,000 errors: minutes). Now a set of prefixes."""
