@@ -176,8 +176,13 @@ def load_json(text: bytes | str, what: str) -> tuple[object, str | None]:
     if depth > MAX_JSON_DEPTH:
         return None, f"{what} nests {depth} levels deep, at most {MAX_JSON_DEPTH} are allowed"
     try:
-        return json.loads(text), None
+        value = json.loads(text)
     except json.JSONDecodeError as e:
         return None, f"{what} is not valid JSON: {e.msg} at character {e.pos}"
     except (UnicodeDecodeError, ValueError):      # e.g. an integer of more than 4300 digits
         return None, f"{what} is not valid JSON text (bad UTF-8, or a number too long to read)"
+    try:      # JSON's \ud800-style escapes can make a string that is no text: no response could carry it
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return None, f"{what} holds a string with a lone surrogate (a \\ud800-\\udfff escape): not valid text"
+    return value, None

@@ -56,6 +56,27 @@ async def test_strange_stored_files_are_reported_and_skipped_never_a_broken_list
 
 
 @pytest.mark.asyncio
+async def test_a_config_string_that_is_not_text_is_refused_and_never_breaks_a_listing(tmp_path, tiny_bb):
+    """JSON lets a header spell a lone surrogate (\\ud800): no JSON response can carry it. An
+    upload of one is a 400 that stores nothing; one another tool stored is a problem, skipped."""
+    good = adapter_file(tiny_bb, "good")
+    bad = {"labels": with_config(good, labels=["\ud800", "b"]), "task": with_config(good, task="\udc00x")}
+    store = Store(tmp_path / "store")
+    store.put("stored-bad", bad["task"])
+    async with running(tmp_path, tiny_bb) as (app, c):
+        for field, data in bad.items():
+            r = await upload(c, f"new-{field}", data)
+            assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_adapter", r.text
+            assert "lone surrogate" in r.text and store.current(f"new-{field}") is None
+        assert (await upload(c, "good", good)).status_code == 201
+        r = await c.get("/v1/adapters")
+        assert r.status_code == 200 and [a["name"] for a in r.json()["adapters"]] == ["good"]
+        assert "stored-bad" in (await c.get("/info")).json()["adapters"]["problems"]
+        r = await c.post("/v1/classify", json={"inputs": "x", "task": "stored-bad"})
+        assert r.status_code == 404 and "cannot serve" in r.json()["error"]["message"]
+
+
+@pytest.mark.asyncio
 async def test_an_unknown_task_404_lists_the_known_tasks(tmp_path, tiny_bb):
     async with running(tmp_path, tiny_bb) as (app, c):
         r = await c.post("/v1/classify", json={"inputs": "x", "task": "nope"})
