@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -177,14 +178,33 @@ class TrainPlan:
     out: Path | None                 # the adapter file to write (None: none)
 
 
+# Options that cannot make a sound run (lr=nan or -1, epochs=10**20, a seed torch cannot take):
+# refused before anything is read or trained. name -> (least, most, whether the least is excluded)
+BOUNDS = {"epochs": (1, 10_000, False), "batch_size": (1, 65_536, False), "prompt_length": (1, 4_096, False),
+          "bottleneck": (1, 65_536, False), "max_length": (1, 1_000_000, False), "seed": (0, 2**63 - 1, False),
+          "lr": (0, None, True), "head_lr": (0, None, True), "weight_decay": (0, None, False),
+          "warmup": (0, 1, False), "cache_budget_mb": (0, None, False)}
+
+
+def check_bounds(args) -> None:
+    for name, (least, most, open_low) in BOUNDS.items():
+        v = getattr(args, name, None)
+        if v is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if not math.isfinite(v):
+            raise UsageError(f"{flag} must be a finite number, got {v}")
+        if v < least or (open_low and v == least):
+            raise UsageError(f"{flag} must be {'more than' if open_low else 'at least'} {least}, got {v}")
+        if most is not None and v > most:
+            raise UsageError(f"{flag} must be at most {most}, got {v}")
+
+
 def plan_training(args) -> TrainPlan:
     """Every check of the arguments and the data that needs no model: DataError or UsageError
     with the message `lpt train` prints. The server runs this too, before it queues a job."""
     out = _check_train_args(args)
-    for name in ("epochs", "batch_size", "prompt_length", "bottleneck"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+    check_bounds(args)
     train_ex = _read(args.data, args)
     labels = label_set(train_ex, args.data, args.labels)
     if args.dev:

@@ -112,6 +112,8 @@ CASES = {
     "bad jsonl": ("train.jsonl", b'{"text": "a", "label": "x"}\n{oops\n', {}, "line 2: not valid JSON"),
     "bad int": ("train.csv", ROWS.encode(), {"epochs": "two"}, "invalid int value: 'two'"),
     "epochs 0": ("train.csv", ROWS.encode(), {"epochs": "0"}, "--epochs must be at least 1"),
+    "lr -1": ("train.csv", ROWS.encode(), {"lr": "-1"}, "--lr must be more than 0, got -1.0"),
+    "lr nan": ("train.csv", ROWS.encode(), {"lr": "nan"}, "--lr must be a finite number, got nan"),
     "bad choice": ("train.csv", ROWS.encode(), {"generator": "huge"}, "invalid choice: 'huge'"),
     "layer": ("train.csv", ROWS.encode(), {"layer": "9"}, "the adapter configuration is invalid"),
     "label words": ("train.csv", ROWS.encode(), {"label_words": "bad"}, "--label-words has 1 words for 2 labels"),

@@ -206,3 +206,26 @@ def test_classification_report_numbers():
     assert r["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
     text = format_report(r)
     assert "accuracy  0.6667" in text and text.splitlines()[-1].split() == ["c", "0", "0", "1"]
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--lr", "nan"), ("--lr", "inf"), ("--lr", "-1"), ("--lr", "0"), ("--lr", "1e999"), ("--head-lr", "-0.1"),
+    ("--weight-decay", "nan"), ("--weight-decay", "-1"), ("--warmup", "2"), ("--warmup", "-0.1"),
+    ("--epochs", "0"), ("--epochs", "99999999999999999999999"), ("--seed", "999999999999999999999"),
+    ("--seed", "-1"), ("--batch-size", "0"), ("--prompt-length", "0"), ("--max-length", "-5"),
+    ("--cache-budget-mb", "nan"),
+])
+def test_options_that_cannot_train_are_refused_before_anything_runs(option, value):
+    """Each used to start a run that failed late, overflowed, never ended, or (lr=-1) stored a
+    degraded adapter."""
+    from lpt.cli import UsageError, parse_train_args, plan_training
+
+    with pytest.raises(UsageError, match=f"^{option} must be "):      # before the data file is read
+        plan_training(parse_train_args(["--task", "t", "--data", "no-such.csv", f"{option}={value}"]))
+
+
+def test_sound_options_at_their_bounds_pass_the_check():
+    from lpt.cli import check_bounds, parse_train_args
+
+    check_bounds(parse_train_args(["--task", "t", "--data", "d.csv", "--lr=1e-9", "--warmup=0", "--weight-decay=0",
+                                   "--epochs=1", "--seed=0", "--batch-size=1", "--cache-budget-mb=0", "--warmup=1"]))
