@@ -12,6 +12,7 @@ call touches is its own or read-only, and torch's kernels release the GIL.
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
@@ -315,6 +316,10 @@ class Engine:
                 continue
             p = probs[pos[i]]
             labels = row.adapter.labels
+            if not all(map(math.isfinite, p[:len(labels)])):   # logits overflowed: no scores to give
+                out.append(RowError(f"adapter {row.adapter.config.task!r} gives no finite scores for this input "
+                                    "(its weights overflow): the adapter needs retraining or replacing"))
+                continue
             best = max(range(len(labels)), key=p.__getitem__)
             out.append(Prediction(labels[best], p[best], dict(zip(labels, p))))
         return out

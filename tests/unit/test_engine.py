@@ -156,6 +156,20 @@ def test_a_bad_row_fails_alone():
     assert isinstance(out[1], RowError)
 
 
+def test_an_adapter_whose_scores_overflow_fails_its_rows_alone():
+    """Finite weights big enough to overflow float32 logits give NaN probabilities: those rows get
+    a RowError naming the adapter (no NaN reaches a JSON answer); other adapters' rows are served."""
+    bb = make_backbone("bert")
+    good, big = _adapters(bb, [(2, 5, "npg", "linear"), (2, 5, "npg", "linear")])
+    with torch.no_grad():
+        for t in big.parameters():                # what a weight-overflowing upload looked like
+            t.mul_(1e30)
+    out = Engine(bb).predict([Row(good, "great film"), Row(big, "great film"), Row(big, "bad film")])
+    assert out[0].label in good.labels and abs(sum(out[0].scores.values()) - 1) < 1e-6
+    for o in out[1:]:
+        assert isinstance(o, RowError) and "no finite scores" in str(o) and repr(big.config.task) in str(o)
+
+
 def test_predict_scores_are_probabilities_and_label_is_argmax():
     bb = make_backbone("bert")
     adapters = _adapters(bb, MIXED[:3])
