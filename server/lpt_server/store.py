@@ -220,7 +220,7 @@ class Store:
     def _spelled(self, d: Path) -> bool:
         """False where the volume ignores case and `d` opens a folder spelled otherwise (another
         name's). A listing of the store: only on such volumes, and only per single-name call."""
-        return not self.case_insensitive or d.name in os.listdir(self.root) or not d.exists()
+        return not self.case_insensitive or not d.exists() or d.name in os.listdir(self.root)
 
     def current(self, name: str) -> str | None:
         """The current version (sha256) of a name, or None. Two small reads: cheap to repeat."""
@@ -290,14 +290,12 @@ class Store:
             return True
         except FileExistsError:
             pass
-        if d.is_symlink():
-            raise NameTaken(self._taken(d.name))
         if not self._spelled(d):
             held = [repr(n) for n in os.listdir(self.root) if n.casefold() == d.name.casefold()]
             raise NameTaken(f"adapter name {d.name!r} is not available: the store's volume does not tell names apart "
                             f"by case, and it holds {held[0] if held else 'a name differing only in case'}; "
                             "use another name")
-        if not d.is_dir():
+        if d.is_symlink() or not d.is_dir():       # a link is never the store's (it could lead outside)
             raise NameTaken(self._taken(d.name))
         if self._owned(d):
             return False

@@ -168,11 +168,14 @@ class TrainForm:
             if not values:
                 continue
             flag = "--" + name.replace("_", "-")
-            for v in values if name in LISTS else ():
+            if name not in LISTS:
+                out.append(f"{flag}={values[0]}")
+                continue
+            for v in values:
                 if v.startswith("-") and not _NEGATIVE_NUMBER.fullmatch(v):
                     raise FormError(f"form field {name!r}: the value {v[:40]!r} starts with '-': "
                                     "labels and label words cannot (negative numbers can)")
-            out += [flag, *values] if name in LISTS else [f"{flag}={values[0]}"]
+            out += [flag, *values]
         return out
 
     def write(self, workdir: Path) -> tuple[list[str], dict[str, str]]:
