@@ -1,10 +1,12 @@
 """Helpers for the adapter store's tests: a directory's full contents, ageing a file, a disk
-that fills up at a chosen write, a volume that does not tell names apart by case."""
+that fills up at a chosen write, a volume that does not tell names apart by case, and one whose
+FUSE server dies (what a dead network mount looks like)."""
 from __future__ import annotations
 
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import time
 from contextlib import contextmanager
@@ -76,3 +78,27 @@ def case_folding_volume(tmp_path: Path) -> Iterator[Path]:
             _run("umount", str(mnt))
     finally:
         _run("losetup", "-d", loop)
+
+
+def kill_volume(mnt: Path) -> None:
+    """SIGKILL the FUSE server of a `case_folding_volume`: the mount stays, and every access to
+    it fails with ENOTCONN, as on a network mount whose server is gone."""
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"mount.exfat-fuse") and os.fsencode(mnt) in argv:
+            os.kill(int(proc.name), signal.SIGKILL)
+            break
+    else:
+        raise AssertionError(f"no FUSE server for {mnt}")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.stat(mnt)
+        except OSError as e:
+            assert e.errno == errno.ENOTCONN, e
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{mnt} still answers after its FUSE server was killed")

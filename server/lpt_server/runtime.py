@@ -208,7 +208,11 @@ class Runtime:
         while True:
             await asyncio.sleep(PROBE_UP_S if store.health().up else PROBE_DOWN_S)
             was = store.health()
-            now = await asyncio.to_thread(store.ping)
+            try:
+                now = await asyncio.to_thread(store.ping)
+            except Exception:           # ping never raises; if one does, the probe still goes on
+                log.exception("adapter store probe failed")
+                continue
             if was.up and not now.up:
                 log.warning("adapter store %s is unreachable: %s (loaded adapters keep serving; uploads and "
                             "deletes answer 503 until it is back)", store.location, now.error)

@@ -21,7 +21,10 @@ take no lock. A writer stores the version file first and then swaps `current`, s
 the old version or the new one, never a partial file; a delete removes the pointer first, so no
 pointer ever names a missing file. Readers re-read `current` to notice other replicas' writes.
 
-A full disk (ENOSPC, EDQUOT) raises StoreFull after undoing what that call wrote. A writer killed
+A full disk (ENOSPC, EDQUOT) raises StoreFull after undoing what that call wrote. Any other I/O
+error (a network or FUSE mount gone: ENOTCONN, ESTALE, EIO), or the store directory itself gone,
+raises StoreUnavailable and marks the store down, as S3's network errors do; the next call that
+reaches it marks it up again. A writer killed
 mid-upload leaves temp files or an unreferenced version file: sweep() removes those older than a
 grace period (the runtime runs it at start and periodically). The store knows files and names
 only, not adapters.
@@ -37,8 +40,9 @@ import re
 import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import wraps
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from lpt.adapter import write_atomic
 
@@ -84,6 +88,10 @@ class NotAStore(StoreError):
     """The directory cannot be used as a store (at start)."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now (-> 503); nothing was changed. It recovers by itself."""
+
+
 def check_name(name: str) -> str:
     """Names are single path components of safe characters: no '/', no '..', no hidden files."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
@@ -112,6 +120,33 @@ def _is_full(err: OSError) -> bool:
 def _full(root: Path) -> StoreFull:
     return StoreFull(f"the adapter store's disk is full (or over quota): nothing was changed; free space on the "
                      f"volume of the store ({root.name or root}) and retry")
+
+
+T = TypeVar("T")
+
+
+def _reaching(method: Callable[..., T]) -> Callable[..., T]:
+    """A Store call that reaches the directory: its I/O errors become the store's (see the module
+    docstring). A missing file stays FileNotFoundError (a version replaced meanwhile) while the
+    store itself is there."""
+    @wraps(method)
+    def call(self: "Store", *args, **kwargs) -> T:
+        try:
+            out = method(self, *args, **kwargs)
+        except OSError as e:
+            if _is_full(e):
+                raise _full(self.root) from e
+            if isinstance(e, FileNotFoundError):
+                if self.ping().up:
+                    raise
+            else:
+                self._health = Health(False, f"{e.strerror or e} ({e.filename or self.root})")
+            why = self._health.error
+            raise StoreUnavailable(f"the adapter store {self.root} cannot be read or written: {why}; "
+                                   "retry once it is back") from e
+        self._health = Health(True)
+        return out
+    return call
 
 
 @dataclass(frozen=True)
@@ -201,16 +236,20 @@ class Store:
         return self._health
 
     def ping(self) -> Health:
-        if (self.root / ROOT_MARKER).is_file():
-            self._health = Health(True)
+        try:
+            there = (self.root / ROOT_MARKER).is_file()
+        except OSError as e:           # a dead mount answers ENOTCONN, ESTALE or EIO
+            self._health = Health(False, f"{e.strerror or e} ({e.filename or self.root})")
         else:
-            self._health = Health(False, f"the store directory {self.root} is gone (no {ROOT_MARKER} in it)")
+            self._health = Health(True) if there else \
+                Health(False, f"the store directory {self.root} is gone (no {ROOT_MARKER} in it)")
         return self._health
 
     def close(self) -> None:
         """Nothing held between calls."""
 
     # ---- reading (no locks) -------------------------------------------------------------------
+    @_reaching
     def names(self) -> list[str]:
         """Every name with a `current` pointer in a folder the store owns, sorted."""
         return sorted(d.name for d in self.root.iterdir()
@@ -222,10 +261,15 @@ class Store:
         name's). A listing of the store: only on such volumes, and only per single-name call."""
         return not self.case_insensitive or not d.exists() or d.name in os.listdir(self.root)
 
+    @_reaching
     def current(self, name: str) -> str | None:
         """The current version (sha256) of a name, or None. Two small reads: cheap to repeat."""
         d = self.root / check_name(name)
-        return self._current(d) if self._spelled(d) else None
+        v = self._current(d) if self._spelled(d) else None
+        if v is None and not (self.root / ROOT_MARKER).is_file():
+            # no name's folder, or no store? Only the second must not make a loaded adapter vanish
+            raise FileNotFoundError(errno.ENOENT, "no store marker", str(self.root / ROOT_MARKER))
+        return v
 
     @staticmethod
     def _current(d: Path) -> str | None:
@@ -237,6 +281,7 @@ class Store:
             return None
         return v if VERSION_RE.fullmatch(v) and (d / MARKER).is_file() else None
 
+    @_reaching
     def versions(self) -> dict[str, str]:
         # names() lists the folders as spelled: no per-name spelling check
         return {n: v for n in self.names() if (v := self._current(self.root / n)) is not None}
@@ -249,10 +294,12 @@ class Store:
             raise FileNotFoundError(errno.ENOENT, f"no adapter {name!r} in the store (a name differing only in case is)")
         return d / f"{version}{SUFFIX}"
 
+    @_reaching
     def read(self, name: str, version: str) -> bytes:
         return self.path(name, version).read_bytes()
 
     # ---- writing (the name's lock held) -------------------------------------------------------
+    @_reaching
     def put(self, name: str, data: bytes) -> Stored:
         """Store a version and make it current. Validate the bytes *before* calling this.
         Raises NameTaken (a folder the store did not write) or StoreFull; either way nothing changed."""
@@ -309,6 +356,7 @@ class Store:
                 "lpt-serve did not write, and it is left untouched; use another name, or have the operator "
                 "move that folder out of the store")
 
+    @_reaching
     def delete(self, name: str) -> bool:
         """Remove a name: the pointer first (readers stop seeing it at once), then the store's own
         files, then the folder if that left it empty. False if there was no adapter of that name."""
@@ -356,6 +404,7 @@ class Store:
             p.unlink(missing_ok=True)
 
     # ---- leftovers ----------------------------------------------------------------------------
+    @_reaching
     def sweep(self, grace_s: float | None = None) -> list[str]:
         """Remove what killed writers left: temp files and unreferenced version files older than
         `grace_s` (default GRACE_S), folders left with no version, lock files of gone names. A name
@@ -395,25 +444,16 @@ class Store:
     def _locked(self, name: str, wait: bool = True) -> Iterator[bool]:
         """Hold the name's lock file (flock: other processes and other Store objects wait).
         wait=False: yields False at once if another writer holds it. On leaving, a name without
-        a folder of the store's loses its lock file too. A full disk raises StoreFull."""
+        a folder of the store's loses its lock file too."""
         # one lock file per name as the volume tells names apart: on one that ignores case, FUSE
         # may give each spelling's open file its own lock, so all spellings share the folded one
         path = self.root / LOCKS / (name.casefold() if self.case_insensitive else name)
-        try:
-            fd = self._acquire(path, wait)
-        except OSError as e:
-            if _is_full(e):
-                raise _full(self.root) from e
-            raise
+        fd = self._acquire(path, wait)
         if fd is None:
             yield False
             return
         try:
             yield True
-        except OSError as e:
-            if _is_full(e):
-                raise _full(self.root) from e
-            raise
         finally:
             if not self._marked(name):
                 path.unlink(missing_ok=True)

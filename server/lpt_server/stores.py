@@ -13,13 +13,9 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from .store import Health, Store, StoreError, Stored
+from .store import Health, Store, StoreError, Stored, StoreUnavailable
 
 S3_SCHEME = "s3://"
-
-
-class StoreUnavailable(StoreError):
-    """The store cannot be reached right now (-> 503); nothing was changed. It recovers by itself."""
 
 
 class StoreConflict(StoreError):

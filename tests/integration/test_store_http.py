@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from store_files import age, failing_fsync, tree
+from store_files import age, failing_fsync, kill_volume, tree
 from tiny_server import adapter_file, admin, running, upload
 from lpt_server import runtime as runtime_module
 from lpt_server import store as store_module
@@ -50,6 +50,28 @@ async def test_names_differing_only_in_case_stay_apart_on_a_case_folding_volume(
         assert tree(folding_volume / "store") == before
         registry = app.state.runtime.registry
         assert registry.registered == 1 and registry.resident_count == 1      # no copy under another spelling
+        assert (await c.post("/v1/classify", json={"inputs": "x", "task": "sentiment"})).json() == answer
+
+
+async def test_a_store_on_a_dead_mount_is_unavailable_and_loaded_adapters_keep_serving(folding_volume, tiny_bb):
+    """A network or FUSE mount whose server dies answers ENOTCONN to everything: the store is a
+    503 naming the error (never a 500), /info and the probe say it is down, and what is loaded
+    keeps serving, as with an S3 store that cannot be reached."""
+    async with running(folding_volume, tiny_bb, store_recheck_ms=0) as (app, c):
+        assert (await upload(c, "sentiment", adapter_file(tiny_bb, "sentiment"))).status_code == 201
+        answer = (await c.post("/v1/classify", json={"inputs": "x", "task": "sentiment"})).json()
+        kill_volume(folding_volume)
+        assert (await c.post("/v1/classify", json={"inputs": "x", "task": "sentiment"})).json() == answer
+        for r in (await c.post("/v1/classify", json={"inputs": "x", "task": "other"}),
+                  await c.get("/v1/adapters"),
+                  await c.get("/v1/adapters/other"),
+                  await upload(c, "sentiment", adapter_file(tiny_bb, "sentiment", seed=1)),
+                  await c.delete("/v1/adapters/sentiment", headers=admin())):
+            assert r.status_code == 503 and r.json()["error"]["type"] == "store_unavailable", r.text
+            assert "Transport endpoint is not connected" in r.json()["error"]["message"], r.text
+        store = (await c.get("/info")).json()["store"]
+        assert store["up"] is False and "not connected" in store["error"]
+        assert app.state.runtime.registry.store.ping().up is False       # the probe's call: no raise
         assert (await c.post("/v1/classify", json={"inputs": "x", "task": "sentiment"})).json() == answer
 
 

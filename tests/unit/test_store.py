@@ -16,7 +16,7 @@ import pytest
 
 from lpt_server.settings import Settings
 from lpt_server.store import (GRACE_S, MARKER, ROOT_MARKER, InvalidName, NameTaken, NotAStore, Store, StoreFull,
-                              is_store_file)
+                              StoreUnavailable, is_store_file)
 from store_files import age, failing_fsync, tree
 
 pytestmark = pytest.mark.unit
@@ -67,6 +67,27 @@ def test_a_linked_name_folder_is_never_the_stores(tmp_path):
     assert store.current("link") is None and store.names() == [] and store.versions() == {}
     assert store.sweep(grace_s=0) == []
     assert tree(tmp_path) == before and other.current("theirs") == v
+
+
+def test_a_store_directory_removed_under_the_server_is_unavailable_not_a_missing_file(tmp_path):
+    """A version replaced meanwhile is a missing file (the reader follows the pointer again); the
+    whole store gone is the store unavailable (503), for every call, until it is back."""
+    root = tmp_path / "store"
+    store = Store(root)
+    v = store.put("a", b"one").version
+    store.put("a", b"two")
+    store.put("a", b"three")                                    # "one" is collected
+    with pytest.raises(FileNotFoundError):
+        store.read("a", v)
+    assert store.health().up
+    root.rename(tmp_path / "moved")
+    for call in (store.names, store.versions, lambda: store.current("a"), lambda: store.read("a", sha(b"three")),
+                 lambda: store.put("b", b"x"), lambda: store.delete("a"), store.sweep):
+        with pytest.raises(StoreUnavailable, match="is gone"):   # not "no adapter a": it may come back
+            call()
+    assert not store.health().up and not store.ping().up
+    (tmp_path / "moved").rename(root)
+    assert store.names() == ["a"] and store.health().up
 
 
 def test_an_empty_or_missing_directory_becomes_a_store(tmp_path):
