@@ -175,11 +175,8 @@ class S3Client:
                 query["max-keys"] = str(max_keys)
             r = self._send("GET", "", query=query)
             self._expect(r, 200)
-            root = ET.fromstring(r.content)
-            for c in root.iter(f"{NS}Contents"):
-                modified = datetime.fromisoformat(c.findtext(f"{NS}LastModified", "").replace("Z", "+00:00"))
-                yield Listed(c.findtext(f"{NS}Key", ""), int(c.findtext(f"{NS}Size", "0")), modified.timestamp(),
-                             c.findtext(f"{NS}ETag", ""))
+            root, page = _listing(r)
+            yield from page
             token = root.findtext(f"{NS}NextContinuationToken")
             if max_keys or root.findtext(f"{NS}IsTruncated") != "true" or not token:
                 return
@@ -225,6 +222,24 @@ class S3Client:
         if r.status_code not in ok:
             code, message = _error(r)
             raise S3Error(r.status_code, code or r.reason_phrase, message)
+
+
+def _listing(r: httpx.Response) -> tuple[ET.Element, list[Listed]]:
+    """A ListObjectsV2 page; S3Error where the body is not one (a proxy's HTML page, a cut-off
+    answer): a store that answers nonsense is as unusable as one that answers 5xx."""
+    try:
+        root = ET.fromstring(r.content)
+        if root.tag != f"{NS}ListBucketResult":        # well-formed but something else: not "no objects"
+            raise ValueError(f"its root element is <{root.tag}>")
+        page = []
+        for c in root.iter(f"{NS}Contents"):
+            modified = datetime.fromisoformat(c.findtext(f"{NS}LastModified", "").replace("Z", "+00:00"))
+            page.append(Listed(c.findtext(f"{NS}Key", ""), int(c.findtext(f"{NS}Size", "0")), modified.timestamp(),
+                               c.findtext(f"{NS}ETag", "")))
+    except (ET.ParseError, ValueError) as e:
+        raise S3Error(r.status_code, "InvalidListing", f"the answer to a listing is not a ListObjectsV2 page ({e}): "
+                      f"{r.content[:80]!r}") from None
+    return root, page
 
 
 def _error(r: httpx.Response) -> tuple[str, str]:

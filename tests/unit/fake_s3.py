@@ -1,8 +1,8 @@
 """An in-memory S3 behind httpx.MockTransport, for the fast unit tests only (the real server,
 SeaweedFS, runs in the integration and e2e tests). It checks nothing of the signature; it can
 go down (connection refused), answer the next requests with 503 (`busy`), ignore conditional
-headers (a server without conditional writes) or fail every conditional write (other writers
-always ahead)."""
+headers (a server without conditional writes), fail every conditional write (other writers
+always ahead) or answer listings with a body that is not one (`listing_body`)."""
 from __future__ import annotations
 
 import hashlib
@@ -23,6 +23,7 @@ class FakeS3:
         self.busy = 0          # the next this many requests answer 503 SlowDown
         self.ignore_conditions = False
         self.always_412 = False
+        self.listing_body: bytes | None = None     # what a listing answers instead (200), if set
         self.calls: list[tuple[str, str]] = []
 
     def client(self, timeout_s: float = 1.0) -> S3Client:
@@ -43,6 +44,8 @@ class FakeS3:
         self.calls.append((request.method, key))
         now = formatdate(usegmt=True)
         if request.method == "GET" and not key:
+            if self.listing_body is not None:
+                return httpx.Response(200, content=self.listing_body, headers={"date": now})
             return self._list(parse_qs(url.query)["prefix"][0], now)
         have = self.objects.get(key)
         match, none_match = request.headers.get("if-match"), request.headers.get("if-none-match")

@@ -124,6 +124,24 @@ def test_a_store_that_goes_down_says_so_and_comes_back_by_itself():
     assert store.current("a") == sha(b"one")                 # the failed upload changed nothing
 
 
+def test_a_listing_that_is_not_one_is_the_store_unavailable_not_a_crash():
+    """A proxy's HTML page with 200, a listing cut off mid-way, a field that is not a number or a
+    date: GET /v1/adapters answered 500 on each."""
+    fake = FakeS3()
+    store = S3Store(URL, client=fake.client())
+    store.put("a", b"one")
+    good = fake._list("adapters/", "").content
+    for body in (b"<html><body>Sign in to continue</body></html>", b"<html><body>Sign in", good[: len(good) // 2],
+                 good.replace(b"<Size>", b"<Size>x"), good.replace(b"<LastModified>", b"<LastModified>yesterday")):
+        fake.listing_body = body
+        for call in (store.names, store.versions):
+            with pytest.raises(StoreUnavailable, match="not a ListObjectsV2 page"):
+                call()
+        assert store.health().up is False and "InvalidListing" in store.health().error
+    fake.listing_body = None
+    assert store.versions() == {"a": sha(b"one")} and store.health().up
+
+
 def test_version_files_are_cached_within_the_bound():
     fake = FakeS3()
     store = S3Store(URL, client=fake.client(), cache_bytes=10)
