@@ -455,9 +455,11 @@ class Store:
         try:
             yield True
         finally:
-            if not self._marked(name):
-                path.unlink(missing_ok=True)
-            os.close(fd)
+            try:
+                if not self._marked(name):
+                    path.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
 
     @staticmethod
     def _acquire(path: Path, wait: bool) -> int | None:
@@ -469,14 +471,17 @@ class Store:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                # the holder before us may have removed the file: then this lock guards nothing
+                try:
+                    same = os.path.samestat(os.fstat(fd), os.stat(path))
+                except FileNotFoundError:
+                    same = False
             except BlockingIOError:
                 os.close(fd)
                 return None
-            # the holder before us may have removed the file: then this lock guards nothing
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(path))
-            except FileNotFoundError:
-                same = False
+            except BaseException:        # ENOLCK on NFS, a mount dying: no lock, and no fd left open
+                os.close(fd)
+                raise
             if same:
                 return fd
             os.close(fd)

@@ -90,6 +90,40 @@ def test_a_store_directory_removed_under_the_server_is_unavailable_not_a_missing
     assert store.names() == ["a"] and store.health().up
 
 
+def test_a_lock_that_cannot_be_taken_or_released_leaves_no_file_descriptor_open(tmp_path, monkeypatch):
+    """flock fails with ENOLCK on an NFS mount without a lock daemon; the mount may die while the
+    lock is held. Each failed write leaked a descriptor until the server ran out of them."""
+    import fcntl
+
+    from lpt_server import store as store_module
+
+    store = Store(tmp_path / "store")
+    store.put("a", b"one")
+    fds = len(os.listdir("/proc/self/fd"))
+    real_flock = fcntl.flock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(store_module.fcntl, "flock", no_locks)
+    for _ in range(5):
+        with pytest.raises(StoreUnavailable, match="No locks available"):
+            store.put("a", b"two")
+    assert len(os.listdir("/proc/self/fd")) == fds
+    monkeypatch.setattr(store_module.fcntl, "flock", real_flock)
+
+    def mount_died(name):
+        raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
+
+    monkeypatch.setattr(store, "_marked", mount_died)
+    with pytest.raises(StoreUnavailable, match="not connected"):
+        store.put("a", b"three")
+    # a descriptor left open here would also hold the name's lock: every later write would hang
+    assert len(os.listdir("/proc/self/fd")) == fds
+    monkeypatch.undo()
+    assert store.put("a", b"four").version == sha(b"four")
+
+
 def test_an_empty_or_missing_directory_becomes_a_store(tmp_path):
     for root in (tmp_path / "new" / "deep", tmp_path / "empty"):
         if root.name == "empty":
