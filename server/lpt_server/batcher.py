@@ -122,14 +122,19 @@ class Batcher:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def submit(self, rows: list[tuple[Any, int]]) -> list[Item]:
-        """Queue all rows of one request, or none of them."""
+    def admit(self, n: int) -> None:
+        """Raise what submitting `n` rows now would raise (BatcherClosed, QueueFull): a request
+        checks before its costly stages, and again at submit."""
         if self._closing or not self.alive:
             raise BatcherClosed("the server is shutting down" if self._closing else
                                 f"the inference worker is not running: {self._failed!r}")
-        if len(self._pending) + len(rows) > self.queue_limit:
+        if len(self._pending) + n > self.queue_limit:
             raise QueueFull(f"the queue holds {len(self._pending)} rows, the limit is {self.queue_limit}; "
-                            f"this request needs {len(rows)} more: retry later")
+                            f"this request needs {n} more: retry later")
+
+    def submit(self, rows: list[tuple[Any, int]]) -> list[Item]:
+        """Queue all rows of one request, or none of them."""
+        self.admit(len(rows))
         loop = asyncio.get_running_loop()
         items = []
         for payload, cost in rows:

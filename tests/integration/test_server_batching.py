@@ -157,7 +157,19 @@ async def test_the_engine_gets_its_next_batch_before_the_last_batch_is_answered(
 
 
 # ---- through the app: timeouts, disconnects, failures -----------------------------------------------
-async def test_queue_full_is_429(tmp_path, tiny_bb):
+async def test_queue_full_is_429_before_its_texts_are_tokenized(tmp_path, tiny_bb, monkeypatch):
+    """Under overload a rejected request must cost little: it is answered before its texts are
+    tokenized (a 64-input request tokenized for nothing took CPU from the requests being served)."""
+    from lpt_server.routes import classify as classify_route
+
+    encoded = []
+
+    def counted(pairs, *args):
+        encoded.append([text for text, _ in pairs])
+        return real(pairs, *args)
+
+    real = classify_route.encode_inputs
+    monkeypatch.setattr(classify_route, "encode_inputs", counted)
     engine = HookedEngine(Engine(tiny_bb, 0), before=lambda rows: time.sleep(0.3))
     async with running(tmp_path, tiny_bb, engine_factory=lambda s: engine, max_batch_rows=1, queue_limit=2,
                        max_wait_ms=0) as (app, c):
@@ -176,9 +188,10 @@ async def test_queue_full_is_429(tmp_path, tiny_bb):
         await until(lambda: len(engine.batches) == 1)          # the first row is in the engine
         busy += [asyncio.create_task(c.post("/v1/classify", json=body)) for _ in range(2)]
         await until(lambda: len(rt.batcher) == 2)              # two rows fill the queue
-        r = await c.post("/v1/classify", json=body)
+        r = await c.post("/v1/classify", json={"inputs": ["rejected"], "task": "sent"})
         assert r.status_code == 429 and r.headers["retry-after"] == "1"
         assert r.json()["error"]["type"] == "overloaded"
+        assert len(encoded) == 3 and ["rejected"] not in encoded, encoded
         assert [x.status_code for x in await asyncio.gather(*busy)] == [200, 200, 200]
         assert 'lpt_requests_total{status="429",task="sent"} 1.0' in (await c.get("/metrics")).text
 

@@ -1,6 +1,7 @@
 """POST /v1/classify and POST /v1/tasks/{task}/classify.
 
-Stages: parse (validate, resolve tasks to adapters, encode texts once, off the loop) -> schedule (one row per
+Stages: parse (validate, resolve tasks to adapters) -> admit (a full queue answers 429 before any
+tokenizing) -> encode (texts once per task's template, off the loop) -> schedule (one row per
 (input, task) into the batcher, wait) -> the engine, on its thread -> respond (results back in
 request order). Rows of one request share their texts, so the engine runs the lower layers
 once per input whatever the number of tasks.
@@ -30,13 +31,23 @@ router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[Depends(requi
 ERRORS = {c: {"model": ErrorResponse} for c in (400, 401, 404, 408, 413, 422, 429, 503, 504)}
 
 
-@dataclass
-class Job:
-    """A parsed request: tasks resolved to adapter modules, inputs encoded (both opaque here)."""
+@dataclass(frozen=True)
+class Parsed:
+    """A validated request: tasks resolved to adapter modules (opaque here)."""
 
     tasks: list[str]
     adapters: list                  # lpt.LatePrompt per task, held for the whole request
     inputs: list[tuple[str, str | None]]
+
+    @property
+    def rows(self) -> int:
+        return len(self.inputs) * len(self.tasks)
+
+
+@dataclass(frozen=True)
+class Job(Parsed):
+    """A parsed request with its inputs encoded for each task: what schedule queues."""
+
     encoded: EncodedInputs          # each input encoded for each task: carried to the engine
 
 
@@ -60,21 +71,26 @@ async def _resolve(rt: Runtime, name: str):
     return module
 
 
-async def parse(rt: Runtime, inputs, tasks: list[str]) -> Job:
-    s = rt.settings
+async def parse(rt: Runtime, inputs, tasks: list[str]) -> Parsed:
     pairs = _normalize(inputs)     # at most LPT_MAX_INPUTS: the schema's bound (schemas.py)
-    if len(pairs) * len(tasks) > s.queue_limit:
+    if len(pairs) * len(tasks) > rt.settings.queue_limit:
         raise PayloadTooLarge(f"{len(pairs)} inputs x {len(tasks)} tasks = {len(pairs) * len(tasks)} rows, "
-                              f"more than the queue holds ({s.queue_limit}): split the request")
+                              f"more than the queue holds ({rt.settings.queue_limit}): split the request")
     adapters = []
     for name in tasks:
         try:
             adapters.append(await _resolve(rt, name))
         except InvalidName:
             raise NotFound(f"unknown task {name!r}: not a valid adapter name") from None
-    # tokenizing is CPU work: off the loop (InputTooLong: 413)
-    encoded = await asyncio.to_thread(encode_inputs, pairs, tasks, adapters, s.max_input_tokens, s.truncate)
-    return Job(tasks, adapters, pairs, encoded)
+    return Parsed(tasks, adapters, pairs)
+
+
+# ---- encode ----------------------------------------------------------------------------------
+async def encode(rt: Runtime, p: Parsed) -> Job:
+    """Tokenizing is CPU work: off the loop (InputTooLong: 413)."""
+    s = rt.settings
+    encoded = await asyncio.to_thread(encode_inputs, p.inputs, p.tasks, p.adapters, s.max_input_tokens, s.truncate)
+    return Job(p.tasks, p.adapters, p.inputs, encoded)
 
 
 # ---- schedule --------------------------------------------------------------------------------
@@ -174,8 +190,10 @@ async def classify(request: Request, inputs, tasks: list[str], raw_scores: bool)
     status, known_tasks = 500, []
     rt.metrics.in_flight.inc()
     try:
-        job = await parse(rt, inputs, tasks)
-        known_tasks = job.tasks
+        parsed = await parse(rt, inputs, tasks)
+        known_tasks = parsed.tasks
+        rt.batcher.admit(parsed.rows)       # QueueFull (429) before tokenizing: rechecked at submit
+        job = await encode(rt, parsed)
         items = await schedule(rt, request, job)
         response = await answer(job, items, raw_scores)
         status = 200
