@@ -19,13 +19,18 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from .errors import BadRequest, PayloadTooLarge, RequestTimeout
+from .errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 
 M = TypeVar("M", bound=BaseModel)
 
 
 async def chunks(request: Request, *, timeout_s: float, what: str = "request body") -> AsyncIterator[bytes]:
-    """The body's chunks as they arrive; 408 if the whole body has not arrived in `timeout_s`."""
+    """The body's chunks as they arrive; 408 if the whole body has not arrived in `timeout_s`;
+    415 before reading for a compressed body (read as it is, gzip would be 'not valid JSON')."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaType(f"the {what} is sent with Content-Encoding: {encoding[:40]}; the server reads "
+                                   "bodies uncompressed: send it without compression")
     deadline = time.monotonic() + timeout_s
     stream = request.stream().__aiter__()
     while True:

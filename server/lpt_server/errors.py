@@ -75,6 +75,10 @@ class PayloadTooLarge(ApiError):
     status, type = 413, "payload_too_large"
 
 
+class UnsupportedMediaType(ApiError):
+    status, type = 415, "unsupported_media_type"
+
+
 class Overloaded(ApiError):
     status, type = 429, "overloaded"
 

@@ -7,7 +7,8 @@ import re
 import httpx
 import pytest
 
-from tiny_server import Held, adapter_file, admin, running, upload
+from live_server import serving
+from tiny_server import Held, adapter_file, admin, running, tiny_app, upload
 from lpt import Engine
 from lpt_server import Settings, cli, create_app, docs
 from lpt_server.logging import JsonFormatter
@@ -19,6 +20,26 @@ METRICS = ["lpt_requests_total", "lpt_request_duration_seconds_bucket", "lpt_que
            "lpt_adapters_resident", "lpt_adapters_registered", "lpt_adapter_load_duration_seconds",
            "lpt_layer_cache_hits_total", "lpt_layer_cache_misses_total", "lpt_layer_cache_bytes", "lpt_worker_alive",
            "lpt_train_jobs", "lpt_train_jobs_ended_total", "lpt_train_job_duration_seconds_bucket"]
+
+
+def test_probes_answer_head_and_compressed_bodies_are_415_over_real_http(tmp_path, tiny_bb):
+    """Load balancers and uptime checkers that probe with HEAD got 405 (read as down); a gzip body
+    was read as it is and answered 'not valid JSON'."""
+    import gzip
+
+    with serving(tiny_app(tmp_path / "store", tiny_bb, admin_key="k" * 32)) as url:
+        for path in ("/health", "/ready"):
+            r = httpx.head(url + path)
+            assert r.status_code == 200 and r.content == b"", (path, r.status_code)
+        body = gzip.compress(json.dumps({"inputs": "x", "task": "t"}).encode())
+        for method, path, kind in (("POST", "/v1/classify", "application/json"),
+                                   ("PUT", "/v1/adapters/t", "application/octet-stream"),
+                                   ("POST", "/v1/train", "multipart/form-data; boundary=b")):
+            r = httpx.request(method, url + path, content=body, headers={
+                "content-encoding": "gzip", "content-type": kind, "authorization": "Bearer " + "k" * 32})
+            assert r.status_code == 415, (path, r.text)
+            error = r.json()["error"]
+            assert error["type"] == "unsupported_media_type" and "Content-Encoding: gzip" in error["message"], r.text
 
 
 @pytest.mark.asyncio

@@ -53,7 +53,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 @router.put("/{name:path}", response_model=AdapterInfo, status_code=201,
-            responses={**ERRORS, 200: {}, **{c: {"model": ErrorResponse} for c in (408, 409, 507)}},
+            responses={**ERRORS, 200: {}, **{c: {"model": ErrorResponse} for c in (408, 409, 415, 507)}},
             dependencies=[Depends(require_admin_key)],
             openapi_extra={"requestBody": {"required": True, "content": {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},

@@ -28,7 +28,7 @@ from ..texts import EncodedInputs, encode_inputs
 
 router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[Depends(require_api_key)])
 
-ERRORS = {c: {"model": ErrorResponse} for c in (400, 401, 404, 408, 413, 422, 429, 503, 504)}
+ERRORS = {c: {"model": ErrorResponse} for c in (400, 401, 404, 408, 413, 415, 422, 429, 503, 504)}
 
 
 @dataclass(frozen=True)

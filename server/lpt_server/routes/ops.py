@@ -19,11 +19,14 @@ def _rt(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
+# HEAD too: some load balancers and uptime checkers probe with HEAD (the status, no body)
+@router.head("/health", include_in_schema=False)
 @router.get("/health", summary="The process is alive")
 async def health():
     return {"status": "ok"}
 
 
+@router.head("/ready", include_in_schema=False)
 @router.get("/ready", summary="The model is loaded and the engine worker runs (503 otherwise)")
 async def ready(request: Request):
     ok, reason = _rt(request).readiness()

@@ -32,7 +32,7 @@ def _rt(request: Request) -> Runtime:
 
 
 @router.post("", status_code=202, response_model=TrainJobView,
-             responses=_errors(400, 408, 413, 429),
+             responses=_errors(400, 408, 413, 415, 429),
              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
                  "schema": FORM_SCHEMA}}}},
              summary="Train an adapter: a job from a labelled file, run beside serving")
