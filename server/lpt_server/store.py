@@ -92,10 +92,17 @@ class StoreUnavailable(StoreError):
     """The store cannot be reached right now (-> 503); nothing was changed. It recovers by itself."""
 
 
+def shown(name: object, limit: int = 64) -> str:
+    """A name as an error message quotes it: a megabyte of name is not echoed back in full."""
+    if isinstance(name, str) and len(name) > limit:
+        return f"{name[:limit]!r}... ({len(name)} characters)"
+    return repr(name)
+
+
 def check_name(name: str) -> str:
     """Names are single path components of safe characters: no '/', no '..', no hidden files."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise InvalidName(f"invalid adapter name {name!r}: use 1-64 characters from A-Z a-z 0-9 . _ -, "
+        raise InvalidName(f"invalid adapter name {shown(name)}: use 1-64 characters from A-Z a-z 0-9 . _ -, "
                           "starting with a letter or digit")
     return name
 

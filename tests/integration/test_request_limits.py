@@ -236,3 +236,17 @@ def test_many_validation_errors_make_one_message_in_linear_time():
     status, typ, message = out[0]
     assert (status, typ) == (422, "validation_error")
     assert message.startswith("invalid request: inputs[0]: each input must be a string") and f"and {n - 6} more" in message
+
+
+@pytest.mark.asyncio
+async def test_a_huge_task_name_is_refused_without_echoing_it_back(tmp_path, tiny_bb):
+    """A 1.5 MB task name came back in full in the 404's message (and in the log line for it)."""
+    async with running(tmp_path, tiny_bb) as (app, c):
+        name = "a" * 1_500_000
+        await _with_task(c, tiny_bb, "ok")
+        for body in ({"inputs": "x", "task": name}, {"inputs": "x", "tasks": ["ok", name]}):
+            r = await c.post("/v1/classify", json=body)
+            assert r.status_code == 404 and len(r.content) < 400, (r.status_code, len(r.content))
+            assert "1500000 characters" in r.json()["error"]["message"], r.text
+        r = await c.delete("/v1/adapters/" + "b" * 4000, headers=admin())
+        assert r.status_code == 400 and len(r.content) < 400 and "4000 characters" in r.text

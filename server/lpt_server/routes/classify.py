@@ -23,7 +23,7 @@ from ..body import json_body_schema, parse_json
 from ..errors import ClientClosed, GatewayTimeout, NotFound, PayloadTooLarge, Unavailable, Unprocessable, status_of
 from ..runtime import Runtime
 from ..schemas import ClassifyRequest, ClassifyResponse, ErrorResponse, TaskClassifyRequest, is_blank
-from ..store import InvalidName
+from ..store import InvalidName, shown
 from ..texts import EncodedInputs, encode_inputs
 
 router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[Depends(require_api_key)])
@@ -81,7 +81,7 @@ async def parse(rt: Runtime, inputs, tasks: list[str]) -> Parsed:
         try:
             adapters.append(await _resolve(rt, name))
         except InvalidName:
-            raise NotFound(f"unknown task {name!r}: not a valid adapter name") from None
+            raise NotFound(f"unknown task {shown(name)}: not a valid adapter name") from None
     return Parsed(tasks, adapters, pairs)
 
 
