@@ -37,7 +37,10 @@ class Call(Generic[T]):
     files: list[tuple[str, tuple[str, bytes]]] | None = None  # (field, (file name, bytes))
     key: KeyKind = "api"  # which key goes in the Bearer header
     retry: bool = True  # probes answer at once: no retries
+    repeatable: bool = True  # False: sent again only if surely never sent (see _retry)
     ok_statuses: frozenset[int] = field(default_factory=frozenset)  # non-2xx handed to parse
+    # non-2xx that, on a retry, mean the attempt before did it (a DELETE whose answer was lost)
+    done_if_retried: frozenset[int] = field(default_factory=frozenset)
 
 
 # -- sending: shared by both clients ---------------------------------------------------------
@@ -67,9 +70,10 @@ def build_request(
     )
 
 
-def finish(call: Call[T], response: httpx.Response) -> T:
+def finish(call: Call[T], response: httpx.Response, retried: bool = False) -> T:
     """Parse a final response, or raise the typed error it stands for."""
-    if not response.is_success and response.status_code not in call.ok_statuses:
+    ok = call.ok_statuses | call.done_if_retried if retried else call.ok_statuses
+    if not response.is_success and response.status_code not in ok:
         raise error_from_response(response)
     try:
         return call.parse(response)
@@ -174,8 +178,10 @@ def _parse_upload(response: httpx.Response) -> UploadResult:
 
 
 def delete_adapter(name: str) -> Call[None]:
-    """`DELETE /v1/adapters/{name}`; needs the admin key."""
-    return Call("DELETE", _adapter_path(name), lambda response: None, key="admin")
+    """`DELETE /v1/adapters/{name}`; needs the admin key. Retried: a 404 on a retry means the
+    attempt whose answer was lost deleted it."""
+    return Call("DELETE", _adapter_path(name), lambda response: None, key="admin",
+                done_if_retried=frozenset({404}))
 
 
 def train(
@@ -194,7 +200,8 @@ def train(
         values = value if isinstance(value, (list, tuple)) else [value]
         form[name] = [str(v) for v in values]
     files = [(field, file) for field, file in (("data", data), ("dev", dev), ("test", test)) if file is not None]
-    return Call("POST", "/v1/train", _parse_job, form=form, files=files, key="admin")
+    # not repeatable: a request whose answer was lost may have started a job already
+    return Call("POST", "/v1/train", _parse_job, form=form, files=files, key="admin", repeatable=False)
 
 
 def get_training(job_id: str) -> Call[TrainingJob]:
@@ -208,8 +215,9 @@ def list_trainings() -> Call[list[TrainingJob]]:
 
 
 def cancel_training(job_id: str) -> Call[TrainingJob]:
-    """`DELETE /v1/train/{id}`: the job, now cancelled."""
-    return Call("DELETE", _job_path(job_id), _parse_job, key="admin")
+    """`DELETE /v1/train/{id}`: the job, now cancelled (not repeated once sent: a second
+    cancel of a job the first one ended is a 409)."""
+    return Call("DELETE", _job_path(job_id), _parse_job, key="admin", repeatable=False)
 
 
 _JOBS = TypeAdapter(list[TrainingJob])

@@ -60,7 +60,7 @@ class ClientCore:
         self, call: Call[Any], attempt: int, error: httpx.RequestError
     ) -> float:
         """Seconds to wait before retrying; raises the typed error when giving up."""
-        delay = self.retry.delay_for_error(attempt, error) if call.retry else None
+        delay = self.retry.delay_for_error(attempt, error, call.repeatable) if call.retry else None
         if delay is None:
             raise request_error(error, self.settings.base_url + call.path) from error
         return delay

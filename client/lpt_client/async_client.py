@@ -179,7 +179,7 @@ class AsyncClient(ClientCore):
             else:
                 maybe_delay = self._delay_after_response(call, attempt, response)
                 if maybe_delay is None:
-                    return _api.finish(call, response)
+                    return _api.finish(call, response, retried=attempt > 0)
                 await response.aclose()
                 delay = maybe_delay
             await self._sleep(delay)

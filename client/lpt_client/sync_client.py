@@ -227,7 +227,7 @@ class Client(ClientCore):
             else:
                 maybe_delay = self._delay_after_response(call, attempt, response)
                 if maybe_delay is None:
-                    return _api.finish(call, response)
+                    return _api.finish(call, response, retried=attempt > 0)
                 response.close()
                 delay = maybe_delay
             self._sleep(delay)

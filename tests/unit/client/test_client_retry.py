@@ -13,6 +13,7 @@ from lpt_client import (
     AsyncClient,
     Client,
     ConnectionFailed,
+    NotFound,
     Overloaded,
     RetryPolicy,
     ServerError,
@@ -68,7 +69,62 @@ def test_honours_retry_after(server) -> None:
               server.reply(200, RESULT))
     client, sleeps = make_client(server)
     client.classify("hi", task="sentiment")
-    assert sleeps == [7.0]
+    assert len(sleeps) == 1 and 7.0 <= sleeps[0] <= 7.0 * 1.25
+
+
+def test_clients_turned_away_together_do_not_come_back_together(server) -> None:
+    """The server says Retry-After: 1 to every client a full queue turns away: waiting exactly
+    that long brought them all back at the same instant, three times, whatever the backoff."""
+    waits = []
+    for seed in range(8):
+        server.on("POST", "/v1/classify", busy(429, server, **{"Retry-After": "1"}))
+        client, sleeps = make_client(server, retry=RetryPolicy(max_retries=3, backoff_s=1.0,
+                                                               rng=random.Random(seed)))
+        with pytest.raises(Overloaded):
+            client.classify("hi", task="sentiment")
+        assert all(s >= 1.0 for s in sleeps) and sleeps[2] >= 2.0, sleeps   # a floor; backoff still grows
+        waits.append(tuple(sleeps))
+    assert len({w[0] for w in waits}) == 8                                  # spread, not in lockstep
+
+
+def test_requests_not_safe_to_repeat_are_resent_only_if_never_sent(server) -> None:
+    """A lost answer to POST /v1/train (the connection dropped after the server read it) was
+    retried, and the server ran two jobs; a DELETE resent after its answer was lost got a 404."""
+    job = {"id": "j1", "task": "t", "state": "queued", "created_at": 0.0}
+    for error in (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+        server.requests.clear()
+        server.on("POST", "/v1/train", server.fail_with(error), server.reply(202, job))
+        client, _ = make_client(server)
+        with pytest.raises(ConnectionFailed):
+            client.train("t", ("train.csv", b"text,label\\na,b\\n"))
+        assert len(server.requests) == 1, error
+        server.on("DELETE", "/v1/train/j1", server.fail_with(error), server.reply(409, {}))
+        with pytest.raises(ConnectionFailed):
+            client.cancel_training("j1")
+    for error in (httpx.ConnectError, httpx.ConnectTimeout):     # never reached the server: resent
+        server.requests.clear()
+        server.on("POST", "/v1/train", server.fail_with(error), server.reply(202, job))
+        client, _ = make_client(server)
+        assert client.train("t", ("train.csv", b"x")).id == "j1" and len(server.requests) == 2
+    server.on("POST", "/v1/train", busy(429, server), server.reply(202, job))    # refused before acting
+    assert client.train("t", ("train.csv", b"x")).id == "j1"
+    server.on("DELETE", "/v1/adapters/sentiment", server.fail_with(httpx.RemoteProtocolError),
+              server.reply(404, {"error": {"type": "not_found", "message": "no adapter named 'sentiment'"}}))
+    assert client.delete_adapter("sentiment") is None          # the lost attempt deleted it
+    server.on("DELETE", "/v1/adapters/sentiment",
+              server.reply(404, {"error": {"type": "not_found", "message": "no adapter named 'sentiment'"}}))
+    with pytest.raises(NotFound):                              # a first attempt's 404 stays one
+        client.delete_adapter("sentiment")
+
+
+def test_errors_made_on_this_side_are_not_retried(server) -> None:
+    for error in (httpx.UnsupportedProtocol, httpx.LocalProtocolError):
+        server.requests.clear()
+        server.on("GET", "/v1/adapters", server.fail_with(error))
+        client, sleeps = make_client(server)
+        with pytest.raises(ConnectionFailed):
+            client.list_adapters()
+        assert len(server.requests) == 1 and sleeps == [], error
 
 
 def test_retry_after_is_capped(server) -> None:
@@ -153,7 +209,7 @@ async def test_async_retries_then_succeeds(server, status: int) -> None:
         client._sleep = record
         results = await client.classify("hi", task="sentiment")
     assert results[0][0].label == "positive"
-    assert len(server.requests) == 2 and sleeps == [1.0]
+    assert len(server.requests) == 2 and len(sleeps) == 1 and 1.0 <= sleeps[0] <= 1.25
 
 
 @pytest.mark.asyncio
