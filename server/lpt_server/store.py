@@ -147,7 +147,7 @@ def _reaching(method: Callable[..., T]) -> Callable[..., T]:
                 if self.ping().up:
                     raise
             else:
-                self._health = Health(False, f"{e.strerror or e} ({e.filename or self.root})")
+                self._health = _unreachable(e, self.root)
             why = self._health.error
             raise StoreUnavailable(f"the adapter store {self.root} cannot be read or written: {why}; "
                                    "retry once it is back") from e
@@ -160,6 +160,11 @@ def _reaching(method: Callable[..., T]) -> Callable[..., T]:
 class Health:
     up: bool
     error: str | None = None     # why it is down (None when up)
+
+
+def _unreachable(err: OSError, root: Path) -> Health:
+    """The store down for an I/O error (its text and the path it names)."""
+    return Health(False, f"{err.strerror or err} ({err.filename or root})")
 
 
 @dataclass(frozen=True)
@@ -246,7 +251,7 @@ class Store:
         try:
             there = (self.root / ROOT_MARKER).is_file()
         except OSError as e:           # a dead mount answers ENOTCONN, ESTALE or EIO
-            self._health = Health(False, f"{e.strerror or e} ({e.filename or self.root})")
+            self._health = _unreachable(e, self.root)
         else:
             self._health = Health(True) if there else \
                 Health(False, f"the store directory {self.root} is gone (no {ROOT_MARKER} in it)")

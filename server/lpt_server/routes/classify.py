@@ -73,8 +73,8 @@ async def _resolve(rt: Runtime, name: str):
 
 async def parse(rt: Runtime, inputs, tasks: list[str]) -> Parsed:
     pairs = _normalize(inputs)     # at most LPT_MAX_INPUTS: the schema's bound (schemas.py)
-    if len(pairs) * len(tasks) > rt.settings.queue_limit:
-        raise PayloadTooLarge(f"{len(pairs)} inputs x {len(tasks)} tasks = {len(pairs) * len(tasks)} rows, "
+    if (rows := len(pairs) * len(tasks)) > rt.settings.queue_limit:
+        raise PayloadTooLarge(f"{len(pairs)} inputs x {len(tasks)} tasks = {rows} rows, "
                               f"more than the queue holds ({rt.settings.queue_limit}): split the request")
     adapters = []
     for name in tasks:
