@@ -17,7 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ._config import Settings
 from .errors import LptError, error_from_response
-from .models import AdapterInfo, ClassifyResult, Probe, ServerInfo, TrainingJob, UploadResult
+from .models import AdapterInfo, ClassifyResult, Probe, Results, ServerInfo, TrainingJob, UploadResult
 
 T = TypeVar("T")
 
@@ -85,6 +85,7 @@ def finish(call: Call[T], response: httpx.Response, retried: bool = False) -> T:
 # -- the calls ---------------------------------------------------------------------------------
 
 _RESULTS = TypeAdapter(list[list[ClassifyResult]])
+_INDICES = TypeAdapter(list[int])
 _ADAPTERS = TypeAdapter(list[AdapterInfo])
 
 
@@ -93,7 +94,7 @@ def classify(
     task: str | None = None,
     tasks: Sequence[str] | None = None,
     raw_scores: bool = False,
-) -> Call[list[list[ClassifyResult]]]:
+) -> Call[Results]:
     """`POST /v1/classify` for single texts; a lone string is sent as a one-item list."""
     texts = [inputs] if isinstance(inputs, str) else list(inputs)
     for text in texts:
@@ -107,7 +108,7 @@ def classify_pairs(
     task: str | None = None,
     tasks: Sequence[str] | None = None,
     raw_scores: bool = False,
-) -> Call[list[list[ClassifyResult]]]:
+) -> Call[Results]:
     """`POST /v1/classify` for (text, text_pair) inputs, e.g. NLI premise and hypothesis."""
     rows: list[list[str]] = []
     for pair in pairs:
@@ -119,7 +120,7 @@ def classify_pairs(
 
 def _classify(
     inputs: list[Any], task: str | None, tasks: Sequence[str] | None, raw_scores: bool
-) -> Call[list[list[ClassifyResult]]]:
+) -> Call[Results]:
     if (task is None) == (tasks is None):
         raise ValueError("pass exactly one of task= or tasks=")
     if isinstance(tasks, str):
@@ -136,8 +137,10 @@ def _classify(
     return Call("POST", "/v1/classify", _parse_results, json=body)
 
 
-def _parse_results(response: httpx.Response) -> list[list[ClassifyResult]]:
-    return _RESULTS.validate_python(response.json()["results"])
+def _parse_results(response: httpx.Response) -> Results:
+    body = response.json()
+    truncated = _INDICES.validate_python(body.get("truncated_inputs") or [])
+    return Results(_RESULTS.validate_python(body["results"]), truncated_inputs=truncated)
 
 
 def list_adapters() -> Call[list[AdapterInfo]]:

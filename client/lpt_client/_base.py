@@ -77,6 +77,8 @@ def request_error(error: httpx.RequestError, url: str) -> LptError:
 
 def http_client_options(timeout: float | httpx.Timeout | None) -> dict[str, Any]:
     """Keyword arguments for an httpx client the lpt client creates (and so owns)."""
+    if isinstance(timeout, (int, float)) and not timeout > 0:
+        raise ValueError(f"timeout must be a number of seconds above 0 (or None for the default), got {timeout!r}")
     return {
         "timeout": DEFAULT_TIMEOUT_S if timeout is None else timeout,
         "headers": {"User-Agent": USER_AGENT},

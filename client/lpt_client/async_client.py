@@ -14,7 +14,7 @@ from . import _api
 from ._base import (ClientCore, TrainFile, TrainingWait, http_client_options, injected_base_url, read_upload,
                     train_call)
 from ._retry import RetryPolicy
-from .models import AdapterInfo, ClassifyResult, Probe, ServerInfo, TrainingJob, UploadResult
+from .models import AdapterInfo, Probe, Results, ServerInfo, TrainingJob, UploadResult
 
 T = TypeVar("T")
 
@@ -66,7 +66,7 @@ class AsyncClient(ClientCore):
         task: str | None = None,
         tasks: Sequence[str] | None = None,
         raw_scores: bool = False,
-    ) -> list[list[ClassifyResult]]:
+    ) -> Results:
         """Classify texts with one task or several; see `Client.classify`."""
         return await self._send(_api.classify(inputs, task, tasks, raw_scores))
 
@@ -77,7 +77,7 @@ class AsyncClient(ClientCore):
         task: str | None = None,
         tasks: Sequence[str] | None = None,
         raw_scores: bool = False,
-    ) -> list[list[ClassifyResult]]:
+    ) -> Results:
         """Classify (text, text_pair) inputs; see `Client.classify_pairs`."""
         return await self._send(_api.classify_pairs(pairs, task, tasks, raw_scores))
 
@@ -97,8 +97,9 @@ class AsyncClient(ClientCore):
         data: bytes | None = None,
     ) -> UploadResult:
         """Upload an adapter file (or `data=`) as `name`; see `Client.upload_adapter`."""
-        # An adapter file is about a megabyte: reading it inline is cheaper than a thread hop.
-        return await self._send(_api.upload_adapter(name, read_upload(path, data)))
+        # read in a thread: a large file read inline would stall every other task on the loop
+        content = read_upload(None, data) if path is None else await asyncio.to_thread(read_upload, path, data)
+        return await self._send(_api.upload_adapter(name, content))
 
     async def delete_adapter(self, name: str) -> None:
         """Delete an adapter; needs the admin key."""
@@ -124,7 +125,8 @@ class AsyncClient(ClientCore):
         """Start a training job on the server; see `Client.train`."""
         fields = dict(text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
                       method=method, epochs=epochs, seed=seed, **options)
-        return await self._send(train_call(task, data, dev, test, fields))
+        # training files can be tens of megabytes: read them in a thread, off the event loop
+        return await self._send(await asyncio.to_thread(train_call, task, data, dev, test, fields))
 
     async def get_training(self, job_id: str) -> TrainingJob:
         """One training job; raises `NotFound` for an unknown id."""

@@ -17,8 +17,9 @@ Every subcommand takes --url (else LPT_URL, else http://127.0.0.1:8080), --api-k
 classify reads its texts from the arguments; from standard input, one per line, when the only
 argument is `-` or there is none; or from --file, one per line. Blank lines are skipped. Texts
 are sent in batches of --batch-size. It writes JSON Lines, one object per input
-(`{"input": ..., "results": [{"task", "label", "score", "scores"?}]}`), when --json is given or
-standard output is not a terminal; otherwise a table.
+(`{"input": ..., "results": [{"task", "label", "score", "scores"?}], "truncated"?: true}`), when
+--json is given or standard output is not a terminal; otherwise a table. Inputs the server cut to
+its token limit before classifying them are marked `"truncated": true` and counted on stderr.
 
 Exit codes:
     0  success
@@ -120,6 +121,8 @@ def auth_message(error: AuthError, args: argparse.Namespace) -> str:
         which, variable, flag = "API key", "LPT_API_KEY", "--api-key"
         sent = settings.api_key or settings.admin_key
     status = f"{error.status_code} {error.type}"
+    if error.type == "writes_disabled":  # no key would help: the server says what to do
+        return str(error)
     if not sent:
         return f"{status}: no {which} given: set {variable} or pass {flag}"
     return (f"{status}: the server refused the {which} given: set {variable} (or pass {flag}) to the "
@@ -135,7 +138,8 @@ def build_parser(prog: str = "lpt-client") -> argparse.ArgumentParser:
     common.add_argument("--url", help="server URL (default: $LPT_URL or http://127.0.0.1:8080)")
     common.add_argument("--api-key", help="inference key (default: $LPT_API_KEY)")
     common.add_argument("--admin-key", help="adapter write key (default: $LPT_ADMIN_KEY)")
-    common.add_argument("--timeout", type=float, default=None, help="seconds per request")
+    common.add_argument("--timeout", type=positive_float, default=None,
+                        help="seconds to wait on the server (default 60)")
     common.add_argument("--max-retries", type=int, default=3, help="retries on 429/503/network")
     common.add_argument("--json", action="store_true", help="print JSON")
 
@@ -159,16 +163,16 @@ def build_parser(prog: str = "lpt-client") -> argparse.ArgumentParser:
         run=run_list
     )
     show = actions.add_parser("show", parents=[common], help="show one adapter")
-    show.add_argument("name")
+    show.add_argument("name", type=_name)
     show.set_defaults(run=run_show)
     upload = actions.add_parser("upload", parents=[common], help="upload an adapter file")
-    upload.add_argument("name")
+    upload.add_argument("name", type=_name)
     upload.add_argument("file")
     upload.set_defaults(run=run_upload, key="admin")
     delete = actions.add_parser("delete", parents=[common], help="delete an adapter")
-    delete.add_argument("name")
+    delete.add_argument("name", type=_name)
     delete.set_defaults(run=run_delete, key="admin")
-    train_cli.add_parser(commands, common, UsageError)
+    train_cli.add_parser(commands, common, UsageError, positive_float)
     return parser
 
 
@@ -179,17 +183,37 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def positive_float(value: str) -> float:
+    """A number of seconds above zero (argparse type)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {value!r}")
+    return number
+
+
+def _name(value: str) -> str:
+    if not value:
+        raise argparse.ArgumentTypeError("an adapter name must not be empty")
+    return value
+
+
 def _make_client(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> Client:
     if args.max_retries < 0:
         raise UsageError("--max-retries must be >= 0")
-    return Client(
-        args.url,
-        api_key=args.api_key,
-        admin_key=args.admin_key,
-        timeout=args.timeout,
-        max_retries=args.max_retries,
-        transport=transport,
-    )
+    try:
+        return Client(
+            args.url,
+            api_key=args.api_key,
+            admin_key=args.admin_key,
+            timeout=args.timeout,
+            max_retries=args.max_retries,
+            transport=transport,
+        )
+    except ValueError as exc:  # a URL or key that cannot be sent (see _config)
+        raise UsageError(str(exc)) from None
 
 
 # -- classify ----------------------------------------------------------------------------------
@@ -200,17 +224,25 @@ def run_classify(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     texts = _read_texts(args)
     as_json = args.json or not out.isatty()
     rows: list[tuple[str, list[ClassifyResult]]] = []
+    truncated = 0
     for batch in _chunks(texts, args.batch_size):
         results = client.classify(batch, tasks=args.tasks, raw_scores=args.raw_scores)
-        for text, answers in zip(batch, results):
+        cut = set(results.truncated_inputs)
+        truncated += len(cut)
+        for i, (text, answers) in enumerate(zip(batch, results)):
             if as_json:
-                record = {"input": text, "results": [_dump(a) for a in answers]}
+                record: dict[str, Any] = {"input": text, "results": [_dump(a) for a in answers]}
+                if i in cut:
+                    record["truncated"] = True
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
             else:
-                rows.append((text, answers))
+                rows.append((text + " [truncated]" if i in cut else text, answers))
         out.flush()
     if not as_json:
         _print_table(out, _classify_rows(rows, args.raw_scores))
+    if truncated:
+        print(f"{truncated} of {len(texts)} inputs were cut to the server's token limit "
+              "(LPT_MAX_INPUT_TOKENS) before they were classified", file=sys.stderr)
     return EXIT_OK
 
 
@@ -219,8 +251,8 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
         raise UsageError("give texts as arguments or with --file, not both")
     if args.file:
         try:
-            with open(args.file, encoding="utf-8") as f:
-                lines = f.read().splitlines()
+            with open(args.file, "rb") as f:
+                lines = _utf8(f.read(), args.file).splitlines()
         except OSError as exc:
             raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
     elif args.texts and args.texts != ["-"]:
@@ -228,11 +260,22 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
     else:
         if not args.texts and sys.stdin.isatty():
             raise UsageError("no texts: pass them as arguments, with --file, or on stdin")
-        lines = sys.stdin.read().splitlines()
+        stdin = getattr(sys.stdin, "buffer", None)  # bytes, whatever the locale says
+        lines = (sys.stdin.read() if stdin is None else _utf8(stdin.read(), "standard input")).splitlines()
     texts = [line for line in lines if line.strip()]
     if not texts:
         raise UsageError("no texts to classify")
     return texts
+
+
+def _utf8(data: bytes, source: str) -> str:
+    """Texts are UTF-8 (a byte-order mark is dropped); anything else is a usage error."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UsageError(f"{source} is not UTF-8 text: byte 0x{data[exc.start]:02x} on line {line} "
+                         "(convert it, e.g. with iconv -t utf-8)") from None
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:

@@ -6,7 +6,7 @@ server's error `type` and its `message`, parsed from the server's
 FastAPI `{"detail": ...}`, a proxy's HTML page).
 
     LptError
-    |-- BadRequest          400, 422 and any other unlisted 4xx
+    |-- BadRequest          400, 422 and any other unlisted 4xx; a redirect (3xx, not followed)
     |   |-- PayloadTooLarge 413
     |   `-- Conflict        409
     |-- AuthError
@@ -125,6 +125,11 @@ def error_class(status_code: int) -> type[LptError]:
 
 def error_from_response(response: httpx.Response) -> LptError:
     """Build the typed exception for an error response, never failing on an odd body."""
+    if response.is_redirect:  # not followed: a POST's body must not be replayed elsewhere unasked
+        where = response.headers.get("Location", "(no Location header)")
+        message = (f"the server redirects to {where}: the client does not follow redirects; "
+                   "set the URL (LPT_URL, --url) to where it points")
+        return BadRequest(response.status_code, "redirect", message, response)
     error_type, message = _parse_error_body(response)
     return error_class(response.status_code)(response.status_code, error_type, message, response)
 

@@ -29,6 +29,22 @@ class ClassifyResult(BaseModel):
     scores: dict[str, float] | None = None  # every label's score, only when raw_scores=True
 
 
+class Results(list[list[ClassifyResult]]):
+    """What `classify` returns: one list per input, one `ClassifyResult` per task, in request
+    order; a plain list, plus `truncated_inputs`: the indices of the inputs the server cut to
+    its token limit (`LPT_MAX_INPUT_TOKENS`) before classifying them (empty when none was).
+
+    Example:
+        >>> r = Results([[ClassifyResult(task="t", label="a", score=1.0)]], truncated_inputs=[0])
+        >>> len(r), r.truncated_inputs
+        (1, [0])
+    """
+
+    def __init__(self, rows: Any = (), truncated_inputs: list[int] | None = None) -> None:
+        super().__init__(rows)
+        self.truncated_inputs: list[int] = list(truncated_inputs or [])
+
+
 class AdapterInfo(BaseModel):
     """An adapter as the server describes it (`GET /v1/adapters/{name}`).
 

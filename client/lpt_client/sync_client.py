@@ -14,7 +14,7 @@ from . import _api
 from ._base import (ClientCore, TrainFile, TrainingWait, http_client_options, injected_base_url, read_upload,
                     train_call)
 from ._retry import RetryPolicy
-from .models import AdapterInfo, ClassifyResult, Probe, ServerInfo, TrainingJob, UploadResult
+from .models import AdapterInfo, Probe, Results, ServerInfo, TrainingJob, UploadResult
 
 T = TypeVar("T")
 
@@ -84,11 +84,13 @@ class Client(ClientCore):
         task: str | None = None,
         tasks: Sequence[str] | None = None,
         raw_scores: bool = False,
-    ) -> list[list[ClassifyResult]]:
+    ) -> Results:
         """Classify texts with one task (`task=`) or several (`tasks=`).
 
         Returns one list per input (a lone string counts as one input), holding one
         `ClassifyResult` per task in the order asked. `raw_scores=True` adds every label's score.
+        The list's `truncated_inputs` holds the indices of inputs the server cut to its token
+        limit (`LPT_MAX_INPUT_TOKENS`) before classifying them.
 
         Example:
             >>> client.classify(["great", "awful"], task="sentiment")  # doctest: +SKIP
@@ -103,7 +105,7 @@ class Client(ClientCore):
         task: str | None = None,
         tasks: Sequence[str] | None = None,
         raw_scores: bool = False,
-    ) -> list[list[ClassifyResult]]:
+    ) -> Results:
         """Classify (text, text_pair) inputs, e.g. premise and hypothesis; as `classify`."""
         return self._send(_api.classify_pairs(pairs, task, tasks, raw_scores))
 

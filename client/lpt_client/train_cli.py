@@ -27,8 +27,10 @@ class OptionError(ValueError):
     """Extra arguments that are not `--option value ...` pairs."""
 
 
-def add_parser(commands: Any, common: argparse.ArgumentParser, usage_error: type[Exception]) -> None:
-    """The `train` command; arguments it does not know are `lpt train` options for the server."""
+def add_parser(commands: Any, common: argparse.ArgumentParser, usage_error: type[Exception],
+               seconds: Any) -> None:
+    """The `train` command; arguments it does not know are `lpt train` options for the server.
+    `seconds` is the CLI's argparse type for a positive number of seconds."""
     train = commands.add_parser(
         "train",
         parents=[common],
@@ -41,7 +43,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser, usage_error: type
     train.add_argument("--dev", help="dev file (default: the server holds out part of --data)")
     train.add_argument("--test", help="test file: its metrics are reported with the job")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.add_argument("--poll", type=float, default=1.0, help="seconds between progress checks")
+    train.add_argument("--poll", type=seconds, default=1.0, help="seconds between progress checks")
     train.set_defaults(run=run_train, key="admin", forward_extra=True, usage_error=usage_error)
 
 

@@ -10,7 +10,7 @@ import hmac
 
 from fastapi import Request
 
-from .errors import Forbidden, Unauthorized
+from .errors import Forbidden, Unauthorized, WritesDisabled
 
 
 def _bearer(request: Request, kind: str, key_name: str) -> str:
@@ -45,7 +45,7 @@ async def require_admin_key(request: Request) -> None:
     """Adapter writes: refused unless LPT_ADMIN_KEY is set, then only with that key."""
     s = request.app.state.runtime.settings
     if not s.admin_key:
-        raise Forbidden("adapter writes are disabled: start the server with LPT_ADMIN_KEY (or --admin-key) set")
+        raise WritesDisabled("adapter writes are disabled: start the server with LPT_ADMIN_KEY (or --admin-key) set")
     token = _bearer(request, "admin", "LPT_ADMIN_KEY")
     if not _same(token, s.admin_key):
         raise Forbidden("wrong admin key: adapter writes need the server's LPT_ADMIN_KEY")

@@ -57,6 +57,12 @@ class Forbidden(ApiError):
     status, type = 403, "forbidden"
 
 
+class WritesDisabled(Forbidden):
+    """The server was started without an admin key: no key the client sends would help."""
+
+    type = "writes_disabled"
+
+
 class NotFound(ApiError):
     status, type = 404, "not_found"
 

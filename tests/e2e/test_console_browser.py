@@ -390,3 +390,24 @@ def test_a_server_with_an_api_key_asks_for_it_and_words_a_wrong_admin_key(browse
             assert httpx.get(f"{url}/v1/adapters/tiny-task", headers={"Authorization": "Bearer reader"}).status_code == 200
         finally:
             browser.get(server.url + "/")
+
+
+def test_a_server_with_writes_disabled_says_so_without_asking_for_a_key(browser, server, tmp_path):
+    """No admin key on the server: an upload is a 403 `writes_disabled` that no key would fix, so
+    the page shows the server's words and does not ask for a key, even with one kept from before."""
+    with serving(tmp_path / "store") as (app, url, bb):
+        (tmp_path / "tiny.safetensors").write_bytes(adapter_file(bb, "tiny-task"))
+        try:
+            browser.get(url + "/")
+            browser.execute_script("sessionStorage.setItem('lpt.adminKey', 'kept-from-another-server')")
+            open_view(browser, "adapters")
+            upload(browser, tmp_path / "tiny.safetensors", "tiny-task")
+            error = wait(browser, lambda d: by_id(d, "adapters-error").text, what="the 403 message")
+            expected = httpx.put(f"{url}/v1/adapters/tiny-task", content=b"x",
+                                 headers={"Authorization": "Bearer kept-from-another-server"})
+            assert expected.json()["error"]["type"] == "writes_disabled"
+            assert error == f"403: {expected.json()['error']['message']}"
+            assert not by_id(browser, "key-dialog").is_displayed()
+        finally:
+            browser.execute_script("sessionStorage.clear()")
+            browser.get(server.url + "/")

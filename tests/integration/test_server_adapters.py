@@ -55,6 +55,7 @@ async def test_admin_key_rules(tmp_path, tiny_bb):
     async with running(tmp_path, tiny_bb, admin_key=None) as (app, c):
         r = await upload(c, "sent", data, key="anything")
         assert r.status_code == 403
+        assert r.json()["error"]["type"] == "writes_disabled"      # no key helps: clients say so
         assert r.json()["error"]["message"].startswith("adapter writes are disabled: start the server with LPT_ADMIN_KEY")
     async with running(tmp_path, tiny_bb, api_key="inference") as (app, c):
         assert (await c.put("/v1/adapters/sent", content=data)).status_code == 401

@@ -62,9 +62,9 @@ export async function api(path, options = {}) {
     const response = await fetch(path, { method, headers, body });
     if (response.ok) return response.status === 204 ? null : response.json();
     const error = await errorOf(response);
-    // 401: no key or a wrong API key; 403 after sending an admin key: a wrong one. (A 403 with
-    // no key sent means writes are disabled on the server: no key helps, the message says so.)
-    const keyProblem = error.status === 401 || (error.status === 403 && admin && key);
+    // 401: no key or a wrong API key; 403: a wrong admin key, unless the server has writes
+    // disabled ("writes_disabled"): then no key helps, and the message says so.
+    const keyProblem = error.status === 401 || (error.status === 403 && admin && error.type !== "writes_disabled");
     if (keyProblem && ask && attempt === 0 && (await askForKeys(admin ? "admin" : "api", error.message))) continue;
     throw error;
   }

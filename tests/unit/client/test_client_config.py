@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 
 from lpt_client import AsyncClient, Client
+from lpt_server.settings import Settings
 
 pytestmark = pytest.mark.unit
 
@@ -111,4 +114,32 @@ def test_timeout_is_applied_to_the_created_client(server) -> None:
     with Client(transport=server.transport, timeout=2.5) as client:
         assert client._http.timeout == httpx.Timeout(2.5)
     with Client(transport=server.transport) as client:
-        assert client._http.timeout == httpx.Timeout(30.0)
+        default = client._http.timeout.read
+    # past the server's own deadline, so a request it gives up on comes back as its 504
+    assert default > Settings.model_fields["request_timeout_s"].default
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match="timeout must be a number of seconds above 0"):
+            Client(transport=server.transport, timeout=bad)
+
+
+@pytest.mark.parametrize("url, says", [
+    ("http://[::1", r"base_url \(--url\) is not a valid URL"),
+    ("http://a\nb", "non-printable"),
+    ("localhost:8080", "must be an http:// or https:// URL with a host"),
+    ("ftp://files.test", "must be an http:// or https:// URL"),
+])
+def test_a_url_that_cannot_be_used_is_refused_when_the_client_is_made(server, url, says) -> None:
+    with pytest.raises(ValueError, match=says):
+        Client(url, transport=server.transport)
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("key, where", [("sécret", "character 2 of 6 is U+00E9"), ("abc\n", "character 4 of 4 is U+000A"),
+                                        ("a b", "character 2 of 3 is a space")])
+def test_a_key_that_cannot_go_in_a_header_is_refused_without_quoting_it(server, monkeypatch, key, where) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"api_key (--api-key) cannot be sent in an HTTP header: {where}")) as err:
+        Client(api_key=key, transport=server.transport)
+    assert key not in str(err.value)
+    monkeypatch.setenv("LPT_ADMIN_KEY", key)
+    with pytest.raises(ValueError, match="^" + re.escape(f"LPT_ADMIN_KEY cannot be sent in an HTTP header: {where}")):
+        Client(transport=server.transport)

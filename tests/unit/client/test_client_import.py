@@ -35,3 +35,15 @@ def test_public_api() -> None:
     for name in ("Client", "AsyncClient", "ClassifyResult", "AdapterInfo", "LptError"):
         assert name in lpt_client.__all__ and hasattr(lpt_client, name)
     assert lpt_client.__version__
+
+
+def test_the_projects_own_install_gives_the_lpt_client_command() -> None:
+    """The project's pyproject (what the README's install step installs) declares the same
+    `lpt-client` command as the client's own, and the installed command runs."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[3]
+    scripts = [tomllib.loads((p / "pyproject.toml").read_text())["project"]["scripts"] for p in (root, root / "client")]
+    assert scripts[0]["lpt-client"] == scripts[1]["lpt-client"] == "lpt_client.cli:main"
+    done = subprocess.run(["lpt-client", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "classify" in done.stdout, done.stderr

@@ -148,6 +148,45 @@ def test_classify_returns_one_list_per_input_in_task_order(client: Client) -> No
     assert results[0][0].scores == {"negative": 0.25, "positive": 0.75}
 
 
+def test_classify_says_which_inputs_the_server_truncated(client: Client, server) -> None:
+    assert client.classify(["good", "bad"], task="sentiment").truncated_inputs == []
+    answer = {"results": [[{"task": "s", "label": "a", "score": 0.5}]] * 3, "truncated_inputs": [0, 2]}
+    server.on("POST", "/v1/classify", server.reply(200, answer))
+    results = client.classify_pairs([["a", "b"]] * 3, task="s")
+    assert results.truncated_inputs == [0, 2]
+    assert results == [[ClassifyResult(task="s", label="a", score=0.5)]] * 3   # still the plain list
+
+
+@pytest.mark.asyncio
+async def test_async_files_are_read_off_the_event_loop(server, tmp_path: Path, monkeypatch) -> None:
+    import threading
+
+    from lpt_client import _base, async_client
+
+    readers: list[threading.Thread] = []
+    uploads: list[threading.Thread] = []
+    real = _base.read_train_file
+
+    def recording(file):
+        readers.append(threading.current_thread())
+        return real(file)
+
+    monkeypatch.setattr(_base, "read_train_file", recording)
+    real_upload = async_client.read_upload
+    monkeypatch.setattr(async_client, "read_upload",
+                        lambda path, data: uploads.append(threading.current_thread()) or real_upload(path, data))
+    (tmp_path / "train.csv").write_text("text,label\na,b\n")
+    server.on("POST", "/v1/train", server.reply(202, {"id": "j1", "task": "t", "state": "queued", "created_at": 1.0,
+                                                       "progress": {}, "history": []}))
+    async with AsyncClient("http://lpt.test", admin_key="k", transport=server.transport) as client:
+        await client.train("t", tmp_path / "train.csv")
+        assert b"text,label" in server.last.content
+        (tmp_path / "a.safetensors").write_bytes(ADAPTER_BYTES)
+        await client.upload_adapter("sentiment", tmp_path / "a.safetensors")
+        assert server.last.content == ADAPTER_BYTES
+    assert readers and uploads and threading.main_thread() not in readers + uploads
+
+
 def test_classify_without_raw_scores_has_no_scores(client: Client) -> None:
     [[result]] = client.classify("good", task="sentiment")
     assert result == ClassifyResult(task="sentiment", label="positive", score=0.75)
