@@ -192,7 +192,7 @@ def check_bounds(args) -> None:
         if v is None:
             continue
         flag = "--" + name.replace("_", "-")
-        if not math.isfinite(v):
+        if isinstance(v, float) and not math.isfinite(v):     # an int is finite (and may be too big for a float)
             raise UsageError(f"{flag} must be a finite number, got {v}")
         if v < least or (open_low and v == least):
             raise UsageError(f"{flag} must be {'more than' if open_low else 'at least'} {least}, got {v}")

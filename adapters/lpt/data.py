@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import math
 import random
 import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from .schema import load_json
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 # What to do with bytes that are not UTF-8: refuse the file (default), replace them with U+FFFD,
@@ -101,7 +103,17 @@ def _value(v, path: Path, line: int, column: str) -> str:
         raise DataError(f"{path} line {line}: no value for column {column!r} (the row is shorter than the header)")
     if isinstance(v, (dict, list)):
         raise DataError(f"{path} line {line}: {column!r} holds a JSON {type(v).__name__}, expected a string")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise DataError(f"{path} line {line}: {column!r} holds {v} (a JSON NaN or Infinity), expected a string")
     return str(v)
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _records(path: Path, text: str, fmt: str):
@@ -110,14 +122,18 @@ def _records(path: Path, text: str, fmt: str):
         for i, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path} line {i}: not valid JSON ({e.msg}); JSONL needs one object per line") from None
+            # bounded: no deep nesting, no huge numbers; lone surrogates are checked per row
+            # (--encoding-errors skip reads undecodable bytes as such and skips their rows)
+            rec, why = load_json(line, f"{path} line {i}: the line", lone_surrogates=True)
+            if why is not None:
+                raise DataError(f"{why}; JSONL needs one object per line")
             if not isinstance(rec, dict):
                 raise DataError(f"{path} line {i}: expected a JSON object per line, got {type(rec).__name__}")
             yield i, rec
         return
+    # csv's field limit (128 Ki characters, process-wide) would refuse a long document; the
+    # file's own size bounds a field instead
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if fmt == "tsv" else ",")
     start = 2
     for rec in reader:
@@ -173,6 +189,10 @@ def read_examples(path: str | Path, text_column: str = "text", label_column: str
         if encoding_errors == "skip" and any(_UNDECODED.search(v) for v in (text_value, label, pair or "")):
             skipped.append(line)
             continue
+        for column, value in ((text_column, text_value), (label_column, label), (text_pair_column, pair)):
+            if value is not None and not _is_text(value):
+                raise DataError(f"{path} line {line}: {column!r} holds a lone surrogate (a \\ud800-\\udfff "
+                                "escape): not valid text")
         if not label:
             raise DataError(f"{path} line {line}: empty label in column {label_column!r}; "
                             f"every row needs a label")

@@ -1,6 +1,7 @@
 """Text -> token ids for one adapter: its template, truncation, and where the head reads."""
 from __future__ import annotations
 
+import re
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ def tokenizer_lock(tokenizer) -> threading.Lock:
 # A text longer than this many characters per allowed token is first tokenized from that prefix
 # (English runs ~4-5 characters per token): see TextEncoder._tokenize_cut.
 PREFIX_CHARS_PER_TOKEN = 8
+
+# A template's placeholders, filled in one pass: a text holding "{mask}" or "{text}" stays as written.
+_PLACEHOLDER = re.compile(r"\{(text_pair|text|mask)\}")
 
 
 def _row(enc, j: int, cut: bool) -> tuple:
@@ -84,21 +88,46 @@ class TextEncoder:
         self.causal = causal
         self.max_length = min(config.max_length, max_positions)
         self.lock = tokenizer_lock(tokenizer)
+        # A user's text is words, never control: "[SEP]" in it must not end a segment, nor a
+        # "[MASK]" become the head's readout. The template's own special tokens stay special.
+        self.special_strings = tuple(t for t in tokenizer.all_special_tokens if t)
+        self.special_ids = frozenset(tokenizer.all_special_ids)
         if self.template is not None:
-            empty = self._fill("", "")
+            empty = self._fill("", "")[0]
             self.overhead = len(self.tok(empty)["input_ids"])
             if self.overhead >= self.max_length:
                 raise ValueError(f"template alone takes {self.overhead} tokens, max_length is {self.max_length}")
 
-    def _fill(self, text: str, pair: str | None) -> str:
-        mask = self.tok.mask_token or ""
-        return self.template.replace("{text_pair}", pair or "").replace("{mask}", mask).replace("{text}", text)
+    def _fill(self, text: str, pair: str | None) -> tuple[str, list[tuple[int, int]]]:
+        """The template with its placeholders filled, and where the text and pair lie in it."""
+        values = {"text": text, "text_pair": pair or "", "mask": self.tok.mask_token or ""}
+        parts, spans, at, pos = [], [], 0, 0
+        for m in _PLACEHOLDER.finditer(self.template):
+            value = values[m.group(1)]
+            parts += [self.template[pos:m.start()], value]
+            at += m.start() - pos
+            if m.group(1) != "mask":
+                spans.append((at, at + len(value)))
+            at, pos = at + len(value), m.end()
+        parts.append(self.template[pos:])
+        return "".join(parts), spans
+
+    def _holds_special(self, *texts: str | None) -> bool:
+        return any(s in t for t in texts if t for s in self.special_strings)
 
     def _truncate(self, text: str, budget: int) -> str:
         ids = self.tok(text, add_special_tokens=False)["input_ids"]
         if len(ids) <= budget:
             return text
         return self.tok.decode(ids[:budget])
+
+    def _cut(self, text: str, budget: int) -> str:
+        """The text's first characters that make at most `budget` tokens, special tokens' strings
+        split (cut by character offsets: decoding would write them back as specials)."""
+        enc = self.tok(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
+        if len(enc["input_ids"]) <= budget:
+            return text
+        return text[:enc["offset_mapping"][budget - 1][1]] if budget > 0 else ""
 
     @property
     def signature(self) -> tuple:
@@ -131,8 +160,9 @@ class TextEncoder:
                 limit = self.max_length
                 if max_text_tokens is not None:
                     limit = min(limit, max_text_tokens + self.tok.num_special_tokens_to_add(pair=with_pair))
+                floor = self.tok.num_special_tokens_to_add(pair=with_pair)
                 for i, row in zip(idx, self._tokenize_cut(texts, pairs, limit)):
-                    out[i] = self._finish_row(*row)
+                    out[i] = self._finish_row(*row, floor)
             return out
         idx = []
         for i, (text, pair) in enumerate(items):
@@ -144,14 +174,49 @@ class TextEncoder:
             budget = self.max_length - self.overhead
             if max_text_tokens is not None:
                 budget = min(budget, max_text_tokens)
-            enc = self.tok([self._fill(*items[i]) for i in idx])
+            enc = self.tok([self._fill(*items[i])[0] for i in idx])
             for j, i in enumerate(idx):
+                if self._holds_special(*items[i]):
+                    out[i] = self._encode_guarded(*items[i], budget)
+                    continue
                 fits = len(enc["input_ids"][j]) - self.overhead <= budget
                 out[i] = self._finish(enc, j) if fits else self._encode_truncated(*items[i], budget)
         return out
 
+    def _encode_guarded(self, text: str, pair: str | None, budget: int) -> Encoded | Exception:
+        """A row whose text (or pair) holds a special token's string: tokenized in the template
+        as any row, then each special token that came from the user's text is tokenized again
+        as words (`split_special_tokens`), so that only the template's stay special."""
+        for attempt in range(3):
+            filled, spans = self._fill(text, pair)
+            enc = self.tok([filled], return_offsets_mapping=True)
+            ids, types = self._split_user_specials(enc, filled, spans)
+            if len(ids) - self.overhead <= budget:
+                return self._finish_row(ids, types, attempt > 0, self.overhead)
+            # too long: cut the text and pair, then fill again; tokens can merge across the
+            # cut's edge in the template, so cut more if it still does not fit
+            cut = max(budget - 8 * attempt, 0)
+            if pair:
+                pair = self._cut(pair, cut // 2)
+                cut -= len(self.tok(pair, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+            text = self._cut(text, max(cut, 0))
+        return ValueError("the text could not be cut to fit this task's max_length")
+
+    def _split_user_specials(self, enc, filled: str, spans: list[tuple[int, int]]) -> tuple[list, list | None]:
+        ids, types = enc["input_ids"][0], (enc["token_type_ids"][0] if "token_type_ids" in enc else None)
+        out_ids, out_types = [], ([] if types is not None else None)
+        for k, (tid, (start, end)) in enumerate(zip(ids, enc["offset_mapping"][0])):
+            piece = [tid]
+            if tid in self.special_ids and end > start and any(start < e and end > s for s, e in spans):
+                piece = self.tok(filled[start:end], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            out_ids += piece
+            if types is not None:
+                out_types += [types[k]] * len(piece)
+        return out_ids, out_types
+
     def _tokenize_cut(self, texts: list[str], pairs: list[str] | None, limit: int) -> list[tuple]:
-        """(ids, token types, cut) of each text (and pair) truncated to `limit` tokens.
+        """(ids, token types, cut) of each text (and pair) truncated to `limit` tokens; special
+        tokens' strings in them are words (`split_special_tokens`).
 
         A single text longer than PREFIX_CHARS_PER_TOKEN characters per allowed token is
         tokenized from that prefix alone (a long document costs a few hundred characters, not
@@ -161,18 +226,19 @@ class TextEncoder:
         other long text is tokenized whole."""
         p = limit * PREFIX_CHARS_PER_TOKEN
         heads = [t[:p] for t in texts] if pairs is None and any(len(t) > p for t in texts) else texts
-        enc = self.tok(heads, pairs, truncation=True, max_length=limit)
+        enc = self.tok(heads, pairs, truncation=True, max_length=limit, split_special_tokens=True)
         encodings = getattr(enc, "encodings", None)        # None from a slow (Python) tokenizer
         if encodings is None:
             if heads is not texts:
-                enc = self.tok(texts, pairs, truncation=True, max_length=limit)
+                enc = self.tok(texts, pairs, truncation=True, max_length=limit, split_special_tokens=True)
             cut = self._cut_rows(enc, texts, pairs, limit)
             return [_row(enc, j, j in cut) for j in range(len(texts))]
         rows = [_row(enc, j, bool(e.overflowing)) for j, e in enumerate(encodings)]
         redo = [j for j, (t, e) in enumerate(zip(texts, encodings))
                 if len(t) > p and not (e.overflowing and _space_after_kept(e, t, p))]
         if redo:
-            again = self.tok([texts[j] for j in redo], None, truncation=True, max_length=limit)
+            again = self.tok([texts[j] for j in redo], None, truncation=True, max_length=limit,
+                              split_special_tokens=True)
             for k, j in enumerate(redo):
                 rows[j] = _row(again, k, bool(again.encodings[k].overflowing))
         return rows
@@ -184,7 +250,8 @@ class TextEncoder:
         full = [j for j, ids in enumerate(enc["input_ids"]) if len(ids) >= limit]
         if not full:
             return set()
-        whole = self.tok([texts[j] for j in full], [pairs[j] for j in full] if pairs else None)
+        whole = self.tok([texts[j] for j in full], [pairs[j] for j in full] if pairs else None,
+                         split_special_tokens=True)
         return {j for j, ids in zip(full, whole["input_ids"]) if len(ids) > limit}
 
     def _encode_truncated(self, text: str, text_pair: str | None, budget: int) -> Encoded | Exception:
@@ -193,18 +260,20 @@ class TextEncoder:
             text_pair = self._truncate(text_pair, budget // 2)
             budget -= len(self.tok(text_pair, add_special_tokens=False)["input_ids"])
         limit = self.overhead + budget
-        enc = self.tok([self._fill(self._truncate(text, budget), text_pair)])
+        enc = self.tok([self._fill(self._truncate(text, budget), text_pair)[0]])
         if len(enc["input_ids"][0]) > limit:  # decode/re-encode drift: cut a little more
-            enc = self.tok([self._fill(self._truncate(text, max(budget - 8, 0)), text_pair)])
+            enc = self.tok([self._fill(self._truncate(text, max(budget - 8, 0)), text_pair)[0]])
         return self._finish(enc, 0, True)
 
     def _finish(self, enc, j: int, truncated: bool = False) -> Encoded | Exception:
-        return self._finish_row(*_row(enc, j, truncated))
+        return self._finish_row(*_row(enc, j, truncated), self.overhead)
 
-    def _finish_row(self, ids, types, truncated: bool) -> Encoded | Exception:
+    def _finish_row(self, ids, types, truncated: bool, floor: int) -> Encoded | Exception:
+        """`floor`: how many tokens the row has with an empty text (special tokens, template)."""
         ids = tuple(ids)
-        if not ids:
-            return ValueError("text encodes to no tokens")
+        if len(ids) <= floor:     # the tokenizer dropped every character (e.g. U+FFFD for BERT's)
+            return ValueError("the text has no characters this model's tokenizer reads: it would be "
+                              "classified as an empty text")
         types = tuple(types) if types is not None else None
         try:
             return Encoded(ids, types, self._readout(ids), truncated)

@@ -168,9 +168,10 @@ def is_number(value: object) -> bool:
 MAX_JSON_DEPTH = 8        # an adapter header nests 3 deep, its config 3: room to spare, no more
 
 
-def load_json(text: bytes | str, what: str) -> tuple[object, str | None]:
+def load_json(text: bytes | str, what: str, lone_surrogates: bool = False) -> tuple[object, str | None]:
     """json.loads for untrusted text: (value, None), or (None, why not). Nesting is bounded
-    before parsing; numbers too long for int() are refused, not raised."""
+    before parsing; numbers too long for int() are refused, not raised. A string holding a lone
+    surrogate is refused too, unless `lone_surrogates` (the caller checks its strings itself)."""
     raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
     depth = json_depth(raw)
     if depth > MAX_JSON_DEPTH:
@@ -182,7 +183,8 @@ def load_json(text: bytes | str, what: str) -> tuple[object, str | None]:
     except (UnicodeDecodeError, ValueError):      # e.g. an integer of more than 4300 digits
         return None, f"{what} is not valid JSON text (bad UTF-8, or a number too long to read)"
     try:      # JSON's \ud800-style escapes can make a string that is no text: no response could carry it
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        if not lone_surrogates:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         return None, f"{what} holds a string with a lone surrogate (a \\ud800-\\udfff escape): not valid text"
     return value, None

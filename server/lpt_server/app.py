@@ -16,6 +16,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from . import __version__, console, docs, errors
+from .paths import ControlCharacterGuard
 from .routes import adapters, classify, ops
 from .routes import train as train_routes
 from .runtime import EngineFactory, Runtime
@@ -51,4 +52,5 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
     app.include_router(ops.router)
     app.state.docs_mode = docs.install(app, docs.swagger_assets())
     console.install(app)
+    app.add_middleware(ControlCharacterGuard)
     return app

@@ -84,27 +84,34 @@ async def stream_into(request: Request, reader, *, limit: int, body_limit: int, 
 
 def _lone_surrogate(data: bytes) -> str | None:
     """Where a JSON body that the strict parser refused holds a lone surrogate ("\\ud800"), as
-    `inputs[2]` (or `inputs[2][1]`); None if that is not why it was refused."""
+    `inputs[2]`, `inputs[2][1]` or `task`; None if that is not why it was refused."""
     try:
         raw = json.loads(data)      # the stdlib parser accepts lone surrogates, the strict one does not
     except (ValueError, RecursionError):
         return None
-    inputs = raw.get("inputs") if isinstance(raw, dict) else None
-    items = [inputs] if isinstance(inputs, str) else inputs if isinstance(inputs, list) else []
-    for i, x in enumerate(items):
-        for j, text in enumerate(x if isinstance(x, list) else [x]):
-            if isinstance(text, str):
-                try:
-                    text.encode("utf-8")
-                except UnicodeEncodeError as e:
-                    where = f"inputs[{i}]" + (f"[{j}]" if isinstance(x, list) else "")
-                    return f"{where} has a lone surrogate ({text[e.start]!r}) at character {e.start}"
+    stack: list[tuple[str, object]] = [("", raw)]
+    while stack:                    # depth-first, in document order: the first one is named
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            stack += [(f"{where}.{k}" if where else str(k), v) for k, v in reversed(value.items())]
+            stack += [(f"the key {where + '.' if where else ''}{k!r}", k) for k in reversed(value)]
+        elif isinstance(value, list):
+            stack += [(f"{where}[{i}]", v) for i, v in reversed(list(enumerate(value)))]
+        elif isinstance(value, str):
+            where = "inputs[0]" if where == "inputs" else where    # one text is input 0, as elsewhere
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return f"{where or 'the body'} has a lone surrogate ({value[e.start]!r}) at character {e.start}"
     return None
 
 
 def validate_json(data: bytes, model: type[M], context: dict | None = None) -> M:
     """Strict JSON -> model; errors as FastAPI's own (a 422 naming each field, 400 for bad JSON).
-    context: the model's validation context (schemas.py: the request's bounds)."""
+    context: the model's validation context (schemas.py: the request's bounds). A leading UTF-8
+    byte-order mark (some Windows tools write one) is ignored, as RFC 8259 allows."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
     try:
         return model.model_validate_json(data, context=context)
     except ValidationError as e:

@@ -12,10 +12,14 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictStr, Valid
                       model_validator)
 from pydantic_core import PydanticCustomError
 
-# A text must hold a character other than whitespace. The class is spelled out (JSON Schema's
-# \s and Python's differ) so that the schema at /docs and the server's check agree exactly.
-WHITESPACE = " \t\n\r\v\f\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
-NON_BLANK = f"[^{WHITESPACE}]"
+# A text must hold a visible character: not only whitespace, control characters (C0, DEL, C1)
+# or the default-ignorable ones of the Basic Multilingual Plane (zero-width space and joiners,
+# soft hyphen, word joiner, BOM, variation selectors, ...), which tokenizers drop: such a text
+# would be classified as if it were empty. The class is spelled out (JSON Schema's \s and
+# Python's differ) so that the schema at /docs and the server's check agree exactly.
+INVISIBLE = (r" \u0000-\u001f\u007f-\u00a0\u00ad\u034f\u061c\u115f\u1160\u1680\u17b4\u17b5\u180b-\u180f"
+             r"\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8")
+NON_BLANK = f"[^{INVISIBLE}]"
 _NON_BLANK_RE = re.compile(NON_BLANK)
 
 

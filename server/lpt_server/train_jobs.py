@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .store import shown as quoted   # a long id is not echoed in full
 from .train_workdirs import WORKDIR_PREFIX, sweep_workdirs
 
 log = logging.getLogger("lpt_server.train")
@@ -258,7 +259,7 @@ class Trainer:
     def _job(self, job_id: str) -> TrainJob:
         job = self._jobs.get(job_id)
         if job is None:
-            raise UnknownJob(f"no training job {job_id!r} (GET /v1/train lists them; without "
+            raise UnknownJob(f"no training job {quoted(job_id)} (GET /v1/train lists them; without "
                              "LPT_TRAIN_JOURNAL, jobs are not kept across server restarts)")
         return job
 

@@ -84,6 +84,27 @@ async def test_invalid_unicode_is_a_400_naming_the_input(tmp_path, tiny_bb, rout
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("body,where", [({"inputs": "ok", "task": "t\ud800"}, "task has a lone surrogate"),
+                                        ({"inputs": "ok", "tasks": ["t", "\udfff"]}, "tasks[1] has a lone surrogate")])
+async def test_invalid_unicode_anywhere_in_the_body_is_named(tmp_path, tiny_bb, body, where):
+    """Not only in inputs: a task name with a lone surrogate was a 400 'unexpected end of hex escape'."""
+    async with running(tmp_path, tiny_bb) as (app, c):
+        r = await c.post("/v1/classify", content=json.dumps(body), headers={"content-type": "application/json"})
+        assert r.status_code == 400 and f"invalid Unicode: {where}" in r.json()["error"]["message"], r.text
+
+
+@pytest.mark.asyncio
+async def test_a_body_with_a_utf8_byte_order_mark_is_read(tmp_path, tiny_bb):
+    """Some Windows tools start UTF-8 with a byte-order mark; RFC 8259 lets a parser ignore it."""
+    async with running(tmp_path, tiny_bb) as (app, c):
+        await _with_task(c, tiny_bb)
+        body = json.dumps({"inputs": "great film", "task": "t", "raw_scores": True}).encode()
+        plain = await c.post("/v1/classify", content=body, headers={"content-type": "application/json"})
+        marked = await c.post("/v1/classify", content=b"\xef\xbb\xbf" + body, headers={"content-type": "application/json"})
+        assert marked.status_code == 200 and marked.json() == plain.json(), marked.text
+
+
+@pytest.mark.asyncio
 async def test_long_texts_are_cut_by_characters_and_the_answer_says_so(tmp_path, tiny_bb):
     async with running(tmp_path, tiny_bb, max_input_tokens=16, max_body_bytes=8 << 20) as (app, c):
         await _with_task(c, tiny_bb)

@@ -71,6 +71,10 @@ async def test_text_pairs(tmp_path, tiny_bb):
     ({"inputs": [], "task": "sent"}, 422, "empty list"),
     ({"inputs": "", "task": "sent"}, 422, "inputs[0] is empty"),
     ({"inputs": ["ok", "   "], "task": "sent"}, 422, "inputs[1] is empty"),
+    # invisible characters only: tokenizers drop them, so the text would be classified as empty
+    ({"inputs": ["ok", "\u200b\u200d\u2060"], "task": "sent"}, 422, "inputs[1] is empty"),
+    ({"inputs": "\x00\x01\u0085\u00ad", "task": "sent"}, 422, "inputs[0] is empty: every text must have some visible"),
+    ({"inputs": [["hello", "\ufeff\u180e"]], "task": "sent"}, 422, "inputs[0] is empty"),
     ({"inputs": "x", "task": "nope"}, 404, "unknown task 'nope'"),
     ({"inputs": "x", "tasks": ["sent", "nope"]}, 404, "unknown task 'nope'"),
     ({"inputs": "x", "task": "../sent"}, 404, "unknown task"),

@@ -38,5 +38,17 @@ async def test_minilm_mixed_tasks_equal_the_engine(tmp_path):
                 assert item["scores"] == pytest.approx(want.scores, abs=1e-5)
         want = ref.predict([Row(modules["nli"], TEXTS[0], TEXTS[1])])[0]
         assert pair.json()["results"][0][0]["scores"] == pytest.approx(want.scores, abs=1e-5)
+        # visible characters BERT's tokenizer drops (U+FFFD, private use): read as an empty text
+        # would answer like one; a 400 names the input instead
+        r = await c.post("/v1/classify", json={"inputs": ["ok", "\ufffd\ue000"], "task": "sentiment"})
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_input", r.text
+        assert "inputs[1]" in r.json()["error"]["message"] and "no characters this model's tokenizer reads" in r.text
+        # special tokens typed in a text are words: "[SEP]" does not make a pair of it, so the
+        # answer is that for the words BERT's tokenizer splits it into (an ordinary text)
+        typed = await c.post("/v1/classify", json={"inputs": ["I loved it [SEP] dull", "I loved it [ sep ] dull"],
+                                                   "task": "sentiment",
+                                                   "raw_scores": True})
+        typed = [row[0]["scores"] for row in typed.json()["results"]]
+        assert typed[0] == pytest.approx(typed[1], abs=1e-6)
         info = (await c.get("/info")).json()["model"]
         assert (info["id"], info["layers"], info["hidden_size"]) == ("minilm", 6, 384)

@@ -244,3 +244,20 @@ def test_json_log_lines():
     rec.task = "sent"
     line = json.loads(JsonFormatter().format(rec))
     assert line["message"] == "hello world" and line["level"] == "info" and line["task"] == "sent"
+
+
+@pytest.mark.asyncio
+async def test_a_full_training_queue_still_names_a_wrong_content_type(tmp_path, tiny_bb):
+    """A request that can never be a training job says so (400) whether or not the queue is
+    full; a well-formed one meets the full queue (429) before its upload is read."""
+    from lpt_server.train_jobs import TrainQueueFull
+
+    async with running(tmp_path, tiny_bb) as (app, c):
+        def full():
+            raise TrainQueueFull("1 training jobs are waiting already (LPT_TRAIN_QUEUE=1)")
+        app.state.runtime.trainer.check_room = full
+        r = await c.post("/v1/train", json={"task": "t"}, headers=admin())
+        assert r.status_code == 400 and "multipart/form-data" in r.text, r.text
+        r = await c.post("/v1/train", files={"data": ("t.csv", b"text,label\na,b\n")}, data={"task": "t"},
+                         headers=admin())
+        assert r.status_code == 429 and r.headers["retry-after"], r.text

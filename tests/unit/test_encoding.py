@@ -104,3 +104,70 @@ def test_a_long_text_is_tokenized_from_a_prefix_when_that_gives_what_the_whole_g
     assert seen[0] <= limit * PREFIX_CHARS_PER_TOKEN       # the first call saw prefixes only
     assert len(seen) == 2 and seen[1] > limit * PREFIX_CHARS_PER_TOKEN   # one text needed its whole
     assert [(e.input_ids, e.truncated) for e in got] == _whole(bb.tokenizer, texts, limit)
+
+
+@pytest.mark.parametrize("template", [None, "{text} . it was {mask} .", "{text} [SEP] {text_pair} {mask}"])
+def test_a_text_the_tokenizer_reads_nothing_of_fails_alone(bb, template):
+    """Special tokens (and a template) alone are no text: classifying them would answer for an
+    empty input. Such a row gets its error; the rows beside it are encoded."""
+    kwargs = dict(head_kind="mlm", template=template, label_words=["bad", "great"]) if template else {}
+    a = new_adapter(bb, task="t", labels=["n", "p"], layer=1, max_length=24, **kwargs)
+    pair = "" if template is None or "{text_pair}" in template else None
+    out = a.encoder.encode_many([("great film", None), ("", None), ("", pair)])
+    assert not isinstance(out[0], Exception)
+    for got in out[1:]:
+        assert isinstance(got, ValueError) and "no characters this model's tokenizer reads" in str(got)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_special_tokens_typed_in_a_text_are_words(family):
+    """"[SEP]" in a text must not split it into a pair, "[CLS]" not restart it: a user's text is
+    tokenized with its special tokens' strings split (the reference: the tokenizer's own
+    split_special_tokens), and the rows beside it are unchanged."""
+    bb = make_backbone(family)
+    tok = bb.tokenizer
+    a = new_adapter(bb, task="t", labels=["n", "p"], layer=1, max_length=24)
+    text = f"great {tok.sep_token} film {tok.cls_token} {tok.mask_token} {tok.pad_token}"
+    got = a.encoder.encode(text)
+    assert list(got.input_ids) == tok(text, split_special_tokens=True)["input_ids"]
+    specials = set(tok.all_special_ids) - {tok.unk_token_id}       # the tiny vocabulary reads "[" as unknown
+    assert sum(i in specials for i in got.input_ids) == 2          # the row's own two
+    plain = a.encoder.encode("great film")
+    assert list(plain.input_ids) == tok("great film")["input_ids"]
+    pair = a.encoder.encode("great", f"bad {tok.sep_token} plot")
+    assert list(pair.input_ids) == tok("great", f"bad {tok.sep_token} plot", split_special_tokens=True)["input_ids"]
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_a_mask_typed_in_a_text_never_becomes_the_readout(family):
+    """An mlm head reads the template's mask: a user's "[MASK]" (or "<mask>") earlier in the text
+    took its place, and the answer was read at the user's token."""
+    bb = make_backbone(family)
+    tok = bb.tokenizer
+    a = new_adapter(bb, task="t", labels=["n", "p"], layer=1, head_kind="mlm", max_length=24,
+                    template="{text} . it was {mask} .", label_words=["bad", "great"])
+    for text in (f"a {tok.mask_token} film", f"{tok.mask_token} " * 40):          # the second is cut
+        got = a.encoder.encode(text)
+        assert list(got.input_ids).count(tok.mask_token_id) == 1
+        assert got.input_ids[got.readout] == tok.mask_token_id
+        tail = tok.convert_ids_to_tokens(list(got.input_ids[-6:]))
+        assert tail[:4] == [".", "it", "was", tok.mask_token], tail    # the template's own mask
+        assert len(got.input_ids) <= 24
+    assert a.encoder.encode(f"{tok.mask_token} " * 40).truncated
+    # the template's own special tokens stay special
+    b = new_adapter(bb, task="t", labels=["n", "p"], layer=1, head_kind="mlm", max_length=24,
+                    template="{text} " + tok.sep_token + " {text_pair} {mask}", label_words=["bad", "great"])
+    got = b.encoder.encode("film", f"plot {tok.sep_token}")
+    assert list(got.input_ids).count(tok.sep_token_id) == 2                  # the template's and the end
+
+
+def test_placeholders_in_a_text_are_not_filled():
+    """The template is filled in one pass: a pair holding "{text}" or "{mask}" is those words,
+    not the text again or a second mask."""
+    bb = make_backbone("bert")
+    tok = bb.tokenizer
+    a = new_adapter(bb, task="t", labels=["n", "p"], layer=1, head_kind="mlm", max_length=32,
+                    template="{text} ? {mask} , {text_pair}", label_words=["bad", "great"])
+    got = tok.convert_ids_to_tokens(list(a.encoder.encode("film", "{text} {mask} {text_pair}").input_ids))
+    assert got.count("film") == 1 and got.count(tok.mask_token) == 1, got
+    assert got == tok.convert_ids_to_tokens(tok("film ? [MASK] , {text} {mask} {text_pair}")["input_ids"])

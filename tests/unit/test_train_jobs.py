@@ -304,3 +304,12 @@ def test_without_a_journal_a_restart_forgets_the_jobs(make, tmp_path):
     again, _ = make()
     with pytest.raises(UnknownJob, match="LPT_TRAIN_JOURNAL"):
         again.get(j.id)
+
+
+def test_an_unknown_job_id_is_quoted_short(make):
+    trainer, _ = make()
+    long_id = "a" * 60_000
+    for call in (trainer.get, trainer.cancel):
+        with pytest.raises(UnknownJob) as err:
+            call(long_id)
+        assert len(str(err.value)) < 300 and "(60000 characters)" in str(err.value)

@@ -181,9 +181,20 @@ def test_eval_bad_inputs(model_dir, files, tmp_path, capsys):
 def test_read_examples_errors_are_data_errors(tmp_path):
     bad = tmp_path / "x.jsonl"
     bad.write_text('{"text": "a", "label": "b"}\nnot json\n')
-    with pytest.raises(DataError, match="x.jsonl line 2: not valid JSON"):
+    with pytest.raises(DataError, match="x.jsonl line 2: the line is not valid JSON"):
         read_examples(bad)
     assert len(toy_examples(4)) == 4
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+def test_a_field_longer_than_csvs_default_limit_is_read_whole(tmp_path, fmt):
+    """csv refuses a field over 131,072 characters by default (a 500 on the server, before): a
+    long document is a text like any other."""
+    sep = "," if fmt == "csv" else "\t"
+    long_text = "word " * 40_000                                   # 200,000 characters
+    path = tmp_path / f"long.{fmt}"
+    path.write_text(f"text{sep}label\n\"{long_text}\"{sep}pos\nshort{sep}neg\n")
+    assert [(len(e.text), e.label) for e in read_examples(path)] == [(len(long_text), "pos"), (5, "neg")]
 
 
 @pytest.mark.parametrize("command", ["train", "eval"])

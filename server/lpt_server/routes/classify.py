@@ -59,7 +59,8 @@ def _normalize(inputs) -> list[tuple[str, str | None]]:
     for i, x in enumerate(inputs):
         text, pair = (x, None) if isinstance(x, str) else (x[0], x[1])
         if is_blank(text) or (pair is not None and is_blank(pair)):
-            raise Unprocessable(f"invalid request: inputs[{i}] is empty: every text must have some non-space characters")
+            raise Unprocessable(f"invalid request: inputs[{i}] is empty: every text must have some visible characters "
+                                "(not only spaces, control or zero-width characters)")
         out.append((text, pair))
     return out
 

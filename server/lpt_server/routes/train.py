@@ -43,9 +43,9 @@ async def start_training(request: Request):
 
     `curl -F task=my-task -F data=@train.csv -F epochs=2 -H "Authorization: Bearer $LPT_ADMIN_KEY" URL/v1/train`"""
     rt = _rt(request)
-    rt.trainer.check_room()                 # a full queue refuses before the upload is read
     limit = rt.settings.max_train_bytes
     reader = TrainFormReader(request.headers.get("content-type", ""), limit)     # UploadError: 400
+    rt.trainer.check_room()                 # a full queue refuses before the upload is read
     form = await stream_into(request, reader, limit=limit, body_limit=reader.body_limit(),
                              setting="LPT_MAX_TRAIN_BYTES", timeout_s=rt.settings.body_timeout_s,
                              what="training upload")
