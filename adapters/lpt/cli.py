@@ -194,10 +194,11 @@ def check_bounds(args) -> None:
         flag = "--" + name.replace("_", "-")
         if isinstance(v, float) and not math.isfinite(v):     # an int is finite (and may be too big for a float)
             raise UsageError(f"{flag} must be a finite number, got {v}")
+        got = str(v) if len(str(v)) <= 24 else f"a number of {len(str(v))} digits"
         if v < least or (open_low and v == least):
-            raise UsageError(f"{flag} must be {'more than' if open_low else 'at least'} {least}, got {v}")
+            raise UsageError(f"{flag} must be {'more than' if open_low else 'at least'} {least}, got {got}")
         if most is not None and v > most:
-            raise UsageError(f"{flag} must be at most {most}, got {v}")
+            raise UsageError(f"{flag} must be at most {most}, got {got}")
 
 
 def plan_training(args) -> TrainPlan:

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from . import __version__, console, docs, errors
 from .paths import ControlCharacterGuard
+from .request_id import RequestIdMiddleware
 from .routes import adapters, classify, ops
 from .routes import train as train_routes
 from .runtime import EngineFactory, Runtime
@@ -53,4 +54,5 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
     app.state.docs_mode = docs.install(app, docs.swagger_assets())
     console.install(app)
     app.add_middleware(ControlCharacterGuard)
+    app.add_middleware(RequestIdMiddleware)      # outermost: every answer carries its id
     return app

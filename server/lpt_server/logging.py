@@ -2,6 +2,7 @@
 
     configure("json", "info")
 
+A line made while a request is handled carries its id (`request_id`, see request_id.py).
 Everything goes through the root logger (uvicorn's loggers included: `lpt serve` runs
 uvicorn with log_config=None so they propagate), so one format covers the whole process.
 """
@@ -11,6 +12,8 @@ import json
 import logging
 import sys
 import time
+
+from .request_id import RequestIdFilter
 
 # LogRecord's own attributes; uvicorn adds color_message (the message with ANSI colours)
 _STD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
@@ -31,9 +34,19 @@ class JsonFormatter(logging.Formatter):
 TEXT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+class TextFormatter(logging.Formatter):
+    """TEXT, and the request's id at the end of a line made while a request is handled."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:     # the line before any traceback
+        line = super().formatMessage(record)
+        rid = getattr(record, "request_id", None)
+        return f"{line} [request {rid}]" if rid else line
+
+
 def configure(log_format: str = "text", level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(TEXT))
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)

@@ -246,6 +246,21 @@ def test_unknown_task_and_oversized_upload_keep_the_api_error_format(topology):
     assert r.status_code == 413 and r.json()["error"]["type"] == "payload_too_large", r.text
 
 
+def test_one_request_id_in_the_answer_the_load_balancers_log_and_the_replicas(topology):
+    """nginx passes its $request_id as X-Request-ID: the replica answers with it and logs it, so
+    one id finds a request in every log; a client's own id is kept through both."""
+    lb, replicas = topology["lb"], topology["replicas"]
+    for sent in (None, "client-id-42"):
+        r = httpx.get(f"{lb}/v1/adapters/{TASK}", headers={"X-Request-ID": sent} if sent else {}, timeout=30)
+        assert r.status_code == 200, r.text
+        rid = r.headers["x-request-id"]
+        assert rid == sent if sent else re.fullmatch(r"[0-9a-f]{32}", rid), rid
+        wait_until(lambda: any(f"rid={rid}" in ln and f"GET /v1/adapters/{TASK}" in ln for ln in
+                               (topology["nginx_dir"] / "access.log").read_text().splitlines()), 10, "nginx's line")
+        wait_until(lambda: any(f"[request {rid}]" in ln and f"GET /v1/adapters/{TASK}" in ln
+                               for rep in replicas for ln in rep.log.read_text().splitlines()), 10, "the replica's line")
+
+
 def test_no_replica_up_is_a_503_in_the_api_format(tmp_path):
     """Both replicas down: the client gets a 503 (which lpt_client retries), not nginx's 502."""
     dead = [f"127.0.0.1:{free_port()}" for _ in range(2)]         # nothing listens there

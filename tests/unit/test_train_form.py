@@ -117,7 +117,7 @@ CASES = {
     "lone surrogate": ("train.jsonl", b'{"text": "a", "label": "x"}\n{"text": "bad \\ud800 film", "label": "y"}\n', {},
                        "line 2: 'text' holds a lone surrogate"),
     "nan text": ("train.jsonl", b'{"text": NaN, "label": "x"}\n', {}, "line 1: 'text' holds nan (a JSON NaN or Infinity)"),
-    "huge epochs": ("train.csv", ROWS.encode(), {"epochs": "9" * 4000}, "--epochs must be at most 10000"),
+    "huge epochs": ("train.csv", ROWS.encode(), {"epochs": "9" * 4000}, "--epochs must be at most 10000, got a number of 4000 digits"),
     "bad int": ("train.csv", ROWS.encode(), {"epochs": "two"}, "invalid int value: 'two'"),
     "epochs 0": ("train.csv", ROWS.encode(), {"epochs": "0"}, "--epochs must be at least 1"),
     "lr -1": ("train.csv", ROWS.encode(), {"lr": "-1"}, "--lr must be more than 0, got -1.0"),
