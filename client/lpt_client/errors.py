@@ -46,9 +46,16 @@ class LptError(Exception):
         self.message = message
         self.response = response
 
+    @property
+    def request_id(self) -> str | None:
+        """The server's id for the request (its `X-Request-ID`): its log lines end with it."""
+        return self.response.headers.get("x-request-id") if self.response is not None else None
+
     def __str__(self) -> str:
         status = f"{self.status_code} " if self.status_code is not None else ""
-        return f"{status}{self.type}: {self.message}"
+        # a server failure is looked up in the server's log: say which request it was
+        tag = f" (request {self.request_id})" if self.request_id and (self.status_code or 0) >= 500 else ""
+        return f"{status}{self.type}: {self.message}{tag}"
 
 
 class BadRequest(LptError):

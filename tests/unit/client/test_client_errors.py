@@ -112,3 +112,17 @@ def test_unexpected_success_body_is_an_error(client: Client, server) -> None:
     server.on("GET", "/v1/adapters/sentiment", server.reply(200, text="not json"))
     with pytest.raises(LptError, match="invalid_response"):
         client.get_adapter("sentiment")
+
+
+def test_a_server_failure_names_the_request_to_look_up_in_the_servers_log(client: Client, server) -> None:
+    body = {"error": {"type": "internal_error", "message": "internal error (RuntimeError); see the server log"}}
+    server.on("POST", "/v1/classify", server.reply(500, body, headers={"X-Request-ID": "req-42"}))
+    with pytest.raises(ServerError) as caught:
+        client.classify("hi", task="t")
+    assert caught.value.request_id == "req-42"
+    assert str(caught.value).endswith("see the server log (request req-42)")
+    server.on("POST", "/v1/classify", server.reply(404, {"error": {"type": "not_found", "message": "no task"}},
+                                                  headers={"X-Request-ID": "req-43"}))
+    with pytest.raises(NotFound) as caught:
+        client.classify("hi", task="t")
+    assert caught.value.request_id == "req-43" and str(caught.value) == "404 not_found: no task"   # the fix is the message
