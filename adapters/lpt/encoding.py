@@ -157,10 +157,10 @@ class TextEncoder:
                 if not idx:
                     continue
                 texts, pairs = [items[i][0] for i in idx], [items[i][1] for i in idx] if with_pair else None
+                floor = self.tok.num_special_tokens_to_add(pair=with_pair)   # tokens of an empty row
                 limit = self.max_length
                 if max_text_tokens is not None:
-                    limit = min(limit, max_text_tokens + self.tok.num_special_tokens_to_add(pair=with_pair))
-                floor = self.tok.num_special_tokens_to_add(pair=with_pair)
+                    limit = min(limit, max_text_tokens + floor)
                 for i, row in zip(idx, self._tokenize_cut(texts, pairs, limit)):
                     out[i] = self._finish_row(*row, floor)
             return out

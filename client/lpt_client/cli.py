@@ -223,7 +223,7 @@ def run_classify(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     """`classify`: stream JSON Lines, or collect and print a table on a terminal."""
     texts = _read_texts(args)
     as_json = args.json or not out.isatty()
-    rows: list[tuple[str, list[ClassifyResult]]] = []
+    rows: list[tuple[str, bool, list[ClassifyResult]]] = []
     truncated = 0
     for batch in _chunks(texts, args.batch_size):
         results = client.classify(batch, tasks=args.tasks, raw_scores=args.raw_scores)
@@ -236,7 +236,7 @@ def run_classify(client: Client, args: argparse.Namespace, out: TextIO) -> int:
                     record["truncated"] = True
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
             else:
-                rows.append((text + " [truncated]" if i in cut else text, answers))
+                rows.append((text, i in cut, answers))
         out.flush()
     if not as_json:
         _print_table(out, _classify_rows(rows, args.raw_scores))
@@ -284,12 +284,13 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
 
 
 def _classify_rows(
-    rows: list[tuple[str, list[ClassifyResult]]], raw_scores: bool
+    rows: list[tuple[str, bool, list[ClassifyResult]]], raw_scores: bool
 ) -> list[list[str]]:
     header = ["INPUT", "TASK", "LABEL", "SCORE"] + (["SCORES"] if raw_scores else [])
     table = [header]
-    for text, answers in rows:
+    for text, cut, answers in rows:
         shown = text if len(text) <= _TEXT_COLUMN else text[: _TEXT_COLUMN - 3] + "..."
+        shown += " [truncated]" if cut else ""     # after shortening: the column must not hide it
         for i, answer in enumerate(answers):
             row = [shown if i == 0 else "", answer.task, answer.label, f"{answer.score:.4f}"]
             if raw_scores:

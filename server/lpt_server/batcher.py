@@ -75,7 +75,8 @@ class BatchStats:
 
 class Batcher:
     def __init__(self, execute: Executor, *, max_rows: int, max_tokens: int, max_wait_s: float,
-                 queue_limit: int, on_batch: Callable[[BatchStats], None] | None = None, lanes: int = 1):
+                 queue_limit: int, on_batch: Callable[[BatchStats], None] | None = None, lanes: int = 1,
+                 on_dropped: Callable[[int], None] | None = None):
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
         self.execute = execute
@@ -85,6 +86,7 @@ class Batcher:
         self.max_wait_s = max_wait_s
         self.queue_limit = queue_limit
         self.on_batch = on_batch
+        self.on_dropped = on_dropped              # rows taken off the queue unrun (the worker counts the rest)
         self._pending: dict[int, Item] = {}      # seq -> item, in arrival order
         self._held = [0] * lanes                   # rows of each lane's last batch (see the docstring)
         self._seq = itertools.count()
@@ -146,10 +148,16 @@ class Batcher:
 
     def discard(self, items: list[Item]) -> None:
         """The caller gave up on these rows: cancel them and free their queue slots now."""
+        removed = 0
         for it in items:
             if not it.future.done():
                 it.future.cancel()
-            self._pending.pop(it.seq, None)
+            removed += self._pending.pop(it.seq, None) is not None
+        self._count_dropped(removed)
+
+    def _count_dropped(self, n: int) -> None:
+        if n and self.on_dropped is not None:
+            self.on_dropped(n)
 
     # ---- closing batches ------------------------------------------------------------------
     def _full(self) -> bool:
@@ -160,8 +168,10 @@ class Batcher:
     def take_batch(self, lane: int) -> list[Item]:
         """The oldest live row plus the rows nearest to it in cost, within both budgets and this
         lane's share (see the module's docstring)."""
-        for seq in [s for s, it in self._pending.items() if it.dropped]:
+        gone = [s for s, it in self._pending.items() if it.dropped]
+        for seq in gone:
             del self._pending[seq]
+        self._count_dropped(len(gone))
         if not self._pending:
             return []
         share = -(-(len(self._pending) + sum(self._held)) // self.lanes)     # ceil

@@ -306,6 +306,16 @@ class CatchAll:
 
         try:
             await self.app(scope, receive, tracked_send)
+        except asyncio.CancelledError:
+            # uvicorn cancels what is still running when a graceful shutdown's drain time ends;
+            # its own answer would be a plain-text 500. Answer a 503 the client retries elsewhere.
+            if started:
+                raise
+            log.warning("%s %s cancelled: the server stopped before it was answered",
+                        scope.get("method"), scope.get("path"))
+            await error_response(Unavailable("the server stopped before this request was answered: "
+                                              "retry (another replica, or this one once it is back)"))(
+                scope, receive, send)
         except Exception as exc:
             log.error("unhandled error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
             if started:        # half an answer went out: only closing the connection is honest

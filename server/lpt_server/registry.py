@@ -187,11 +187,13 @@ class Registry:
             try:
                 data = self.store.read(name, version)
                 break
-            except FileNotFoundError:             # replaced twice meanwhile: follow the pointer again
+            except FileNotFoundError:             # replaced meanwhile: follow the pointer again
                 version = self.store.current(name)
-                if version is None or attempt:
+                if version is None:
                     self._forget(name)
                     return None, None
+                if attempt:                       # the name exists: a 503 the client retries, not a 404
+                    raise StoreUnavailable(f"adapter {name!r} is being replaced faster than it can be read: retry")
         af, info, problems = check_file(data, self.backbone, self.max_bytes)
         if af is not None and af.version != version:
             af, info, problems = None, {}, [f"the file's sha256 is {af.version}, not the {version} it is stored "
@@ -215,6 +217,11 @@ class Registry:
             self.on_forget(name)
 
     # ---- lookups ------------------------------------------------------------------------------
+    def known(self, name: str) -> bool:
+        """Whether `name` has an entry (not deleted since it was last seen); no I/O."""
+        with self._lock:
+            return name in self._entries
+
     def lookup(self, name: str) -> LatePrompt | None:
         """The loaded module if it is resident and its pointer was checked recently; no I/O.
         None means: call get() (off the event loop)."""
@@ -233,11 +240,7 @@ class Registry:
         check_name(name)
         with self._name_lock(name):
             e, parsed = self._refresh(name)
-            if e is None:
-                raise self._unknown(name)
-            if e.problems:
-                raise UnknownAdapter(f"adapter {name!r} is in the store but cannot serve on this model: "
-                                     + "; ".join(e.problems))
+            self._check_servable(name, e)
             with self._lock:
                 m = self._resident.get(name)
                 if m is not None and m.version == e.version:
@@ -245,14 +248,25 @@ class Registry:
                     return m
             t0 = time.perf_counter()
             try:
-                m = load_adapter(parsed or self.store.read(name, e.version), self.backbone, self.max_bytes)
+                data = parsed or self.store.read(name, e.version)
             except FileNotFoundError:
-                e.checked_at = 0.0                # stale: the next call follows the pointer again
-                raise UnknownAdapter(f"adapter {name!r} changed while loading: retry") from None
+                # The version the entry remembers (its pointer checked up to recheck_s ago) was
+                # replaced by another replica, and the store keeps only the newest files: follow
+                # the pointer again (a read of the new version, parsed).
+                e, data = self._reread(name, None, time.monotonic())
+                self._check_servable(name, e)
+            m = load_adapter(data, self.backbone, self.max_bytes)
             if self.on_load is not None:
                 self.on_load(time.perf_counter() - t0)
             self._insert(name, m)
             return m
+
+    def _check_servable(self, name: str, e: Entry | None) -> None:
+        if e is None:
+            raise self._unknown(name)
+        if e.problems:
+            raise UnknownAdapter(f"adapter {name!r} is in the store but cannot serve on this model: "
+                                 + "; ".join(e.problems))
 
     def _unknown(self, name: str) -> UnknownAdapter:
         """404 for a name: say which names exist (a few) and how to list them all."""

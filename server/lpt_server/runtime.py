@@ -64,6 +64,10 @@ def default_engine(settings: Settings):
 
     bound_kernel_cache()
     torch.set_num_threads(thread_plan(settings).torch_threads)
+    if settings.log_format == "json":     # a progress bar would break the one-object-per-line log
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     return engine_for(Backbone.load(settings.model, settings.device, settings.dtype), settings)
 
 
@@ -146,7 +150,8 @@ class Runtime:
         self.worker.start()
         self.batcher = Batcher(self.worker.run, max_rows=s.max_batch_rows, max_tokens=s.max_batch_tokens,
                                max_wait_s=s.max_wait_ms / 1000, queue_limit=s.queue_limit,
-                               on_batch=self.metrics.observe_closed_batch, lanes=self.plan.workers)
+                               on_batch=self.metrics.observe_closed_batch, lanes=self.plan.workers,
+                               on_dropped=self.metrics.rows_dropped.inc)
         self.batcher.start()
         self._watchdog = asyncio.create_task(self._watch(WATCH_EVERY_S))
         self.trainer = self._make_trainer()

@@ -1,6 +1,7 @@
 """Real `lpt serve` processes on the real model: upload, mixed-task classify equal to the
 engine in this process, two replicas sharing one store, SIGTERM under load."""
 import asyncio
+import json
 import re
 import signal
 import sys
@@ -82,6 +83,17 @@ def test_two_replicas_share_one_store(replicas, adapters, bb):
     got = r.json()["results"][0][0]["scores"]
     assert all(abs(got[k] - v) < 1e-4 for k, v in want.scores.items())
     assert "shared" in [x["name"] for x in httpx.get(f"{b.url}/v1/adapters").json()["adapters"]]
+
+
+def test_a_json_log_is_one_object_per_line_and_names_each_request(replicas):
+    """--log-format json (what log collectors read): no progress bar or other plain text mixed in,
+    not even from the model's loading; a request's lines carry its id."""
+    a = replicas[0]
+    assert httpx.get(f"{a.url}/v1/adapters", headers={"X-Request-ID": "e2e-log-check"}).status_code == 200
+    lines = [ln for ln in a.tail(10**8).splitlines() if ln.strip()]
+    records = [json.loads(ln) for ln in lines]                  # every line is one JSON object
+    assert any(r["logger"] == "lpt_server" and "loaded in" in r["message"] for r in records)
+    assert any(r.get("request_id") == "e2e-log-check" and "GET /v1/adapters" in r["message"] for r in records)
 
 
 def _gauge(text, name):

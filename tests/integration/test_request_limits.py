@@ -3,6 +3,7 @@ length before tokenizing; bad text is a 400 naming the input; overload and shutd
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import pytest
@@ -271,3 +272,95 @@ async def test_a_huge_task_name_is_refused_without_echoing_it_back(tmp_path, tin
             assert "1500000 characters" in r.json()["error"]["message"], r.text
         r = await c.delete("/v1/adapters/" + "b" * 4000, headers=admin())
         assert r.status_code == 400 and len(r.content) < 400 and "4000 characters" in r.text
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("stage", ["reading its body", "waiting for its batch"])
+async def test_a_request_cancelled_at_shutdown_is_a_503_in_the_api_format(tmp_path, tiny_bb, monkeypatch, stage):
+    """uvicorn cancels what still runs when the shutdown's drain time ends; its own answer was a
+    plain-text 500 'Internal Server Error' (and /metrics counted a 499). A 503 in the API's
+    format, with Retry-After, tells the client to retry elsewhere."""
+    import asyncio
+
+    from lpt_server.routes import classify as classify_module
+
+    async def never(*args):
+        await asyncio.sleep(3600)
+
+    if stage == "waiting for its batch":
+        monkeypatch.setattr(classify_module, "schedule", never)
+    async with running(tmp_path, tiny_bb) as (app, c):
+        await _with_task(c, tiny_bb)
+        body = json.dumps({"inputs": "x", "task": "t"}).encode()
+        sent, chunks = [], [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            if stage == "waiting for its batch" and chunks:
+                return chunks.pop()
+            await never()
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/v1/classify", "raw_path": b"/v1/classify", "root_path": "",
+                 "query_string": b"", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 5000),
+                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+        task = asyncio.create_task(app(scope, receive, send))
+        await asyncio.sleep(0.2)
+        task.cancel()                                 # what uvicorn does when the drain time ends
+        await asyncio.wait([task])
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        answer = json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+        assert start["status"] == 503 and (b"retry-after", b"2") in start["headers"]
+        assert answer["error"]["type"] == "unavailable" and "the server stopped" in answer["error"]["message"]
+        if stage == "waiting for its batch":          # the request counted as what it got
+            metrics = (await c.get("/metrics")).text
+            assert 'lpt_requests_total{status="503",task="t"} 1.0' in metrics, metrics[:2000]
+
+
+@pytest.mark.asyncio
+async def test_rows_given_up_while_queued_are_counted_as_dropped(tmp_path, tiny_bb):
+    """Rows whose request timed out while they waited in the queue never reach the engine: the
+    batcher drops them, and /metrics counts them (it counted only rows dropped in a closed batch)."""
+    import asyncio
+
+    async with running(tmp_path, tiny_bb, request_timeout_s=0.3, max_batch_rows=1) as (app, c):
+        await _with_task(c, tiny_bb)
+        batcher = app.state.runtime.batcher
+
+        async def busy(items):                      # the engine stuck on one batch for a while
+            await asyncio.sleep(1.0)
+            for it in items:
+                if not it.future.done():
+                    it.future.set_result(None)
+        batcher.execute = busy
+        answers = await asyncio.gather(*(c.post("/v1/classify", json={"inputs": ["a", "b"], "task": "t"})
+                                         for _ in range(3)))
+        assert [r.status_code for r in answers] == [504] * 3
+        dropped = re.search(r"^lpt_rows_dropped_total (\S+)$", (await c.get("/metrics")).text, re.M)
+        assert float(dropped.group(1)) >= 5, dropped          # 6 rows; one batch of 1 row was taken
+
+
+@pytest.mark.asyncio
+async def test_a_task_deleted_while_its_requests_run_leaves_no_series_behind(tmp_path, tiny_bb, monkeypatch):
+    """Deleting an adapter removes its /metrics series (a series per name ever served would grow
+    without end); requests that were running for it must not bring them back."""
+    import asyncio
+
+    from lpt_server.routes import classify as classify_module
+
+    go, real = asyncio.Event(), classify_module.schedule
+
+    async def held(*args):
+        await go.wait()
+        return await real(*args)
+    monkeypatch.setattr(classify_module, "schedule", held)
+    async with running(tmp_path, tiny_bb) as (app, c):
+        await upload(c, "gone", adapter_file(tiny_bb, "gone"))
+        busy = [asyncio.create_task(c.post("/v1/classify", json={"inputs": "x", "task": "gone"})) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        assert (await c.delete("/v1/adapters/gone", headers=admin())).status_code == 204
+        go.set()
+        assert [(await r).status_code for r in busy] == [200] * 3       # they had the adapter already
+        assert 'task="gone"' not in (await c.get("/metrics")).text

@@ -89,17 +89,20 @@ async def test_queue_limit_is_all_or_nothing():
     await b.close()
 
 
-async def test_discarded_rows_never_reach_the_executor():
-    ex = FakeExecutor(delay=0.05)
-    b = batcher(ex, max_rows=2, max_wait_s=0)
+async def test_discarded_rows_never_reach_the_executor_and_are_counted():
+    ex, dropped = FakeExecutor(delay=0.05), []
+    b = batcher(ex, max_rows=2, max_wait_s=0, on_dropped=dropped.append)
     a = b.submit([("a", 1)])
     await asyncio.sleep(0.01)
     gone = b.submit([("gone1", 1), ("gone2", 1)])
     kept = b.submit([("kept", 1)])
-    b.discard(gone)
-    assert len(b) == 1 and all(it.future.cancelled() for it in gone)
-    await _results(a + kept)
+    cancelled = b.submit([("cancelled", 1)])
+    b.discard(gone + a)                   # "a" is in the executor already: the worker counts it, not the queue
+    cancelled[0].future.cancel()          # a caller gone without a discard: purged when a batch is taken
+    assert len(b) == 2 and all(it.future.cancelled() for it in gone)
+    await _results(kept)
     assert [p for batch in ex.batches for p in batch] == ["a", "kept"]
+    assert sum(dropped) == 3, dropped
     await b.close()
 
 

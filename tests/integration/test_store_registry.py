@@ -170,3 +170,37 @@ def test_a_check_that_crashes_on_a_file_makes_it_a_problem(tiny_bb, monkeypatch)
     monkeypatch.setattr(registry_module, "validate", crash)
     af, info, problems = check_file(adapter_file(tiny_bb, "x"), tiny_bb, None)
     assert af is None and info == {} and "could not be checked" in problems[0] and "AttributeError" in problems[0]
+
+
+def test_an_evicted_adapter_replaced_by_another_replica_is_loaded_at_its_new_version(tmp_path, tiny_bb):
+    """The entry remembers a version checked up to recheck_s ago; another replica's writes removed
+    that file (the store keeps the newest two). Loading it was a 404 "changed while loading" for a
+    task that existed all along; now the pointer is followed."""
+    root = tmp_path / "store"
+    other, mine = Store(root), Store(root)
+    registry = Registry(mine, tiny_bb, recheck_s=3600, max_resident=1)
+    other.put("a", adapter_file(tiny_bb, "a", seed=1))
+    other.put("b", adapter_file(tiny_bb, "b"))
+    registry.get("a")
+    registry.get("b")                                   # "a" is evicted; its entry still says seed 1
+    for seed in (2, 3):
+        newest = other.put("a", adapter_file(tiny_bb, "a", seed=seed)).version
+    assert registry.get("a").version == newest
+
+
+def test_an_adapter_replaced_faster_than_it_can_be_read_is_a_503_not_a_404(tmp_path, tiny_bb, monkeypatch):
+    from lpt_server.errors import status_of
+    from lpt_server.stores import StoreUnavailable
+
+    store = Store(tmp_path / "store")
+    store.put("a", adapter_file(tiny_bb, "a"))
+    registry = Registry(store, tiny_bb, recheck_s=0)
+
+    def replaced_meanwhile(*args):
+        raise FileNotFoundError("replaced")
+    monkeypatch.setattr(store, "read", replaced_meanwhile)
+    with pytest.raises(StoreUnavailable, match="replaced faster than it can be read") as err:
+        registry.get("a")
+    assert status_of(err.value) == 503
+    monkeypatch.undo()
+    assert registry.get("a").version == store.current("a")      # not forgotten: served once readable

@@ -12,7 +12,9 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from fastapi import APIRouter, Depends, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 
 from lpt import Row
@@ -199,15 +201,18 @@ async def classify(request: Request, inputs, tasks: list[str], raw_scores: bool)
         response = await answer(job, items, raw_scores)
         status = 200
         return response
-    except asyncio.CancelledError:
-        status = 499
+    except asyncio.CancelledError:          # the server stopped first (errors.CatchAll answers 503)
+        status = 503
         raise
     except Exception as e:
         status = status_of(e)
         raise
     finally:
         rt.metrics.in_flight.dec()
-        rt.metrics.observe_request(known_tasks, status, time.perf_counter() - t0)
+        # a task deleted while this request ran is not counted under its name: that would bring
+        # back the series its deletion removed (metrics.forget_task)
+        rt.metrics.observe_request([t for t in known_tasks if rt.registry.known(t)], status,
+                                   time.perf_counter() - t0)
 
 
 async def _body(request: Request, model):
@@ -226,8 +231,12 @@ async def classify_route(request: Request):
     return await classify(request, body.inputs, body.task_names(), body.raw_scores)
 
 
+# the example names a demo adapter, so that "Try it out" on a fresh server answers
+TaskName = Annotated[str, Path(description="the adapter to run", openapi_examples={"demo": {"value": "sentiment"}})]
+
+
 @router.post("/tasks/{task}/classify", response_model=ClassifyResponse, responses=ERRORS,
              openapi_extra=json_body_schema(TaskClassifyRequest), summary="Classify inputs with the task named in the URL")
-async def task_classify_route(task: str, request: Request):
+async def task_classify_route(task: TaskName, request: Request):
     body = await _body(request, TaskClassifyRequest)
     return await classify(request, body.inputs, [task], body.raw_scores)

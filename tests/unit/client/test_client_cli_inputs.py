@@ -91,10 +91,11 @@ def test_truncated_inputs_are_marked_in_the_table(server, capsys, monkeypatch) -
     out = io.StringIO()
     out.isatty = lambda: True                                  # a terminal: the table
     monkeypatch.setattr(sys, "stdout", out)
-    assert run(server, "classify", "--task", "s", *URL, "short", "long one") == 0
+    long_text = "long " + "word " * 300                          # far wider than the INPUT column
+    assert run(server, "classify", "--task", "s", *URL, "short", long_text) == 0
     rows = out.getvalue().splitlines()[1:]
     assert rows[0].startswith("short ") and "[truncated]" not in rows[0]
-    assert rows[1].startswith("long one [truncated]"), rows
+    assert rows[1].startswith(long_text[:45] + "... [truncated] "), rows
     assert "1 of 2 inputs were cut" in capsys.readouterr().err
 
 
