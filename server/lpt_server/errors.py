@@ -20,6 +20,7 @@ from lpt import AdapterError, RowError
 
 from .batcher import BatcherClosed, QueueFull
 from .registry import UnknownAdapter
+from .runtime import NotStarted
 from .schemas import TOO_MANY
 from .store import InvalidName, StoreFull
 from .stores import StoreConflict, StoreUnavailable
@@ -127,6 +128,7 @@ ERROR_TABLE: list[tuple[type[BaseException], int, str]] = [
     (BatchFailed, 500, "engine_error"),
     (BatcherClosed, 503, "unavailable"),
     (WorkerDead, 503, "unavailable"),
+    (NotStarted, 503, "unavailable"),
     (StoreFull, 507, "insufficient_storage"),
     (StoreUnavailable, 503, "store_unavailable"),
     (StoreConflict, 409, "conflict"),

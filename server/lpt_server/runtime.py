@@ -56,6 +56,19 @@ def bound_kernel_cache(environ: MutableMapping[str, str] = os.environ) -> None:
     environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(KERNEL_CACHE_ENTRIES))
 
 
+class NotStarted(Exception):
+    """A request reached the app before its startup (the ASGI lifespan) ran (-> 503)."""
+
+
+def started(request) -> "Runtime":
+    """The runtime of the request's app, once its startup has loaded the model and the store."""
+    rt = request.app.state.runtime
+    if rt.registry is None:
+        raise NotStarted("the server has not started: its model and adapter store load at startup "
+                         "(an app served in process needs its lifespan run)")
+    return rt
+
+
 def default_engine(settings: Settings):
     """The real model: `settings.model` on `settings.device` in `settings.dtype`."""
     import torch

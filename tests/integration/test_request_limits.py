@@ -364,3 +364,19 @@ async def test_a_task_deleted_while_its_requests_run_leaves_no_series_behind(tmp
         go.set()
         assert [(await r).status_code for r in busy] == [200] * 3       # they had the adapter already
         assert 'task="gone"' not in (await c.get("/metrics")).text
+
+
+@pytest.mark.asyncio
+async def test_an_app_whose_startup_has_not_run_answers_503_not_a_500(tmp_path, tiny_bb):
+    """An app served in process without its lifespan (httpx.ASGITransport does not run it) has no
+    model or store yet: a 503 that says so, not a 500 'this is a bug' from an AttributeError."""
+    from tiny_server import tiny_app
+
+    app = tiny_app(tmp_path / "store", tiny_bb, admin_key="k")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://app") as c:
+        for r in [await c.post("/v1/classify", json={"inputs": "x", "task": "t"}),
+                  await c.post("/v1/tasks/t/classify", json={"inputs": "x"}), await c.get("/v1/adapters"),
+                  await c.put("/v1/adapters/t", content=b"x", headers={"Authorization": "Bearer k"}),
+                  await c.get("/v1/train", headers={"Authorization": "Bearer k"})]:
+            assert r.status_code == 503 and "the server has not started" in r.json()["error"]["message"], r.text
+        assert (await c.get("/health")).status_code == 200

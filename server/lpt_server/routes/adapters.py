@@ -12,7 +12,7 @@ from .. import upload
 from ..auth import require_admin_key, require_api_key
 from ..body import stream_into
 from ..errors import NotFound
-from ..runtime import Runtime
+from ..runtime import started
 from ..schemas import AdapterInfo, AdapterList, ErrorResponse
 from ..store import NAME_RE, check_name
 
@@ -23,16 +23,13 @@ ERRORS = {c: {"model": ErrorResponse} for c in (400, 401, 403, 404, 413, 503)}
 Name = Annotated[str, Path(description="adapter name", json_schema_extra={"pattern": NAME_RE.pattern})]
 
 
-def _rt(request: Request) -> Runtime:
-    return request.app.state.runtime
-
 
 @router.get("", response_model=AdapterList, dependencies=[Depends(require_api_key)],
             summary="List the adapters in the store")
 def list_adapters(request: Request):
     # A plain def: FastAPI runs it, and the check of its response (~8 us per adapter), in its
     # thread pool, not on the event loop and not in the pool that tokenizes classify requests.
-    return {"adapters": _rt(request).registry.list()}
+    return {"adapters": started(request).registry.list()}
 
 
 # `{name:path}` so that names with '/' or '..' reach the name check (400), not the router
@@ -40,7 +37,7 @@ def list_adapters(request: Request):
             dependencies=[Depends(require_api_key)], summary="Describe one adapter")
 async def get_adapter(name: Name, request: Request):
     check_name(name)
-    return await asyncio.to_thread(_rt(request).registry.describe, name)
+    return await asyncio.to_thread(started(request).registry.describe, name)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -49,7 +46,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     content_type = request.headers.get("content-type", "")
     body = upload.reader(content_type, limit)          # UploadError: 400
     return await stream_into(request, body, limit=limit, body_limit=upload.body_limit(content_type, limit),
-                             setting="LPT_MAX_ADAPTER_BYTES", timeout_s=_rt(request).settings.body_timeout_s)
+                             setting="LPT_MAX_ADAPTER_BYTES", timeout_s=started(request).settings.body_timeout_s)
 
 
 @router.put("/{name:path}", response_model=AdapterInfo, status_code=201,
@@ -68,7 +65,7 @@ async def put_adapter(name: Name, request: Request):
 
     `curl --data-binary @my-task.safetensors` (the file as the body) and `curl -F file=@my-task.safetensors`
     (a multipart/form-data body with the file as its one part, under any field name) both work."""
-    rt = _rt(request)
+    rt = started(request)
     check_name(name)
     data = await _read_body(request, rt.settings.max_adapter_bytes)
     info, created = await asyncio.to_thread(rt.registry.put, name, data)
@@ -79,6 +76,6 @@ async def put_adapter(name: Name, request: Request):
                summary="Delete an adapter")
 async def delete_adapter(name: Name, request: Request):
     check_name(name)
-    if not await asyncio.to_thread(_rt(request).registry.delete, name):
+    if not await asyncio.to_thread(started(request).registry.delete, name):
         raise NotFound(f"no adapter named {name!r}")
     return Response(status_code=204)

@@ -23,7 +23,7 @@ from ..auth import require_api_key
 from ..batcher import Item
 from ..body import json_body_schema, parse_json
 from ..errors import ClientClosed, GatewayTimeout, NotFound, PayloadTooLarge, Unavailable, Unprocessable, status_of
-from ..runtime import Runtime
+from ..runtime import Runtime, started
 from ..schemas import ClassifyRequest, ClassifyResponse, ErrorResponse, TaskClassifyRequest, is_blank
 from ..store import InvalidName, shown
 from ..texts import EncodedInputs, encode_inputs
@@ -188,7 +188,7 @@ async def answer(job: Job, items: list[Item], raw_scores: bool) -> JSONResponse:
 
 
 async def classify(request: Request, inputs, tasks: list[str], raw_scores: bool) -> JSONResponse:
-    rt: Runtime = request.app.state.runtime
+    rt = started(request)
     t0 = time.perf_counter()
     status, known_tasks = 500, []
     rt.metrics.in_flight.inc()

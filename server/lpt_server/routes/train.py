@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from ..auth import require_admin_key
 from ..body import stream_into
-from ..runtime import Runtime
+from ..runtime import started
 from ..schemas import ErrorResponse, TrainJobList, TrainJobView
 from ..train_form import FORM_SCHEMA, TrainFormReader, prepare_job
 
@@ -26,9 +26,6 @@ JobId = Annotated[str, Path(description="the job's id, as POST /v1/train answere
 def _errors(*codes: int) -> dict:
     return {c: {"model": ErrorResponse} for c in (401, 403, *codes)}
 
-
-def _rt(request: Request) -> Runtime:
-    return request.app.state.runtime
 
 
 @router.post("", status_code=202, response_model=TrainJobView,
@@ -42,7 +39,7 @@ async def start_training(request: Request):
     On success the adapter is stored and served under `task` as if uploaded.
 
     `curl -F task=my-task -F data=@train.csv -F epochs=2 -H "Authorization: Bearer $LPT_ADMIN_KEY" URL/v1/train`"""
-    rt = _rt(request)
+    rt = started(request)
     limit = rt.settings.max_train_bytes
     reader = TrainFormReader(request.headers.get("content-type", ""), limit)     # UploadError: 400
     rt.trainer.check_room()                 # a full queue refuses before the upload is read
@@ -62,16 +59,16 @@ async def start_training(request: Request):
 def list_training(request: Request):
     # A plain def (FastAPI's thread pool): up to 100 kept jobs with their histories and metrics
     # took 80-420 ms to list and check.
-    return {"jobs": _rt(request).trainer.list()}
+    return {"jobs": started(request).trainer.list()}
 
 
 @router.get("/{job_id}", response_model=TrainJobView, responses=_errors(404), summary="One training job")
 async def get_training(job_id: JobId, request: Request):
-    return _rt(request).trainer.get(job_id)
+    return started(request).trainer.get(job_id)
 
 
 @router.delete("/{job_id}", response_model=TrainJobView, responses=_errors(404, 409),
                summary="Cancel a training job (a queued one is dropped, a running one stops at its next step)")
 async def cancel_training(job_id: JobId, request: Request):
     """200 with the job, now `cancelled`; 409 if it has ended already."""
-    return await asyncio.to_thread(_rt(request).trainer.cancel, job_id)
+    return await asyncio.to_thread(started(request).trainer.cancel, job_id)
