@@ -11,6 +11,9 @@ import re
 from .errors import BadRequest, error_response
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# The rule as a JSON Schema pattern, for path parameters in the OpenAPI schema (ECMA and Python
+# read the same escapes): what a client may send without meeting this guard's 400.
+NO_CONTROL_PATTERN = r"^[^\u0000-\u001f\u007f]+$"
 
 
 class ControlCharacterGuard:

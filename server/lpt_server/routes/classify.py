@@ -25,7 +25,7 @@ from ..body import json_body_schema, parse_json
 from ..errors import ClientClosed, GatewayTimeout, NotFound, PayloadTooLarge, Unavailable, Unprocessable, status_of
 from ..runtime import Runtime, started
 from ..schemas import ClassifyRequest, ClassifyResponse, ErrorResponse, TaskClassifyRequest, is_blank
-from ..store import InvalidName, shown
+from ..store import NAME_RE, InvalidName, shown
 from ..texts import EncodedInputs, encode_inputs
 
 router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[Depends(require_api_key)])
@@ -232,7 +232,8 @@ async def classify_route(request: Request):
 
 
 # the example names a demo adapter, so that "Try it out" on a fresh server answers
-TaskName = Annotated[str, Path(description="the adapter to run", openapi_examples={"demo": {"value": "sentiment"}})]
+TaskName = Annotated[str, Path(description="the adapter to run", openapi_examples={"demo": {"value": "sentiment"}},
+                               json_schema_extra={"pattern": NAME_RE.pattern})]
 
 
 @router.post("/tasks/{task}/classify", response_model=ClassifyResponse, responses=ERRORS,

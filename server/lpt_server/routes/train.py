@@ -14,13 +14,15 @@ from fastapi.responses import JSONResponse
 
 from ..auth import require_admin_key
 from ..body import stream_into
+from ..paths import NO_CONTROL_PATTERN
 from ..runtime import started
 from ..schemas import ErrorResponse, TrainJobList, TrainJobView
 from ..train_form import FORM_SCHEMA, TrainFormReader, prepare_job
 
 router = APIRouter(prefix="/v1/train", tags=["training"], dependencies=[Depends(require_admin_key)])
 
-JobId = Annotated[str, Path(description="the job's id, as POST /v1/train answered it")]
+JobId = Annotated[str, Path(description="the job's id, as POST /v1/train answered it",
+                            json_schema_extra={"pattern": NO_CONTROL_PATTERN})]
 
 
 def _errors(*codes: int) -> dict:
@@ -62,12 +64,12 @@ def list_training(request: Request):
     return {"jobs": started(request).trainer.list()}
 
 
-@router.get("/{job_id}", response_model=TrainJobView, responses=_errors(404), summary="One training job")
+@router.get("/{job_id}", response_model=TrainJobView, responses=_errors(400, 404), summary="One training job")
 async def get_training(job_id: JobId, request: Request):
     return started(request).trainer.get(job_id)
 
 
-@router.delete("/{job_id}", response_model=TrainJobView, responses=_errors(404, 409),
+@router.delete("/{job_id}", response_model=TrainJobView, responses=_errors(400, 404, 409),
                summary="Cancel a training job (a queued one is dropped, a running one stops at its next step)")
 async def cancel_training(job_id: JobId, request: Request):
     """200 with the job, now `cancelled`; 409 if it has ended already."""
