@@ -148,6 +148,9 @@ def _load_backbone(name: str, args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():   # torch would assert
+        raise UsageError(f"--device {args.device}: this torch sees no CUDA device (a CPU-only build, or no "
+                         "GPU); use --device cpu")
     try:
         return Backbone.load(name, device=args.device, dtype=args.dtype)
     except (OSError, ValueError, RuntimeError) as e:

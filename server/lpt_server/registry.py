@@ -188,12 +188,13 @@ class Registry:
                 data = self.store.read(name, version)
                 break
             except FileNotFoundError:             # replaced meanwhile: follow the pointer again
-                version = self.store.current(name)
-                if version is None:
+                newer = self.store.current(name)
+                if newer is None or newer == version:   # deleted, or a pointer to a file that is gone
                     self._forget(name)
                     return None, None
-                if attempt:                       # the name exists: a 503 the client retries, not a 404
+                if attempt:                       # replaced twice: a 503 the client retries, not a 404
                     raise StoreUnavailable(f"adapter {name!r} is being replaced faster than it can be read: retry")
+                version = newer
         af, info, problems = check_file(data, self.backbone, self.max_bytes)
         if af is not None and af.version != version:
             af, info, problems = None, {}, [f"the file's sha256 is {af.version}, not the {version} it is stored "

@@ -40,7 +40,7 @@ from typing import Callable, TypeVar
 
 from .s3 import PreconditionFailed, S3Client, S3Config, S3Error, Unreachable
 from .store import (NAME_RE, POINTER, ROOT_MARKER, ROOT_MARKER_TEXT, SUFFIX, VERSION_FILE_RE, VERSION_RE, GRACE_S,
-                    Health, NotAStore, Stored, check_name)
+                    Health, NameTaken, NotAStore, Stored, check_name)
 from .stores import S3_SCHEME, StoreConflict, StoreUnavailable
 
 log = logging.getLogger("lpt_server.s3_store")
@@ -246,12 +246,14 @@ class S3Store:
         version = hashlib.sha256(data).hexdigest()
         key = self._version_key(name, version)
         what = f"the upload of {name!r} did not complete (an upload is safe to repeat)"
+        self._check_ours(name, self._pointer(name, what))    # before writing anything under the name
         # unconditional even if it exists: content-addressed, and a fresh upload is young, so no
         # sweep or collect deletes it before the pointer names it
         self._call(what, self.client.put, key, data)
         self.cache.put(key, data)
         for attempt in range(WRITE_TRIES):
             ptr = self._pointer(name, what)
+            self._check_ours(name, ptr)
             body = f"{version}\n{uuid.uuid4().hex}\n".encode()
             try:
                 if ptr is None:
@@ -262,15 +264,22 @@ class S3Store:
                 time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
                 continue
             self._collect_quietly(name, keep={version})
-            return Stored(name, version, created=ptr is None or ptr.version is None)
+            return Stored(name, version, created=ptr is None)
         raise StoreConflict(f"adapter {name!r} was changed by other writers {WRITE_TRIES} times while this upload "
                             "tried to land; it did not take effect: retry")
+
+    def _check_ours(self, name: str, ptr: Pointer | None) -> None:
+        """A pointer object that names no version was not written by this store: left untouched."""
+        if ptr is not None and ptr.version is None:
+            raise NameTaken(f"adapter name {name!r} is not available: {self.location}{name}/{POINTER} holds "
+                            "an object lpt-serve did not write, and it is left untouched; use another name, "
+                            "or have the operator remove that object")
 
     def delete(self, name: str) -> bool:
         what = f"the delete of {name!r} did not complete"
         for attempt in range(WRITE_TRIES):
             ptr = self._pointer(name, what)
-            if ptr is None:
+            if ptr is None or ptr.version is None:    # absent, or an object this store did not write
                 return False
             try:
                 self._call(what, self.client.delete, self._pointer_key(name), if_match=ptr.etag)
@@ -278,7 +287,7 @@ class S3Store:
                 time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
                 continue
             self._collect_quietly(name, keep=set())
-            return ptr.version is not None
+            return True
         raise StoreConflict(f"adapter {name!r} was changed by other writers {WRITE_TRIES} times while this delete "
                             "tried to land; it did not take effect: retry")
 

@@ -195,12 +195,29 @@ def test_an_adapter_replaced_faster_than_it_can_be_read_is_a_503_not_a_404(tmp_p
     store = Store(tmp_path / "store")
     store.put("a", adapter_file(tiny_bb, "a"))
     registry = Registry(store, tiny_bb, recheck_s=0)
+    versions = iter(f"{i:064x}" for i in range(1, 100))
 
     def replaced_meanwhile(*args):
         raise FileNotFoundError("replaced")
     monkeypatch.setattr(store, "read", replaced_meanwhile)
+    monkeypatch.setattr(store, "current", lambda name: next(versions))   # a new version at every look
     with pytest.raises(StoreUnavailable, match="replaced faster than it can be read") as err:
         registry.get("a")
     assert status_of(err.value) == 503
     monkeypatch.undo()
     assert registry.get("a").version == store.current("a")      # not forgotten: served once readable
+
+
+def test_a_pointer_to_a_missing_file_is_a_deleted_name_not_a_store_outage(tmp_path, tiny_bb):
+    """The file a pointer names was removed behind the store's back: that name cannot be served
+    (404), and the listing and startup go on without it (a 503 for everyone, before)."""
+    store = Store(tmp_path / "store")
+    store.put("kept", adapter_file(tiny_bb, "kept"))
+    version = store.put("dangling", adapter_file(tiny_bb, "dangling")).version
+    (tmp_path / "store" / "dangling" / f"{version}.safetensors").unlink()
+    registry = Registry(store, tiny_bb, recheck_s=0)
+    registry.scan()                                              # what startup runs
+    assert [a["name"] for a in registry.list()] == ["kept"]
+    with pytest.raises(Exception, match="dangling") as err:
+        registry.get("dangling")
+    assert type(err.value).__name__ == "UnknownAdapter"

@@ -202,6 +202,22 @@ def test_old_versions_go_once_no_pointer_names_them_and_foreign_objects_stay(mon
     assert store.delete("a") and set(k for k in fake.objects if k.startswith("adapters/a/")) == {"adapters/a/notes.txt"}
 
 
+def test_a_pointer_object_the_store_did_not_write_is_never_deleted_or_overwritten():
+    """`<name>/current` holding something else (an operator's file): a delete is a 404 and a put a
+    400 naming the object, and the object stays as it was (a delete removed it, a put replaced it)."""
+    from lpt_server.errors import status_of
+
+    fake = FakeS3()
+    store = S3Store(URL, client=fake.client())
+    fake.client().put("adapters/foreign/current", b"hello\n")
+    assert store.delete("foreign") is False
+    with pytest.raises(Exception, match="adapters/foreign/current holds an object lpt-serve did not write") as err:
+        store.put("foreign", b"weights")
+    assert status_of(err.value) == 400 and type(err.value).__name__ == "NameTaken"
+    assert fake.objects["adapters/foreign/current"][0] == b"hello\n"
+    assert [k for k in fake.objects if k.startswith("adapters/foreign/")] == ["adapters/foreign/current"]
+
+
 @pytest.fixture(scope="module")
 def bb():
     return make_backbone("bert", lm_head=False)

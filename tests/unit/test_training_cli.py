@@ -103,6 +103,13 @@ def _bad_train(tmp_path, capsys, model_dir, data, *extra):
     return err
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_a_cuda_device_on_a_machine_without_one_is_a_usage_error(model_dir, files, tmp_path, capsys):
+    """torch asserts ("Torch not compiled with CUDA enabled"): a traceback and exit 1, before."""
+    err = _bad_train(tmp_path, capsys, model_dir, files["train"], "--device", "cuda")
+    assert "--device cuda: this torch sees no CUDA device" in err and "Traceback" not in err, err
+
+
 def test_missing_column(model_dir, files, tmp_path, capsys):
     err = _bad_train(tmp_path, capsys, model_dir, files["train"], "--text-column", "sentence")
     assert "train.csv has no column 'sentence'" in err and "'text', 'label'" in err and "--text-column" in err
