@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .schemas import TrainJobView
 from .store import shown as quoted   # a long id is not echoed in full
 from .train_workdirs import WORKDIR_PREFIX, sweep_workdirs
 
@@ -173,11 +174,14 @@ def restored(record: dict) -> tuple[TrainJob, bool]:
                 "adapter", "metrics"):
         if key in record:
             setattr(job, key, record[key])
-    if job.state in FINISHED:
-        return job, False
-    job.error = f"the server restarted while the job was {job.state}: nothing was stored; start the job again"
-    job.state, job.finished_at = "failed", time.time()
-    return job, True
+    interrupted = job.state not in FINISHED
+    if interrupted:
+        job.error = f"the server restarted while the job was {job.state}: nothing was stored; start the job again"
+        job.state, job.finished_at = "failed", time.time()
+    # a record edited or damaged by hand: one the API could not show is refused (ValueError) here,
+    # not a 500 on every listing later (nor a dead journal writer, a failed shutdown)
+    TrainJobView.model_validate(job.view(), strict=True)
+    return job, interrupted
 
 
 class Trainer:
@@ -292,8 +296,9 @@ class Trainer:
         for record in self.journal.load():
             try:
                 job, interrupted = restored(record)
-            except (KeyError, TypeError) as e:
-                log.warning("training journal: a record skipped (%r)", e)
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                log.warning("training journal: a record skipped, it is not one this server wrote (%s)",
+                            str(e).splitlines()[0] if str(e) else type(e).__name__)
                 continue
             if interrupted:
                 log.warning("training job %s (task %r): %s", job.id, job.task, job.error)

@@ -313,3 +313,35 @@ def test_an_unknown_job_id_is_quoted_short(make):
         with pytest.raises(UnknownJob) as err:
             call(long_id)
         assert len(str(err.value)) < 300 and "(60000 characters)" in str(err.value)
+
+
+def test_journal_records_edited_by_hand_are_skipped_not_a_crash(make, tmp_path, caplog):
+    """A record with a field of the wrong type stopped the server from starting (sorting by
+    created_at), or made every listing a 500 and killed the journal's writer and the shutdown."""
+    import json as json_module
+
+    journal = tmp_path / "jobs.json"
+    trainer = Trainer(command=[sys.executable, "-c", CHILD], env={}, queue_limit=4, commit=Store().put,
+                      journal=journal)
+    trainer.start()
+    good = job(tmp_path, "ok")
+    trainer.submit(good)
+    wait(trainer, good.id)
+    trainer.stop()
+    [record] = json_module.loads(journal.read_text())
+    bad = [{**record, "id": f"bad{i}", **change} for i, change in enumerate(
+        [{"created_at": None}, {"created_at": "yesterday"}, {"progress": "x"}, {"history": [1, 2]},
+         {"adapter": "zzz"}, {"id": 12345}, {"task": None}, {"started_at": "x"}])]
+    journal.write_text(json_module.dumps([record, *bad]))
+    again = Trainer(command=[sys.executable, "-c", CHILD], env={}, queue_limit=4, commit=Store().put,
+                    journal=journal)
+    again.start()
+    try:
+        assert [j["id"] for j in again.list()] == [good.id]
+        assert sum("a record skipped" in r.getMessage() for r in caplog.records) == len(bad)
+        later = job(tmp_path, "ok")
+        again.submit(later)
+        wait(again, later.id)
+    finally:
+        again.stop()                                                # shuts down cleanly
+    assert {r["id"] for r in json_module.loads(journal.read_text())} == {good.id, later.id}
