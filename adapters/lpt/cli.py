@@ -255,10 +255,11 @@ def _config_errors():
         raise UsageError(str(e)) from None
 
 
-def check_training(bb, plan: TrainPlan, args) -> None:
+def check_training(bb, plan: TrainPlan, args) -> int:
     """Build (not train) an adapter method's model on `bb`: UsageError, with `lpt train`'s message,
     for a configuration that does not fit the model. Lets a caller refuse a run before queueing
-    it; `bb` is not changed (only for ADAPTER_METHODS: finetune would unfreeze it)."""
+    it; `bb` is not changed (only for ADAPTER_METHODS: finetune would unfreeze it). Returns the
+    bytes of the adapter's tensors (its file is that plus a small header)."""
     from .methods import build_method
 
     if args.method not in ADAPTER_METHODS:
@@ -266,7 +267,9 @@ def check_training(bb, plan: TrainPlan, args) -> None:
     cfg, adapter_config = training_config(bb, args)
     with _config_errors():
         cfg.resolved()
-        build_method(bb, args.method, task=args.task, labels=plan.labels, layer=args.layer, **adapter_config)
+        method = build_method(bb, args.method, task=args.task, labels=plan.labels, layer=args.layer,
+                              **adapter_config)
+    return sum(t.numel() * t.element_size() for t in method.adapter.state_dict().values())
 
 
 def run_training(bb, plan: TrainPlan, args, on_step=None) -> dict:

@@ -202,10 +202,15 @@ class Runner:
     threads: int
 
 
-def prepare_job(form: TrainForm, runner: Runner, backbone) -> TrainJob:
+# room for an adapter file's header (its config as JSON) beside its tensors
+HEADER_ALLOWANCE = 64 * 1024
+
+
+def prepare_job(form: TrainForm, runner: Runner, backbone, max_adapter_bytes: int | None = None) -> TrainJob:
     """Write the files to a new job folder and check everything `lpt train` checks before it
     trains (options, data, and the adapter configuration on `backbone`, the model the child
-    will load): FormError with `lpt train`'s message. In a thread: it reads the files."""
+    will load), and that the adapter it makes is one the store takes (`max_adapter_bytes`):
+    FormError with `lpt train`'s message. In a thread: it reads the files."""
     from lpt.cli import UsageError, check_training, parse_train_args, plan_training
     from lpt.data import DataError
     from lpt.encoding import tokenizer_lock
@@ -228,7 +233,11 @@ def prepare_job(form: TrainForm, runner: Runner, backbone) -> TrainJob:
             # the serving tokenizer is shared with the engine thread: HF fast tokenizers must
             # not be called from two threads at once (encoding.py)
             with tokenizer_lock(backbone.tokenizer):
-                check_training(backbone, plan, args)
+                tensor_bytes = check_training(backbone, plan, args)
+            if max_adapter_bytes is not None and tensor_bytes + HEADER_ALLOWANCE > max_adapter_bytes:
+                raise UsageError(f"these options make an adapter of about {tensor_bytes / 2**20:.1f} MiB, over "
+                                 f"the server's limit of {max_adapter_bytes / 2**20:.1f} MiB (LPT_MAX_ADAPTER_BYTES): "
+                                 "lower --prompt-length or --bottleneck")
         except (DataError, UsageError) as e:
             raise FormError(job.clean(str(e))) from None
         return job

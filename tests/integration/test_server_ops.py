@@ -261,3 +261,12 @@ async def test_a_full_training_queue_still_names_a_wrong_content_type(tmp_path, 
         r = await c.post("/v1/train", files={"data": ("t.csv", b"text,label\na,b\n")}, data={"task": "t"},
                          headers=admin())
         assert r.status_code == 429 and r.headers["retry-after"], r.text
+
+
+@pytest.mark.asyncio
+async def test_a_training_job_whose_adapter_the_store_would_refuse_is_a_400(tmp_path, tiny_bb):
+    rows = "text,label\n" + "".join(f"w{i} {'good' if i % 2 else 'bad'},{'pos' if i % 2 else 'neg'}\n" for i in range(20))
+    async with running(tmp_path, tiny_bb, max_adapter_bytes=100_000) as (app, c):
+        r = await c.post("/v1/train", files={"data": ("t.csv", rows.encode())}, data={"task": "t"}, headers=admin())
+        assert r.status_code == 400 and "over the server's limit" in r.text and "LPT_MAX_ADAPTER_BYTES" in r.text, r.text
+        assert (await c.get("/v1/train", headers=admin())).json()["jobs"] == []

@@ -11,7 +11,7 @@ import pytest
 from tiny import make_backbone, save_backbone
 
 from lpt import cli as lpt_cli
-from lpt_server import upload
+from lpt_server import train_form, upload
 from lpt_server.store import InvalidName
 from lpt_server.train_form import FormError, Runner, TrainFormReader, prepare_job, safe_filename
 
@@ -148,6 +148,26 @@ def test_methods_that_write_no_adapter_are_refused(model_dir):
     with pytest.raises(FormError, match="--method finetune writes no adapter file: the server trains lpt, static"):
         prepare_job(form, Runner(str(model), "cpu", "float32", 1), bb)
     assert not bb.model.embeddings.word_embeddings.weight.requires_grad    # the served model stays frozen
+
+
+def test_options_that_make_an_adapter_the_store_would_refuse_are_a_400_before_a_job(model_dir, tmp_path):
+    """The adapter's size is known before training: a job whose adapter is over
+    LPT_MAX_ADAPTER_BYTES trained to the end and then failed to be stored."""
+    from lpt import new_adapter
+    from lpt.adapter import adapter_bytes
+
+    model, bb = model_dir
+    runner = Runner(str(model), "cpu", "float32", 1)
+    options = {"task": "t", "prompt_length": "8", "bottleneck": "64"}
+    actual = len(adapter_bytes(new_adapter(bb, task="t", labels=["neg", "pos"], layer=bb.num_layers // 2,
+                                           prompt_length=8, bottleneck=64)))
+    form = read(options, {"data": ("train.csv", ROWS.encode())})
+    with pytest.raises(FormError, match=r"these options make an adapter of about .* MiB, over the server's limit "
+                                        r".*\(LPT_MAX_ADAPTER_BYTES\): lower --prompt-length or --bottleneck"):
+        prepare_job(form, runner, bb, max_adapter_bytes=actual - 1)
+    job = prepare_job(read(options, {"data": ("train.csv", ROWS.encode())}), runner, bb,
+                      max_adapter_bytes=actual + train_form.HEADER_ALLOWANCE)
+    job.discard()
 
 
 def test_a_good_form_becomes_a_job_with_the_servers_model(model_dir):

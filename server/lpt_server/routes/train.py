@@ -48,7 +48,8 @@ async def start_training(request: Request):
     form = await stream_into(request, reader, limit=limit, body_limit=reader.body_limit(),
                              setting="LPT_MAX_TRAIN_BYTES", timeout_s=rt.settings.body_timeout_s,
                              what="training upload")
-    job = await asyncio.to_thread(prepare_job, form, rt.train_runner, rt.engine.backbone)   # FormError: 400
+    job = await asyncio.to_thread(prepare_job, form, rt.train_runner, rt.engine.backbone,   # FormError: 400
+                                  rt.settings.max_adapter_bytes)
     try:
         view = rt.trainer.submit(job)
     except BaseException:
