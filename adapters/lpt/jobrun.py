@@ -5,7 +5,9 @@
     stdin, later:       any line, or end of input: stop at the next step
     stdout:             JSON lines, one event each:
         {"event": "progress", "epoch", "epochs", "step", "steps", "loss", "dev_accuracy"}
-        {"event": "done", "summary": {...}}               (what `lpt train --metrics-json` writes)
+        {"event": "done", "summary": {...}}               (what `lpt train --metrics-json` writes,
+                                                           without confusion matrices past
+                                                           RECORD_CONFUSION_LABELS labels)
         {"event": "error", "kind": "usage" | "cancelled" | "crash", "message": "..."}
 
 Plain JSON both ways: nothing is pickled, nothing sent is code. Everything else the run prints
@@ -26,6 +28,22 @@ from .data import DataError
 from .training import Progress
 
 PROGRESS_EVERY_S = 0.2      # step reports at most this often (the last step of an epoch always)
+# The summary becomes the job's record (kept in memory and in the journal, sent in every job
+# listing): an L x L confusion matrix per split outgrows it (a 1 MiB event line near 400 labels,
+# which the server could not read). Past this many labels the matrix is left out.
+RECORD_CONFUSION_LABELS = 64
+
+
+def for_the_record(summary: dict) -> dict:
+    """The summary with the confusion matrices of many-label reports left out (and said so)."""
+    out = dict(summary)
+    for split in ("dev", "test"):
+        report = out.get(split)
+        if isinstance(report, dict) and len(report.get("labels") or ()) > RECORD_CONFUSION_LABELS:
+            out[split] = {**report, "confusion_matrix": None,
+                          "confusion_matrix_omitted": f"{len(report['labels'])} labels, more than "
+                                                      f"{RECORD_CONFUSION_LABELS}: `lpt eval` prints it"}
+    return out
 
 
 class Cancelled(Exception):
@@ -80,7 +98,7 @@ def run(spec: dict, reporter: Reporter, stop: threading.Event) -> int:
         traceback.print_exc()
         reporter.send("error", kind="crash", message=f"{type(e).__name__}: {e}")
         return 1
-    reporter.send("done", summary=summary)
+    reporter.send("done", summary=for_the_record(summary))
     return 0
 
 

@@ -45,6 +45,37 @@ def test_a_run_reports_progress_then_done_and_writes_the_adapter(setup):
     assert steps == 2 * 5 and progress[-1]["step"] == steps          # 36 train rows (4 held out) / 8 per batch
     assert [e["dev_accuracy"] is not None for e in progress].count(True) == 2   # one evaluation per epoch
     assert read_adapter(setup / "out" / "t.safetensors").config.labels == ["neg", "pos"]
+    assert done["summary"]["dev"]["confusion_matrix"] is not None          # a few labels: kept
+
+
+def test_the_done_event_is_the_summary_for_the_record(setup, monkeypatch):
+    from lpt import jobrun
+
+    monkeypatch.setattr(jobrun, "RECORD_CONFUSION_LABELS", 1)         # 2 labels are then "many"
+    out = io.StringIO()
+    assert run({"argv": argv(setup, "--epochs", "1")}, Reporter(out), threading.Event()) == 0
+    done = events(out)[-1]
+    assert done["summary"]["dev"]["confusion_matrix"] is None and "2 labels" in done["summary"]["dev"][
+        "confusion_matrix_omitted"]
+
+
+def test_a_many_label_summary_leaves_its_confusion_matrices_out_of_the_record():
+    """1,000 labels made a done line of several MiB: the server could not read it, and a job that
+    had trained and written its adapter was reported failed."""
+    from lpt.jobrun import RECORD_CONFUSION_LABELS, for_the_record
+
+    labels = [f"l{i}" for i in range(1000)]
+    report = {"accuracy": 0.5, "labels": labels, "per_class": {x: {"f1": 0.5} for x in labels},
+              "confusion_matrix": [[0] * 1000 for _ in range(1000)]}
+    summary = {"dev": report, "test": report, "method": "lpt"}
+    line = json.dumps({"event": "done", "summary": for_the_record(summary)})
+    assert len(line) < 200_000 and len(json.dumps(summary)) > (1 << 20)
+    kept = json.loads(line)["summary"]
+    assert kept["dev"]["confusion_matrix"] is None and "1000 labels" in kept["dev"]["confusion_matrix_omitted"]
+    assert kept["dev"]["per_class"] == report["per_class"] and kept["method"] == "lpt"
+    assert summary["dev"]["confusion_matrix"] is report["confusion_matrix"]        # the caller's is untouched
+    few = {"dev": {**report, "labels": labels[:RECORD_CONFUSION_LABELS]}}
+    assert for_the_record(few) == few
 
 
 def test_a_stop_request_ends_the_run_at_the_next_step(setup):
