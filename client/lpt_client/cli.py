@@ -114,6 +114,8 @@ def exit_code(error: LptError) -> int:
 
 def auth_message(error: AuthError, args: argparse.Namespace) -> str:
     """A refused key, told as what to set here (the server's own message names an HTTP header)."""
+    if error.type == "writes_disabled":  # no key would help: the server says what to do
+        return str(error)
     settings = resolve_settings(args.url, args.api_key, args.admin_key)
     if args.key == "admin":
         which, variable, flag, sent = "admin key", "LPT_ADMIN_KEY", "--admin-key", settings.admin_key
@@ -121,8 +123,6 @@ def auth_message(error: AuthError, args: argparse.Namespace) -> str:
         which, variable, flag = "API key", "LPT_API_KEY", "--api-key"
         sent = settings.api_key or settings.admin_key
     status = f"{error.status_code} {error.type}"
-    if error.type == "writes_disabled":  # no key would help: the server says what to do
-        return str(error)
     if not sent:
         return f"{status}: no {which} given: set {variable} or pass {flag}"
     return (f"{status}: the server refused the {which} given: set {variable} (or pass {flag}) to the "

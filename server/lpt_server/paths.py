@@ -10,10 +10,11 @@ import re
 
 from .errors import BadRequest, error_response
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# The rule as a JSON Schema pattern, for path parameters in the OpenAPI schema (ECMA and Python
-# read the same escapes): what a client may send without meeting this guard's 400.
-NO_CONTROL_PATTERN = r"^[^\u0000-\u001f\u007f]+$"
+_CONTROL_CLASS = r"\u0000-\u001f\u007f"     # ECMA (JSON Schema) and Python read the same escapes
+_CONTROL = re.compile(f"[{_CONTROL_CLASS}]")
+# The rule as a JSON Schema pattern, for path parameters in the OpenAPI schema: what a client may
+# send without meeting this guard's 400.
+NO_CONTROL_PATTERN = f"^[^{_CONTROL_CLASS}]+$"
 
 
 class ControlCharacterGuard:

@@ -23,7 +23,6 @@ ERRORS = {c: {"model": ErrorResponse} for c in (400, 401, 403, 404, 413, 503)}
 Name = Annotated[str, Path(description="adapter name", json_schema_extra={"pattern": NAME_RE.pattern})]
 
 
-
 @router.get("", response_model=AdapterList, dependencies=[Depends(require_api_key)],
             summary="List the adapters in the store")
 def list_adapters(request: Request):

@@ -29,7 +29,6 @@ def _errors(*codes: int) -> dict:
     return {c: {"model": ErrorResponse} for c in (401, 403, *codes)}
 
 
-
 @router.post("", status_code=202, response_model=TrainJobView,
              responses=_errors(400, 408, 413, 415, 429),
              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
