@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -100,9 +101,17 @@ class SeaweedS3:
     def stop(self) -> None:
         """Kill it (the store going away at once, as a crashed node would)."""
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, 9)
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(30)
         self.proc = None
+
+    def freeze(self) -> None:
+        """Stop it answering while its sockets stay open (SIGSTOP): connections are accepted by
+        the kernel and then get no answer, as from a server that hangs."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
 
     def tail(self, n: int = 3000) -> str:
         return self.log_path.read_bytes()[-n:].decode(errors="replace") if self.log_path.exists() else ""

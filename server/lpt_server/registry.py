@@ -19,7 +19,9 @@ that registers it hands the parsed file on to the load.
 A store that cannot be reached (StoreUnavailable) does not stop what is known: a name already
 registered keeps its version (and, resident, keeps serving) until the store answers again, and
 while the store is known to be down its pointers are not re-read (no request waits on a dead
-store's timeout). A name not known yet, an upload or a delete raise StoreUnavailable (503).
+store's timeout). A name not known yet, an upload or a delete raise StoreUnavailable (503); a
+name not known yet at once while the store is known to be down (the server's probe marks it up
+again within a second of its return).
 
 A stored file that cannot serve here (invalid, another base model, a config the API cannot
 describe) is logged once per version, listed in problems() and skipped: it never breaks a
@@ -163,7 +165,9 @@ class Registry:
         if listed is ASK:
             if e is not None and not force and now - e.checked_at < self.recheck_s:
                 return e, None
-            if e is not None and not self.store.health().up:
+            if not self.store.health().up:
+                if e is None:                     # nothing known to fall back on: 503 now, not after a timeout
+                    raise self._down(name)
                 e.checked_at = now                # the store is down: keep what we know until it is back
                 return e, None
         try:
@@ -261,6 +265,10 @@ class Registry:
                 self.on_load(time.perf_counter() - t0)
             self._insert(name, m)
             return m
+
+    def _down(self, name: str) -> StoreUnavailable:
+        return StoreUnavailable(f"adapter {name!r} is not loaded here and the adapter store {self.store.location} "
+                                f"is down ({self.store.health().error}): retry shortly")
 
     def _check_servable(self, name: str, e: Entry | None) -> None:
         if e is None:

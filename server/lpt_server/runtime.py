@@ -25,6 +25,7 @@ from .batcher import Batcher
 from .metrics import Metrics
 from .registry import Registry, seed_demo_adapters
 from .settings import Settings
+from .store_calls import StoreCalls
 from .store import StoreError
 from .stores import AdapterStore, StoreUnavailable, open_store
 from .train_form import Runner
@@ -116,6 +117,7 @@ class Runtime:
         self.metrics = Metrics()
         self.engine = None
         self.registry: Registry | None = None
+        self.store_calls = StoreCalls()    # requests' store I/O: not on the threads that tokenize
         self.worker: EngineWorker | None = None
         self.batcher: Batcher | None = None
         self.trainer: Trainer | None = None
@@ -198,6 +200,7 @@ class Runtime:
             await self.batcher.close(drain=True)
         if self.worker is not None:
             await asyncio.to_thread(self.worker.stop, 30)
+        self.store_calls.close()
         if self.registry is not None:
             self.registry.store.close()
         log.info("stopped")
@@ -205,7 +208,14 @@ class Runtime:
     async def _sweep_every(self, seconds: float) -> None:
         while True:
             await asyncio.sleep(seconds)
-            await asyncio.to_thread(sweep_store, self.registry.store)
+            try:
+                await self.store_calls.run(sweep_store, self.registry.store, timeout_s=seconds)
+            except StoreUnavailable:
+                log.warning("adapter store sweep still running after %g s", seconds)
+
+    async def store_io(self, fn: Callable[..., Any], *args) -> Any:
+        """fn(*args) on the store's threads; StoreUnavailable (503) past the request deadline."""
+        return await self.store_calls.run(fn, *args, timeout_s=self.settings.request_timeout_s)
 
     async def _watch(self, seconds: float) -> None:
         """Report, once, that the engine worker or the batcher died (readiness says which)."""
@@ -227,7 +237,10 @@ class Runtime:
             await asyncio.sleep(PROBE_UP_S if store.health().up else PROBE_DOWN_S)
             was = store.health()
             try:
-                now = await asyncio.to_thread(store.ping)
+                now = await self.store_calls.run(store.ping, timeout_s=PROBE_UP_S)
+            except StoreUnavailable:    # the ping itself is stuck past its store timeout
+                log.warning("adapter store probe got no answer within %g s", PROBE_UP_S)
+                continue
             except Exception:           # ping never raises; if one does, the probe still goes on
                 log.exception("adapter store probe failed")
                 continue

@@ -23,7 +23,8 @@ honours If-None-Match and If-Match on PUT (a server that ignores them could lose
 silently): it refuses to start otherwise. Deletes touch only keys of the store's own patterns.
 
 Failures. A connection error, timeout or 5xx raises StoreUnavailable (-> 503) and marks the store
-down (health()); the next call that gets through marks it up again. Version files read are kept
+down (health()); the next call that gets through (the server pings every second while down)
+marks it up again. While down, a version not cached is not asked for: 503 at once. Version files read are kept
 in a bounded in-memory LRU (cache_bytes): versions never change, so a cached one never goes stale.
 """
 from __future__ import annotations
@@ -232,6 +233,9 @@ class S3Store:
         key = self._version_key(name, version)
         data = self.cache.get(key)
         if data is None:
+            if not self._health.up:      # known down: 503 now, not after a timeout (ping() finds it back)
+                raise StoreUnavailable(f"the adapter store {self.location} is down ({self._health.error}); "
+                                       f"adapter {name!r} cannot be loaded; retry shortly")
             obj = self._call(f"adapter {name!r} cannot be loaded", self.client.get, key)
             if obj is None:
                 raise FileNotFoundError(f"{self.location}{name}/{version}{SUFFIX}")

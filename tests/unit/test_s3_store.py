@@ -2,6 +2,7 @@
 store going down and coming back, the file cache, old versions. The same store against a real
 S3 server: tests/integration/test_store_contract.py and tests/e2e/test_s3_replicas.py."""
 import hashlib
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -152,6 +153,14 @@ def test_version_files_are_cached_within_the_bound():
     assert [c for c in fake.calls if c[0] == "GET"] == [("GET", f"adapters/a/{v}.safetensors")]
     fake.down = True
     assert other.read("a", v) == b"12345678"                 # versions never change: the cache serves
+    w = sha(b"87654321")
+    fake.objects[f"adapters/a/{w}.safetensors"] = (b"87654321", '"e"', time.time())
+    with pytest.raises(StoreUnavailable):
+        other.read("a", w)                                   # not cached: the store is asked, and fails
+    fake.calls.clear()
+    with pytest.raises(StoreUnavailable, match="is down .* adapter 'a' cannot be loaded"):
+        other.read("a", w)                                   # known down now: not asked again
+    assert fake.calls == []
     cache = FileCache(10)
     cache.put("x", b"123456")
     cache.put("y", b"1234")
@@ -239,6 +248,8 @@ def test_the_registry_keeps_serving_what_it_knows_while_the_store_is_down(bb):
     fake.calls.clear()
     for _ in range(3):
         assert registry.get("a").version == v1                   # known down: no request waits on it
+    with pytest.raises(StoreUnavailable, match="'new' is not loaded here and the adapter store .* is down"):
+        registry.get("new")                                      # nothing known: 503 at once, not after a timeout
     assert fake.calls == []
     for call in (lambda: registry.get("new"), lambda: registry.put("b", adapter(bb, 2)), registry.list,
                  lambda: registry.delete("a")):

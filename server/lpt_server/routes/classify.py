@@ -69,7 +69,7 @@ def _normalize(inputs) -> list[tuple[str, str | None]]:
 async def _resolve(rt: Runtime, name: str):
     module = rt.registry.lookup(name)          # resident and fresh: no I/O
     if module is None:
-        module = await asyncio.to_thread(rt.registry.get, name)   # pointer check or load: off the loop
+        module = await rt.store_io(rt.registry.get, name)   # pointer check or load: on the store's threads
     return module
 
 
