@@ -11,9 +11,11 @@ Why not boto3: the store needs four calls, and boto3 with botocore and s3transfe
 
 Written for AWS S3 and the S3-compatible servers (MinIO, Ceph RGW, Cloudflare R2, SeaweedFS;
 the tests use SeaweedFS): path-style addressing (https://ENDPOINT/BUCKET/KEY) when an endpoint
-is set, virtual-hosted (https://BUCKET.s3.REGION.amazonaws.com/KEY) on AWS itself. Every call
-has a timeout. A failed connection, a timeout or a 5xx raises Unreachable (a read is tried up
-to three times first, unless it timed out); any other unexpected answer S3Error. The client is
+is set, virtual-hosted (https://BUCKET.s3.REGION.amazonaws.com/KEY) on AWS itself. A call ends
+within its timeout, retries and the whole answer included (httpx's timeouts bound each wait for
+a byte, so a server that trickles its answer, or answers slowly after a refused first try, held
+a call for several timeouts). A failed connection, a timeout or a 5xx raises Unreachable (a read
+is tried up to three times first, while time is left); any other unexpected answer S3Error. The client is
 synchronous: callers run it in a thread, never on an event loop.
 """
 from __future__ import annotations
@@ -107,6 +109,16 @@ def sign(method: str, url: str, headers: dict[str, str], payload_sha256: str, cf
 
 
 @dataclass(frozen=True)
+class Answer:
+    """An S3 server's answer, read whole."""
+
+    status_code: int
+    reason_phrase: str
+    headers: httpx.Headers
+    content: bytes
+
+
+@dataclass(frozen=True)
 class Object:
     body: bytes
     etag: str
@@ -129,6 +141,7 @@ class S3Client:
         else:
             self.base = f"https://{bucket}.s3.{cfg.region}.amazonaws.com"
         self.endpoint = cfg.endpoint or self.base
+        self.timeout_s = timeout_s
         self.http = httpx.Client(timeout=httpx.Timeout(timeout_s), transport=transport)
         self.server_time: float | None = None    # the Date of the last answer (for ages of objects)
 
@@ -183,7 +196,7 @@ class S3Client:
 
     # ---- the wire -------------------------------------------------------------------------------
     def _send(self, method: str, key: str, *, headers: dict[str, str] | None = None, body: bytes = b"",
-              query: dict[str, str] | None = None) -> httpx.Response:
+              query: dict[str, str] | None = None) -> Answer:
         url = self.base + "/" + _uri_encode(key, "/") if key else self.base + "/"
         if query:
             url += "?" + "&".join(f"{_uri_encode(k, '')}={_uri_encode(v, '')}" for k, v in sorted(query.items()))
@@ -192,11 +205,12 @@ class S3Client:
         # connection, as the AWS SDKs do; not after a timeout (that already cost its wait), and
         # writes never (a conditional write that did land would then look like a lost race).
         pauses = READ_RETRY_PAUSES_S if method == "GET" else ()
+        deadline = time.monotonic() + self.timeout_s
         for attempt in range(len(pauses) + 1):
             signed = sign(method, url, headers or {}, payload, self.cfg, datetime.now(timezone.utc))
             signed.pop("host")      # httpx sets Host from the URL (the same value)
             try:
-                r = self.http.request(method, url, headers=signed, content=body or None)
+                r = self._exchange(method, url, signed, body, deadline)
             except httpx.HTTPError as e:
                 failure = Unreachable(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
                 failure.__cause__ = e
@@ -206,7 +220,7 @@ class S3Client:
                 if r.status_code < 500:
                     break
                 failure = Unreachable(f"{r.status_code} from the S3 server: {_error(r)[1] or r.reason_phrase}")
-            if attempt == len(pauses):
+            if attempt == len(pauses) or time.monotonic() + pauses[attempt] >= deadline:
                 raise failure
             time.sleep(pauses[attempt])
         date = r.headers.get("date")
@@ -217,14 +231,34 @@ class S3Client:
                 pass
         return r
 
+    def _exchange(self, method: str, url: str, headers: dict[str, str], body: bytes, deadline: float
+                  ) -> Answer:
+        """One request and its whole answer, by `deadline` (httpx.ReadTimeout past it)."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise httpx.ConnectTimeout(f"no time left of the call's {self.timeout_s:g} s")
+        request = self.http.build_request(method, url, headers=headers, content=body or None,
+                                          timeout=httpx.Timeout(left))
+        r = self.http.send(request, stream=True)
+        try:
+            chunks = []
+            for chunk in r.iter_bytes():
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout(f"the answer was still arriving after {self.timeout_s:g} s",
+                                            request=request)
+        finally:
+            r.close()
+        return Answer(r.status_code, r.reason_phrase, r.headers, b"".join(chunks))
+
     @staticmethod
-    def _expect(r: httpx.Response, *ok: int) -> None:
+    def _expect(r: Answer, *ok: int) -> None:
         if r.status_code not in ok:
             code, message = _error(r)
             raise S3Error(r.status_code, code or r.reason_phrase, message)
 
 
-def _listing(r: httpx.Response) -> tuple[ET.Element, list[Listed]]:
+def _listing(r: Answer) -> tuple[ET.Element, list[Listed]]:
     """A ListObjectsV2 page; S3Error where the body is not one (a proxy's HTML page, a cut-off
     answer): a store that answers nonsense is as unusable as one that answers 5xx."""
     try:
@@ -242,7 +276,7 @@ def _listing(r: httpx.Response) -> tuple[ET.Element, list[Listed]]:
     return root, page
 
 
-def _error(r: httpx.Response) -> tuple[str, str]:
+def _error(r: Answer) -> tuple[str, str]:
     """(Code, Message) of an S3 error body, or empty strings."""
     try:
         root = ET.fromstring(r.content)

@@ -1,0 +1,87 @@
+"""An S3 call ends within its timeout whatever the server does: a server (a real socket here)
+that trickles its answer a byte at a time, each byte within httpx's per-read timeout, held a
+call for as long as it liked; one that answers 503 slowly was asked three times, each with a
+full timeout."""
+import socket
+import threading
+import time
+
+import pytest
+
+from lpt_server.s3 import S3Client, S3Config, Unreachable
+
+BODY = b"x" * 40
+
+
+class SlowServer:
+    """Accepts connections on loopback; each gets `answer(conn)` in a thread of its own."""
+
+    def __init__(self, answer):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.answer, self.accepted, self.closed = answer, 0, False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self):
+        while not self.closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn):
+        try:
+            conn.recv(65536)
+            self.answer(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
+
+
+def trickle(conn):
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY))
+    for b in BODY:
+        time.sleep(0.1)
+        conn.sendall(bytes([b]))
+
+
+def answers_503_in(seconds: float, then_hang: bool = False):
+    first = []
+
+    def answer(conn):
+        if then_hang and first:
+            time.sleep(5)
+        first.append(1)
+        time.sleep(seconds)
+        conn.sendall(b"HTTP/1.1 503 Slow Down\r\nContent-Length: 0\r\n\r\n")
+    return answer
+
+
+@pytest.mark.parametrize("answer, tries, message", [
+    (trickle, 1, "still arriving after 1 s"),       # trickled to the end: 4 s
+    (answers_503_in(0.5, then_hang=True), 2, "ReadTimeout"),   # the retry waited a whole timeout: 1.55 s
+    (answers_503_in(0.4), 2, "503 from the S3 server"),        # no third try with no time left for it
+])
+def test_a_call_ends_within_its_timeout(answer, tries, message):
+    server = SlowServer(answer)
+    client = S3Client(S3Config(server.url, "us-east-1", "key", "secret"), "b", timeout_s=1.0)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(Unreachable, match=message):
+            client.get("a/current")
+        took = time.monotonic() - t0
+        assert took < 1.4, took
+        assert server.accepted == tries
+    finally:
+        client.close()
+        server.close()
