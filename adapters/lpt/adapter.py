@@ -89,13 +89,23 @@ def expected_shapes(config: AdapterConfig, hidden: int) -> dict[str, tuple[int, 
     return {**{f"generator.{k}": s for k, s in gen.items()}, **{f"head.{k}": s for k, s in head.items()}}
 
 
-def new_adapter(backbone: Backbone, **config) -> LatePrompt:
-    """A freshly initialised adapter for training: `new_adapter(bb, task="t", labels=[...], layer=3)`."""
+def tensor_bytes(config: AdapterConfig, hidden: int) -> int:
+    """The bytes of an adapter file's tensors (float32) for this config, without building it."""
+    return 4 * sum(math.prod(shape) for shape in expected_shapes(config, hidden).values())
+
+
+def new_config(backbone: Backbone, **config) -> AdapterConfig:
+    """The checked config of a new adapter on `backbone` (AdapterError with every problem)."""
     cfg = AdapterConfig(base_model={"id": backbone.model_id, **backbone.fingerprint()}, **config)
     problems = cfg.problems() or _fit_problems(cfg, backbone)
     if problems:
         raise AdapterError(problems)
-    return LatePrompt(cfg, backbone).to(backbone.device)
+    return cfg
+
+
+def new_adapter(backbone: Backbone, **config) -> LatePrompt:
+    """A freshly initialised adapter for training: `new_adapter(bb, task="t", labels=[...], layer=3)`."""
+    return LatePrompt(new_config(backbone, **config), backbone).to(backbone.device)
 
 
 # ---- the file -----------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import ENCODING_ERRORS, DataError, Example, check_known_labels, holdout, label_set, read_examples
-from .methods import ADAPTER_METHODS, METHODS
+from .config import AdapterConfig
+from .methods import ADAPTER_METHODS, METHODS, adapter_settings
 from .training import METHOD_DEFAULTS, TrainConfig
 
 DEV_FRACTION = 0.1
@@ -255,21 +256,21 @@ def _config_errors():
         raise UsageError(str(e)) from None
 
 
-def check_training(bb, plan: TrainPlan, args) -> int:
-    """Build (not train) an adapter method's model on `bb`: UsageError, with `lpt train`'s message,
-    for a configuration that does not fit the model. Lets a caller refuse a run before queueing
-    it; `bb` is not changed (only for ADAPTER_METHODS: finetune would unfreeze it). Returns the
-    bytes of the adapter's tensors (its file is that plus a small header)."""
-    from .methods import build_method
+def check_training(bb, plan: TrainPlan, args) -> AdapterConfig:
+    """Check, without building anything, the adapter an adapter method would train on `bb`:
+    UsageError, with `lpt train`'s message, for a configuration that does not fit the model.
+    Lets a caller refuse a run before queueing it (`adapter.tensor_bytes` of the config returned
+    gives the size of its file, less a small header); options asking for a huge adapter cost
+    nothing to refuse."""
+    from .adapter import new_config
 
     if args.method not in ADAPTER_METHODS:
-        raise ValueError(f"check_training builds adapter methods only, not {args.method!r}")
+        raise ValueError(f"check_training checks adapter methods only, not {args.method!r}")
     cfg, adapter_config = training_config(bb, args)
     with _config_errors():
         cfg.resolved()
-        method = build_method(bb, args.method, task=args.task, labels=plan.labels, layer=args.layer,
-                              **adapter_config)
-    return sum(t.numel() * t.element_size() for t in method.adapter.state_dict().values())
+        return new_config(bb, **adapter_settings(bb, args.method, task=args.task, labels=plan.labels,
+                                                 layer=args.layer, **adapter_config))
 
 
 def run_training(bb, plan: TrainPlan, args, on_step=None) -> dict:

@@ -183,25 +183,34 @@ class FinetuneMethod(ProbeMethod):
         return [self.adapter, self.bb.model]
 
 
-def build_method(bb: Backbone, method: str, *, task: str, labels: list[str], layer: int | None = None,
-                 **adapter_config) -> Method:
-    """The model for one method. `adapter_config` goes to `new_adapter` (prompt_length, generator,
-    template, ...); probe and finetune use only its encoder and head settings."""
+def adapter_settings(bb: Backbone, method: str, *, task: str, labels: list[str], layer: int | None = None,
+                     **adapter_config) -> dict:
+    """What `build_method` passes to `new_adapter` for `method`: the caller's settings with the
+    method's own (prompt-tuning: k=0 and a static prompt; probe and finetune: an adapter only
+    for its encoder and head, its prompt never used)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if layer is None:
         layer = default_layer(bb.num_layers)
+    if method == "prompt-tuning":
+        layer, adapter_config["generator"] = 0, "static"
+    elif method == "static":
+        adapter_config["generator"] = "static"
+    elif method in ("probe", "finetune"):
+        layer = 0
+        adapter_config.update(generator="static", prompt_length=1)
+    return dict(task=task, labels=labels, layer=layer, **adapter_config)
+
+
+def build_method(bb: Backbone, method: str, *, task: str, labels: list[str], layer: int | None = None,
+                 **adapter_config) -> Method:
+    """The model for one method. `adapter_config` goes to `new_adapter` (prompt_length, generator,
+    template, ...); probe and finetune use only its encoder and head settings."""
+    settings = adapter_settings(bb, method, task=task, labels=labels, layer=layer, **adapter_config)
+    adapter = new_adapter(bb, **settings)
     n = bb.num_layers
-    if method in ("lpt", "static", "prompt-tuning"):
-        if method == "prompt-tuning":
-            layer, adapter_config["generator"] = 0, "static"
-        elif method == "static":
-            adapter_config["generator"] = "static"
-        adapter = new_adapter(bb, task=task, labels=labels, layer=layer, **adapter_config)
-        return Method(bb, adapter, layer)
-    # probe / finetune: an adapter object only for its encoder and head; its prompt is never used.
-    adapter_config.update(generator="static", prompt_length=1)
-    adapter = new_adapter(bb, task=task, labels=labels, layer=0, **adapter_config)
+    if method in ADAPTER_METHODS:
+        return Method(bb, adapter, settings["layer"])
     if method == "probe":
         return ProbeMethod(bb, adapter, n)
     bb.model.requires_grad_(True)

@@ -211,6 +211,7 @@ def prepare_job(form: TrainForm, runner: Runner, backbone, max_adapter_bytes: in
     trains (options, data, and the adapter configuration on `backbone`, the model the child
     will load), and that the adapter it makes is one the store takes (`max_adapter_bytes`):
     FormError with `lpt train`'s message. In a thread: it reads the files."""
+    from lpt.adapter import tensor_bytes as adapter_tensor_bytes
     from lpt.cli import UsageError, check_training, parse_train_args, plan_training
     from lpt.data import DataError
     from lpt.encoding import tokenizer_lock
@@ -233,7 +234,8 @@ def prepare_job(form: TrainForm, runner: Runner, backbone, max_adapter_bytes: in
             # the serving tokenizer is shared with the engine thread: HF fast tokenizers must
             # not be called from two threads at once (encoding.py)
             with tokenizer_lock(backbone.tokenizer):
-                tensor_bytes = check_training(backbone, plan, args)
+                config = check_training(backbone, plan, args)
+            tensor_bytes = adapter_tensor_bytes(config, backbone.hidden_size)
             if max_adapter_bytes is not None and tensor_bytes + HEADER_ALLOWANCE > max_adapter_bytes:
                 raise UsageError(f"these options make an adapter of about {tensor_bytes / 2**20:.1f} MiB, over "
                                  f"the server's limit of {max_adapter_bytes / 2**20:.1f} MiB (LPT_MAX_ADAPTER_BYTES): "

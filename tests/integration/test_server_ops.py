@@ -264,9 +264,20 @@ async def test_a_full_training_queue_still_names_a_wrong_content_type(tmp_path, 
 
 
 @pytest.mark.asyncio
-async def test_a_training_job_whose_adapter_the_store_would_refuse_is_a_400(tmp_path, tiny_bb):
+async def test_a_training_job_whose_adapter_the_store_would_refuse_is_a_400(tmp_path, tiny_bb, monkeypatch):
     rows = "text,label\n" + "".join(f"w{i} {'good' if i % 2 else 'bad'},{'pos' if i % 2 else 'neg'}\n" for i in range(20))
     async with running(tmp_path, tiny_bb, max_adapter_bytes=100_000) as (app, c):
         r = await c.post("/v1/train", files={"data": ("t.csv", rows.encode())}, data={"task": "t"}, headers=admin())
         assert r.status_code == 400 and "over the server's limit" in r.text and "LPT_MAX_ADAPTER_BYTES" in r.text, r.text
+
+        # the largest options the schema allows: refused from the config alone, nothing built (on
+        # all-MiniLM-L6-v2 building it took 1.6 GB in the serving process before the refusal)
+        import lpt.adapter
+
+        def built(*args, **kwargs):
+            raise AssertionError("an adapter was built to check a training form")
+        monkeypatch.setattr(lpt.adapter, "LatePrompt", built)
+        r = await c.post("/v1/train", files={"data": ("t.csv", rows.encode())},
+                         data={"task": "t", "prompt_length": "256", "bottleneck": "4096"}, headers=admin())
+        assert r.status_code == 400 and "over the server's limit" in r.text, r.text
         assert (await c.get("/v1/train", headers=admin())).json()["jobs"] == []

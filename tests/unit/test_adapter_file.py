@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save as st_save
 
 from lpt import AdapterError, load_adapter, new_adapter, read_adapter, save_adapter, validate
-from lpt.adapter import CONFIG_KEY, adapter_bytes
+from lpt.adapter import CONFIG_KEY, adapter_bytes, tensor_bytes
 from tiny import make_backbone
 
 pytestmark = pytest.mark.unit
@@ -367,3 +367,16 @@ def test_one_read_one_parse_one_check_one_build(bb, module, monkeypatch):
     other = make_backbone("bert", seed=7)
     assert any("weights differ" in p for p in validate(af, other))      # another backbone: checked anew
     assert calls["check"] == 2
+
+
+@pytest.mark.parametrize("config", [
+    dict(generator="npg", prompt_length=5, bottleneck=7),
+    dict(generator="max", prompt_length=3, bottleneck=11),
+    dict(generator="static", prompt_length=9),
+])
+def test_tensor_bytes_is_what_the_file_of_the_built_adapter_holds(bb, config):
+    """The size a training form is checked against before anything is built."""
+    m = new_adapter(bb, task="t", labels=["a", "b", "c"], layer=1, **config)
+    data = adapter_bytes(m)
+    header = struct.unpack("<Q", data[:8])[0]
+    assert tensor_bytes(m.config, bb.hidden_size) == len(data) - 8 - header
