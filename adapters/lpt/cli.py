@@ -145,7 +145,7 @@ def _read(path: str, args):
 def _load_backbone(name: str, args):
     import torch
 
-    from .backbone import Backbone
+    from .backbone import Backbone, ModelLoadError
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -154,6 +154,8 @@ def _load_backbone(name: str, args):
                          "GPU); use --device cpu")
     try:
         return Backbone.load(name, device=args.device, dtype=args.dtype)
+    except ModelLoadError as e:
+        raise UsageError(str(e)) from None
     except (OSError, ValueError, RuntimeError) as e:
         raise UsageError(f"cannot load model {name!r}: {e}") from None
 

@@ -26,6 +26,26 @@ from .settings import Settings
 DEMO_DIR = Path(__file__).parent / "demo_adapters"
 
 
+class QuietStartupFailure:
+    """ASGI middleware: a startup refused for a reason the runtime logged in one line (a model
+    that cannot be loaded, a store that cannot be used) reaches uvicorn without its traceback,
+    which uvicorn would print after that line: 50 lines of library frames under the one that says
+    what to fix. A failure the runtime did not explain (a bug) keeps its traceback."""
+
+    def __init__(self, app, runtime: Runtime):
+        self.app, self.runtime = app, runtime
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "lifespan":
+            return await self.app(scope, receive, send)
+
+        async def send_quietly(message):
+            if message["type"] == "lifespan.startup.failed" and self.runtime.startup_error is not None:
+                message = {**message, "message": ""}
+            await send(message)
+        return await self.app(scope, receive, send_quietly)
+
+
 def create_app(settings: Settings | None = None, engine_factory: EngineFactory | None = None,
                demo_dir: Path | None = DEMO_DIR) -> FastAPI:
     settings = settings or Settings()
@@ -55,4 +75,5 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
     console.install(app)
     app.add_middleware(ControlCharacterGuard)
     app.add_middleware(RequestIdMiddleware)      # outermost: every answer carries its id
+    app.add_middleware(QuietStartupFailure, runtime=runtime)
     return app

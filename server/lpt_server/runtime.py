@@ -21,12 +21,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable, MutableMapping
 
+from lpt.backbone import ModelLoadError
+
 from .batcher import Batcher
 from .metrics import Metrics
 from .registry import Registry, seed_demo_adapters
 from .settings import Settings
-from .store_calls import StoreCalls
 from .store import StoreError
+from .store_calls import StoreCalls
 from .stores import AdapterStore, StoreUnavailable, open_store
 from .train_form import Runner
 from .train_jobs import Trainer, child_command
@@ -132,17 +134,19 @@ class Runtime:
         self._watchdog: asyncio.Task | None = None
         self.on_fatal: Callable[[str], None] | None = None    # called once if serving cannot go on
         self.fatal: str | None = None
+        self.startup_error: str | None = None   # a startup refused for a reason the user can fix
 
     async def start(self) -> None:
         s = self.settings
         try:                          # before the model: a store that cannot be used fails fast
             store = await asyncio.to_thread(open_store, s.store, timeout_s=s.store_timeout_s,
                                             cache_bytes=s.store_cache_mb << 20)
-        except StoreError as e:
+            t0 = time.perf_counter()
+            self.engine = await asyncio.to_thread(self.engine_factory, s)
+        except (StoreError, ModelLoadError) as e:
+            self.startup_error = str(e)       # said in one line: no traceback (app.py)
             log.error("%s", e)
             raise
-        t0 = time.perf_counter()
-        self.engine = await asyncio.to_thread(self.engine_factory, s)
         self.load_seconds = time.perf_counter() - t0
         backbone = self.engine.backbone
         log.info("model %r loaded in %.1f s (%s, %s); %d engine worker(s) x %d torch thread(s)",

@@ -4,12 +4,13 @@ import asyncio
 import json
 import re
 import signal
+import subprocess
 import sys
 
 import httpx
 import pytest
 import torch
-from serve_process import ADMIN, Server, all_ready
+from serve_process import ADMIN, Server, all_ready, free_port
 
 from lpt import Backbone, Engine, Row, load_adapter, new_adapter, save_adapter
 
@@ -174,3 +175,41 @@ def test_a_server_whose_engine_worker_died_exits_1(tmp_path, adapters):
         assert r.status_code == 503 and r.json()["error"]["type"] == "unavailable", r.text
         assert server.proc.wait(30) == 1, server.tail()
     assert "cannot serve any more: the engine worker is not running" in (tmp_path / "dying.log").read_text()
+
+
+BROKEN_STARTUP = """
+import sys
+import lpt_server.runtime as runtime
+from lpt_server.cli import serve
+
+def engine(settings):
+    raise RuntimeError("a bug while loading the engine")
+
+runtime.default_engine = engine
+sys.exit(serve(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("case", ["foreign store", "no such model", "a bug"])
+def test_a_server_that_cannot_start_says_why_in_one_line(tmp_path, case):
+    """A store or model the user named wrongly: one line saying what to fix, no traceback of
+    library frames after it (uvicorn printed ~50 lines); a bug still shows its traceback."""
+    store, launcher, args = tmp_path / "store", [sys.executable, "-m", "lpt_server"], []
+    if case == "foreign store":
+        store.mkdir()
+        (store / "notes.txt").write_text("someone's files")
+        want = "refusing to use " + str(store)
+    elif case == "no such model":
+        args, want = ["--model", str(tmp_path / "no-such-model")], "no-such-model': no such folder"
+    else:
+        script = tmp_path / "broken.py"
+        script.write_text(BROKEN_STARTUP)
+        launcher, want = [sys.executable, str(script)], "a bug while loading the engine"
+    proc = subprocess.run([*launcher, "serve", "--store", str(store), "--port", str(free_port()), *args],
+                          capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and want in out and "Application startup failed" in out, out
+    if case == "a bug":
+        assert "Traceback" in out, out
+    else:
+        assert "Traceback" not in out and len(out.strip().splitlines()) <= 5, out
