@@ -108,10 +108,12 @@ class TrainJob:
         _remove(self.workdir)
 
     def clean(self, message: str) -> str:
-        """A message with the job folder's paths replaced by the names the client sent."""
+        """A message with the job folder's paths replaced by the names the client sent, and any
+        other path in it (the adapter's `out/...`) shown relative to the folder: the server's
+        temporary paths are not the client's business."""
         for prefix, name in self.shown.items():
             message = message.replace(prefix, name)
-        return message
+        return message.replace(f"{self.workdir}{os.sep}", "").replace(str(self.workdir), "the job's folder")
 
     def record(self, event: dict) -> None:
         """A progress event from the child -> progress and (bounded) history."""
@@ -152,7 +154,13 @@ class Journal:
         except FileNotFoundError:
             return []
         except (OSError, ValueError) as e:
-            log.warning("training journal %s unreadable, starting without it: %s", self.path, e)
+            kept = self.path.with_name(f"{self.path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+            try:                      # kept for whoever wants to look: the next save would replace it
+                os.replace(self.path, kept)
+            except OSError:
+                kept = None
+            log.warning("training journal %s unreadable, starting without it%s: %s", self.path,
+                        f" (kept as {kept.name})" if kept else "", e)
             return []
         return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
 

@@ -345,3 +345,27 @@ def test_journal_records_edited_by_hand_are_skipped_not_a_crash(make, tmp_path, 
     finally:
         again.stop()                                                # shuts down cleanly
     assert {r["id"] for r in json_module.loads(journal.read_text())} == {good.id, later.id}
+
+
+def test_a_failure_shows_no_path_of_the_server_s_job_folder(tmp_path):
+    j = job(tmp_path, "error")
+    message = f"cannot write {j.workdir}/out/t.safetensors: disk full; {j.workdir}/data/train.csv line 3; {j.workdir}"
+    assert j.clean(message) == "cannot write out/t.safetensors: disk full; train.csv line 3; the job's folder"
+
+
+def test_an_unreadable_journal_is_kept_aside_not_overwritten(make, tmp_path, caplog):
+    journal = tmp_path / "jobs.json"
+    journal.write_text('[{"id": "abc", "task": "t", "state": "succ')     # cut off (a full disk, an edit)
+    trainer = Trainer(command=[sys.executable, "-c", CHILD], env={}, queue_limit=4, commit=Store().put,
+                      journal=journal)
+    trainer.start()
+    try:
+        assert trainer.list() == []
+        later = job(tmp_path, "ok")
+        trainer.submit(later)
+        wait(trainer, later.id)
+    finally:
+        trainer.stop()
+    [kept] = tmp_path.glob("jobs.json.unreadable-*")
+    assert kept.read_text().startswith('[{"id": "abc"')
+    assert any(kept.name in r.getMessage() for r in caplog.records)
