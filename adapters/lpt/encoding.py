@@ -115,12 +115,6 @@ class TextEncoder:
     def _holds_special(self, *texts: str | None) -> bool:
         return any(s in t for t in texts if t for s in self.special_strings)
 
-    def _truncate(self, text: str, budget: int) -> str:
-        ids = self.tok(text, add_special_tokens=False)["input_ids"]
-        if len(ids) <= budget:
-            return text
-        return self.tok.decode(ids[:budget])
-
     def _cut(self, text: str, budget: int) -> str:
         """The text's first characters that make at most `budget` tokens, special tokens' strings
         split (cut by character offsets: decoding would write them back as specials)."""
@@ -176,17 +170,17 @@ class TextEncoder:
                 budget = min(budget, max_text_tokens)
             enc = self.tok([self._fill(*items[i])[0] for i in idx])
             for j, i in enumerate(idx):
-                if self._holds_special(*items[i]):
-                    out[i] = self._encode_guarded(*items[i], budget)
-                    continue
                 fits = len(enc["input_ids"][j]) - self.overhead <= budget
-                out[i] = self._finish(enc, j) if fits else self._encode_truncated(*items[i], budget)
+                plain = fits and not self._holds_special(*items[i])
+                out[i] = self._finish(enc, j) if plain else self._encode_alone(*items[i], budget)
         return out
 
-    def _encode_guarded(self, text: str, pair: str | None, budget: int) -> Encoded | Exception:
-        """A row whose text (or pair) holds a special token's string: tokenized in the template
-        as any row, then each special token that came from the user's text is tokenized again
-        as words (`split_special_tokens`), so that only the template's stay special."""
+    def _encode_alone(self, text: str, pair: str | None, budget: int) -> Encoded | Exception:
+        """A row too long for `budget`, or whose text (or pair) holds a special token's string:
+        tokenized in the template as any row, then each special token that came from the user's
+        text is tokenized again as words (`split_special_tokens`), so that only the template's
+        stay special; too long, the text and pair are cut by character offsets (never the
+        template; the pair to at most half the budget) and the template filled again."""
         for attempt in range(3):
             filled, spans = self._fill(text, pair)
             enc = self.tok([filled], return_offsets_mapping=True)
@@ -253,17 +247,6 @@ class TextEncoder:
         whole = self.tok([texts[j] for j in full], [pairs[j] for j in full] if pairs else None,
                          split_special_tokens=True)
         return {j for j, ids in zip(full, whole["input_ids"]) if len(ids) > limit}
-
-    def _encode_truncated(self, text: str, text_pair: str | None, budget: int) -> Encoded | Exception:
-        """Cut the text (and the pair to at most half the budget), never the template."""
-        if text_pair:
-            text_pair = self._truncate(text_pair, budget // 2)
-            budget -= len(self.tok(text_pair, add_special_tokens=False)["input_ids"])
-        limit = self.overhead + budget
-        enc = self.tok([self._fill(self._truncate(text, budget), text_pair)[0]])
-        if len(enc["input_ids"][0]) > limit:  # decode/re-encode drift: cut a little more
-            enc = self.tok([self._fill(self._truncate(text, max(budget - 8, 0)), text_pair)[0]])
-        return self._finish(enc, 0, True)
 
     def _finish(self, enc, j: int, truncated: bool = False) -> Encoded | Exception:
         return self._finish_row(*_row(enc, j, truncated), self.overhead)

@@ -171,3 +171,16 @@ def test_placeholders_in_a_text_are_not_filled():
     got = tok.convert_ids_to_tokens(list(a.encoder.encode("film", "{text} {mask} {text_pair}").input_ids))
     assert got.count("film") == 1 and got.count(tok.mask_token) == 1, got
     assert got == tok.convert_ids_to_tokens(tok("film ? [MASK] , {text} {mask} {text_pair}")["input_ids"])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_cut_text_keeps_its_first_tokens_as_the_text_alone_gives_them(bb, seed):
+    """The text's slot holds the first tokens of the text, as many as the budget allows."""
+    a = new_adapter(bb, task="t", labels=["n", "p"], layer=1, head_kind="mlm",
+                    template="{text} . it was {mask} .", label_words=["bad", "great"], max_length=16)
+    text = random_texts(1, seed=seed, lo=60, hi=80)[0]
+    enc = a.encoder.encode(text)
+    alone = bb.tokenizer(text, add_special_tokens=False)["input_ids"]
+    kept = list(enc.input_ids[1:-6])                       # [CLS] text . it was [MASK] . [SEP]
+    assert enc.truncated and len(enc.input_ids) == 16
+    assert kept == alone[:len(kept)] and len(kept) == 16 - 7
