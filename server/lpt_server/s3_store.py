@@ -51,6 +51,14 @@ WRITE_WINDOW_S = 60.0    # a version object younger than this may belong to a wr
 T = TypeVar("T")
 
 
+class Refused(StoreUnavailable):
+    """The S3 server answered with an error (bad credentials, no such bucket, ...)."""
+
+    def __init__(self, message: str, answer: str):
+        super().__init__(message)
+        self.answer = answer
+
+
 def parse_url(url: str) -> tuple[str, str]:
     """s3://bucket/some/prefix -> ("bucket", "some/prefix/"); s3://bucket -> ("bucket", "")."""
     rest = url[len(S3_SCHEME):] if url.startswith(S3_SCHEME) else ""
@@ -114,9 +122,10 @@ class S3Store:
         self._read: dict[str, Pointer] = {}       # the last pointer read of each name (versions())
         try:
             self._open()
-        except S3Error as e:
-            raise NotAStore(f"cannot use {self.location} as the adapter store (S3 endpoint {client.endpoint}): "
-                            f"{e}; check the bucket name and the AWS_* credentials") from None
+        except Refused as e:
+            raise NotAStore(f"cannot use {self.location} as the adapter store: the S3 server at {client.endpoint} "
+                            f"answered {e.answer}; check the bucket name, the endpoint (AWS_ENDPOINT_URL) and the "
+                            "AWS_* credentials") from None
 
     # ---- keys -----------------------------------------------------------------------------------
     def _pointer_key(self, name: str) -> str:
@@ -137,8 +146,8 @@ class S3Store:
                                    f"{what}; retry shortly") from None
         except S3Error as e:
             self._health = Health(False, f"{self.client.endpoint}: {e}")
-            raise StoreUnavailable(f"the adapter store {self.location} refused the request ({self.client.endpoint}: "
-                                   f"{e}); {what}") from None
+            raise Refused(f"the adapter store {self.location} refused the request ({self.client.endpoint}: "
+                          f"{e}); {what}", answer=str(e)) from None
         self._health = Health(True)
         return out
 

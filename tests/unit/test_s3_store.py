@@ -5,6 +5,7 @@ import hashlib
 import time
 from datetime import datetime, timezone
 
+import httpx
 import pytest
 import torch
 
@@ -63,6 +64,18 @@ def test_a_server_that_ignores_conditional_writes_is_refused_at_start():
     fake.ignore_conditions = True
     with pytest.raises(NotAStore, match="ignores If-None-Match on PUT"):
         S3Store(URL, client=fake.client())
+
+
+def test_a_store_the_s3_server_refuses_at_start_says_what_to_check():
+    fake = FakeS3()
+    handle = fake.handle
+    fake.handle = lambda request: httpx.Response(403, content=b"<Error><Code>InvalidAccessKeyId</Code><Message>"
+                                                  b"The access key does not exist.</Message></Error>")
+    with pytest.raises(NotAStore, match="answered 403 InvalidAccessKeyId: The access key does not exist.; check "
+                                        r"the bucket name, the endpoint \(AWS_ENDPOINT_URL\) and the AWS_\* credentials"):
+        S3Store(URL, client=fake.client())
+    fake.handle = handle
+    S3Store(URL, client=fake.client())                      # the server says yes: it opens
 
 
 def test_a_prefix_lpt_serve_did_not_create_is_refused_and_left_alone():
