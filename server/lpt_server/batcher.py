@@ -34,6 +34,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from .request_id import REQUEST_ID
+
 
 class QueueFull(Exception):
     """Accepting these rows would exceed the queue limit (-> 429)."""
@@ -54,6 +56,7 @@ class Item:
     queue_s: float = 0.0          # time from submit to the batch closing
     inference_s: float = 0.0      # the batch's time in the executor
     seq: int = 0
+    request_id: str | None = field(default_factory=REQUEST_ID.get)   # of the request that submitted it
 
     @property
     def dropped(self) -> bool:

@@ -153,6 +153,8 @@ def describe(exc: BaseException) -> tuple[int, str, str, dict]:
         return exc.status, exc.type, exc.message, {}
     if isinstance(exc, StarletteHTTPException):
         return exc.status_code, _STATUS_TYPES.get(exc.status_code, "http_error"), str(exc.detail), {}
+    if isinstance(exc, RequestValidationError):
+        return *validation_message(exc), {}
     for cls, status, typ in ERROR_TABLE:
         if isinstance(exc, cls):
             message = _MESSAGES.get(cls, str)(exc)
@@ -252,8 +254,7 @@ def validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        status, typ, message = validation_message(exc)
-        return JSONResponse({"error": {"type": typ, "message": message}}, status_code=status)
+        return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

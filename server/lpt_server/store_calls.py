@@ -15,6 +15,7 @@ goes on (a call not started yet is dropped).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
@@ -30,7 +31,9 @@ class StoreCalls:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lpt-store")
 
     async def run(self, fn: Callable[..., T], *args, timeout_s: float) -> T:
-        call = asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
+        # in a copy of the caller's context, as asyncio.to_thread does: its log lines keep the request id
+        context = contextvars.copy_context()
+        call = asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(context.run, fn, *args))
         try:
             return await asyncio.wait_for(call, timeout_s)
         except asyncio.TimeoutError:

@@ -158,7 +158,9 @@ class EngineWorker:
             if len(results) != len(live):
                 raise RuntimeError(f"engine returned {len(results)} results for {len(live)} rows")
         except Exception as e:       # fails this batch's rows only; the thread lives on
-            log.exception("batch of %d rows failed", len(live))
+            ids = sorted({it.request_id for it in live if it.request_id})   # a batch serves several requests
+            log.exception("batch of %d rows failed (request%s %s)", len(live), "s" * (len(ids) != 1),
+                          ", ".join(ids) or "-")
             err = BatchFailed(f"the engine failed on this request's batch: {e!r}")
             err.__cause__ = e
             results, failed = [err] * len(live), True

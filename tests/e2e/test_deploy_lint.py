@@ -107,6 +107,11 @@ def test_grafana_dashboard_uses_real_metric_names():
                 "lpt_batch_tasks_bucket", "lpt_queue_size", "lpt_adapters_resident", "lpt_train_jobs",
                 "lpt_train_jobs_ended_total"):
         assert key in used, f"dashboard has no panel on {key}"
+    # lpt_requests_total counts a request once per task it names: request rates and the error
+    # ratio come from the per-request histogram's count
+    for p in dash["panels"]:
+        if p["title"] in ("Requests / s", "Error ratio", "Request rate by status", "Request rate by replica"):
+            assert all("lpt_requests_total" not in t["expr"] for t in p["targets"]), p["title"]
 
 
 def test_prometheus_config():

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from tiny_server import running
+from tiny_server import adapter_file, admin, running
 from lpt_server.logging import TEXT, JsonFormatter, TextFormatter
 from lpt_server.request_id import RequestIdFilter
 
@@ -71,3 +71,30 @@ async def test_a_500s_log_line_names_the_request(tmp_path, tiny_bb, log_lines):
     text = log_lines("text")
     assert any("unhandled error on GET /boom" in ln and ln.endswith("[request trace-123]") for ln in text), text
     assert any(ln.endswith("outside any request") for ln in text), text
+
+
+async def test_lines_logged_on_the_store_s_threads_name_the_request(tmp_path, tiny_bb, log_lines, caplog):
+    """An upload's "stored" line is written on the store's own threads: it names the upload."""
+    caplog.set_level(logging.INFO, logger="lpt_server")
+    async with running(tmp_path, tiny_bb) as (app, c):
+        r = await c.put("/v1/adapters/traced", content=adapter_file(tiny_bb, "traced"),
+                        headers={**admin(), "X-Request-ID": "upload-77"})
+        assert r.status_code == 201, r.text
+    [line] = [json.loads(ln) for ln in log_lines("json") if ln.startswith("{") and "'traced' stored" in ln]
+    assert line["request_id"] == "upload-77"
+
+
+async def test_a_failed_batch_s_traceback_names_its_requests(tmp_path, tiny_bb, log_lines):
+    """The engine runs on its own threads, for rows of several requests at once: the line that
+    logs a failed batch names each request whose rows it held."""
+    async with running(tmp_path, tiny_bb) as (app, c):
+        r = await c.put("/v1/adapters/t", content=adapter_file(tiny_bb, "t"), headers=admin())
+        assert r.status_code == 201, r.text
+
+        def broken(rows):
+            raise RuntimeError("the engine broke")
+        app.state.runtime.worker.engine.predict = broken
+        r = await c.post("/v1/classify", json={"inputs": "fine", "task": "t"}, headers={"X-Request-ID": "batch-9"})
+        assert r.status_code == 500 and r.json()["error"]["type"] == "engine_error", r.text
+    [line] = [json.loads(ln) for ln in log_lines("json") if ln.startswith("{") and "rows failed" in ln]
+    assert "(request batch-9)" in line["message"] and "the engine broke" in line["exc_info"]

@@ -3,6 +3,7 @@ dropped rows, failures that stay local, and 200 concurrent mixed-task requests."
 import asyncio
 import gc
 import json
+import logging
 import random
 import time
 
@@ -217,7 +218,8 @@ async def test_request_timeout_is_504_and_its_queued_rows_are_dropped(tmp_path, 
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 
-async def test_a_client_that_disconnects_frees_its_rows(tmp_path, tiny_bb):
+async def test_a_client_that_disconnects_frees_its_rows(tmp_path, tiny_bb, caplog):
+    caplog.set_level(logging.INFO, logger="lpt_server")
     engine = HookedEngine(Engine(tiny_bb, 0), before=lambda rows: time.sleep(0.3))
     async with running(tmp_path, tiny_bb, engine_factory=lambda s: engine, max_batch_rows=1,
                        max_wait_ms=0) as (app, c):
@@ -254,6 +256,8 @@ async def test_a_client_that_disconnects_frees_its_rows(tmp_path, tiny_bb):
         await call
         assert len(rt.batcher) == 0                              # freed at once
         assert sent[0]["status"] == 499
+        # no answer goes out, so no access line: the server says it (the id is on the line)
+        assert sum("client disconnected before its answer" in r.getMessage() for r in caplog.records) == 1
         assert (await first).status_code == 200
         await asyncio.sleep(0.1)
         assert [row.text for batch in engine.batches for row in batch] == ["first"]

@@ -281,3 +281,26 @@ async def test_a_training_job_whose_adapter_the_store_would_refuse_is_a_400(tmp_
                          data={"task": "t", "prompt_length": "256", "bottleneck": "4096"}, headers=admin())
         assert r.status_code == 400 and "over the server's limit" in r.text, r.text
         assert (await c.get("/v1/train", headers=admin())).json()["jobs"] == []
+
+
+@pytest.mark.asyncio
+async def test_every_classify_request_is_counted_whichever_stage_refuses_it(tmp_path, tiny_bb):
+    """A refused key and a body refused before any task is known were never counted: the error
+    ratio could not see them."""
+    async with running(tmp_path, tiny_bb, api_key="k", max_inputs=2, max_body_bytes=2000) as (app, c):
+        auth = {"Authorization": "Bearer k"}
+        asks = [({"Authorization": "Bearer wrong"}, b'{"inputs": "x", "task": "sent"}', 401),
+                (auth, b'{"inputs": ', 400),
+                (auth, b'{"inputs": ["a", "b", "c"], "task": "sent"}', 413),
+                (auth, b'{"inputs": "' + b"x" * 3000 + b'", "task": "sent"}', 413),
+                (auth, b'{"inputs": "a", "task": "sent", "tasks": ["sent"]}', 422)]
+        for headers, body, status in asks:
+            r = await c.post("/v1/classify", content=body, headers={**headers, "Content-Type": "application/json"})
+            assert r.status_code == status, (body[:40], r.text)
+        r = await c.post("/v1/tasks/sent/classify", content=b"{", headers={**auth, "Content-Type": "application/json"})
+        assert r.status_code == 400, r.text
+        text = (await c.get("/metrics")).text
+    counted = {s: float(v) for s, v in re.findall(r'^lpt_request_duration_seconds_count\{status="(\d+)"\} (\S+)', text, re.M)}
+    assert counted == {"401": 1.0, "400": 2.0, "413": 2.0, "422": 1.0}, counted
+    assert 'lpt_requests_total{status="400",task="-"} 2.0' in text
+    assert "lpt_requests_in_flight 0.0" in text

@@ -9,11 +9,12 @@ once per input whatever the number of tasks.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, Callable
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 
 from lpt import Row
@@ -27,7 +28,9 @@ from ..schemas import ClassifyRequest, ClassifyResponse, ErrorResponse, TaskClas
 from ..store import NAME_RE, InvalidName, shown
 from ..texts import EncodedInputs, encode_inputs
 
-router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[Depends(require_api_key)])
+# no router-wide key check: classify() checks the key itself, so that a refused key is counted too
+router = APIRouter(prefix="/v1", tags=["inference"])
+log = logging.getLogger("lpt_server.classify")
 
 ERRORS = {c: {"model": ErrorResponse} for c in (400, 401, 404, 408, 413, 415, 422, 429, 503, 504)}
 
@@ -186,12 +189,20 @@ async def answer(job: Job, items: list[Item], raw_scores: bool) -> JSONResponse:
     return respond(*args)
 
 
-async def classify(request: Request, inputs, tasks: list[str], raw_scores: bool) -> JSONResponse:
+# a parsed body -> (inputs, task names, raw_scores)
+Unpack = Callable[[Any], tuple[Any, list[str], bool]]
+
+
+async def classify(request: Request, model: type, unpack: Unpack) -> JSONResponse:
+    """The whole request, counted in the metrics whichever stage answers it: the key check
+    (401), the body (400, 408, 413, 415, 422), then the stages above."""
     rt = started(request)
     t0 = time.perf_counter()
     status, known_tasks = 500, []
     rt.metrics.in_flight.inc()
     try:
+        await require_api_key(request)
+        inputs, tasks, raw_scores = unpack(await _body(request, model))
         parsed = await parse(rt, inputs, tasks)
         known_tasks = parsed.tasks
         rt.batcher.admit(parsed.rows)       # QueueFull (429) before tokenizing: rechecked at submit
@@ -205,6 +216,8 @@ async def classify(request: Request, inputs, tasks: list[str], raw_scores: bool)
         raise
     except Exception as e:
         status = status_of(e)
+        if isinstance(e, ClientClosed):     # no answer is sent, so no access line: say it here
+            log.info("the client disconnected before its answer (%.0f ms in)", (time.perf_counter() - t0) * 1000)
         raise
     finally:
         rt.metrics.in_flight.dec()
@@ -226,8 +239,7 @@ async def _body(request: Request, model):
              openapi_extra=json_body_schema(ClassifyRequest), summary="Classify inputs with one or more tasks")
 async def classify_route(request: Request):
     """One list per input, one item per task. Each (input, task) is one row of a mixed batch."""
-    body = await _body(request, ClassifyRequest)
-    return await classify(request, body.inputs, body.task_names(), body.raw_scores)
+    return await classify(request, ClassifyRequest, lambda body: (body.inputs, body.task_names(), body.raw_scores))
 
 
 # the example names a demo adapter, so that "Try it out" on a fresh server answers
@@ -238,5 +250,4 @@ TaskName = Annotated[str, Path(description="the adapter to run", openapi_example
 @router.post("/tasks/{task}/classify", response_model=ClassifyResponse, responses=ERRORS,
              openapi_extra=json_body_schema(TaskClassifyRequest), summary="Classify inputs with the task named in the URL")
 async def task_classify_route(task: TaskName, request: Request):
-    body = await _body(request, TaskClassifyRequest)
-    return await classify(request, body.inputs, [task], body.raw_scores)
+    return await classify(request, TaskClassifyRequest, lambda body: (body.inputs, [task], body.raw_scores))
