@@ -312,6 +312,8 @@ class Trainer:
                 log.warning("training job %s (task %r): %s", job.id, job.task, job.error)
                 if job.workdir.name.startswith(WORKDIR_PREFIX):      # its uploaded files
                     _remove(job.workdir)
+                if self.on_end is not None:       # the server it ran on never got to count its end
+                    self.on_end(job.state, None)
             jobs.append(job)
         with self._lock:
             self._jobs.update((j.id, j) for j in sorted(jobs, key=lambda j: j.created_at))

@@ -256,8 +256,9 @@ def test_a_journal_keeps_the_jobs_across_a_restart_and_fails_the_interrupted_one
     journal = tmp_path / "state" / "jobs.json"
     store = Store()
 
-    def trainer():
-        t = Trainer(command=[sys.executable, "-c", CHILD], env={}, queue_limit=4, commit=store.put, journal=journal)
+    def trainer(ended=None):
+        t = Trainer(command=[sys.executable, "-c", CHILD], env={}, queue_limit=4, commit=store.put, journal=journal,
+                    on_end=lambda state, seconds: ended.append((state, seconds)) if ended is not None else None)
         t.start()
         return t
 
@@ -276,7 +277,9 @@ def test_a_journal_keeps_the_jobs_across_a_restart_and_fails_the_interrupted_one
     first._closed = True
     first._stop_child(first._proc)
 
-    second = trainer()
+    ended = []
+    second = trainer(ended)
+    assert ended == [("failed", None)]                            # counted once, by the server that saw it
     try:
         again = second.get(done.id)
         assert again["state"] == "succeeded" and again["adapter"] == finished["adapter"]
@@ -288,9 +291,11 @@ def test_a_journal_keeps_the_jobs_across_a_restart_and_fails_the_interrupted_one
     finally:
         second.stop()
     assert store.puts == [("t", b"adapter bytes")]                # the interrupted job stored nothing
-    third = trainer()                                               # what the second one wrote
+    ended = []
+    third = trainer(ended)                                          # what the second one wrote
     try:
         assert third.get(running.id)["state"] == "failed" and third.get(done.id)["state"] == "succeeded"
+        assert ended == []                                          # not counted a second time
     finally:
         third.stop()
 
