@@ -18,12 +18,25 @@ KEY = {"Authorization": f"Bearer {ADMIN}"}
 CASES = 200
 
 
+def map_path_parameters(context, path_parameters):
+    """Send each generated path value as drawn. Schemathesis percent-decodes a path value before
+    encoding it (transport/serialization.py `quote_all`, "idempotent for already-escaped inputs"),
+    so the schema-valid job id "%0A" (three characters) went out as %0A, a newline, and the
+    control-character guard's 400 failed ST202. Escaping "%" makes that decode give back the value."""
+    if not path_parameters:         # None for an operation without path parameters
+        return path_parameters
+    return {name: value.replace("%", "%25") if isinstance(value, str) else value
+            for name, value in path_parameters.items()}
+
+
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory):
     with serving(tmp_path_factory.mktemp("fuzz") / "store", admin_key=ADMIN, api_key="reader") as (app, url, bb):
         for name in ("sentiment", "news-topic"):      # the tasks the schema's examples name
             httpx.put(f"{url}/v1/adapters/{name}", content=adapter_file(bb, name), headers=KEY).raise_for_status()
-        yield schemathesis.openapi.from_url(url + "/openapi.json")
+        loaded = schemathesis.openapi.from_url(url + "/openapi.json")
+        loaded.hook(map_path_parameters)
+        yield loaded
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")
