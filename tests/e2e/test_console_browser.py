@@ -411,3 +411,99 @@ def test_a_server_with_writes_disabled_says_so_without_asking_for_a_key(browser,
         finally:
             browser.execute_script("sessionStorage.clear()")
             browser.get(server.url + "/")
+
+
+def test_a_refused_key_can_be_fixed_from_the_keys_button_and_the_admin_key_alone_will_do(browser, server, tmp_path):
+    """The list of tasks stayed "loading..." after a refused key, the error stayed after the key
+    was fixed from the Keys button (nothing was loaded again), and the admin key alone did not
+    answer the API key prompt (the README says it works wherever the API key does)."""
+    with serving(tmp_path / "store", api_key="reader", admin_key="writer") as (app, url, bb):
+        assert httpx.put(f"{url}/v1/adapters/tiny-task", content=adapter_file(bb, "tiny-task"),
+                         headers={"Authorization": "Bearer writer"}).status_code == 201
+        try:
+            browser.get(url + "/")
+            wait(browser, lambda d: by_id(d, "key-dialog").is_displayed(), what="the key dialog")
+            by_id(browser, "key-cancel").click()                  # no key given: the 401 stays
+            wait(browser, lambda d: by_id(d, "try-error").text.startswith("401: "), what="the 401")
+            assert "could not be listed" in by_id(browser, "try-task-list").text
+            by_id(browser, "keys-button").click()
+            wait(browser, lambda d: by_id(d, "key-dialog").is_displayed(), what="the key dialog")
+            by_id(browser, "key-admin").send_keys("writer")         # only the admin key
+            by_id(browser, "key-save").click()
+            wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#try-task-list input[value=tiny-task]"),
+                 what="the task list, loaded again with the key")
+            assert by_id(browser, "try-error").text == ""
+            browser.execute_script("sessionStorage.clear()")
+            open_view(browser, "adapters")                         # a 401 again: the dialog asks for the API key
+            wait(browser, lambda d: by_id(d, "key-dialog").is_displayed(), what="the key dialog")
+            assert "API key" in by_id(browser, "key-message").text
+            by_id(browser, "key-admin").send_keys("writer")
+            by_id(browser, "key-save").click()                     # the admin key answers it: retried
+            wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#adapters-table tr[data-name="tiny-task"]'),
+                 what="the adapters, listed with the admin key")
+            assert by_id(browser, "adapters-error").text == ""
+        finally:
+            browser.execute_script("sessionStorage.clear()")
+            browser.get(server.url + "/")
+
+
+def test_a_training_job_the_server_no_longer_knows_is_shown_as_such(browser, server, tmp_path):
+    """A job shown running whose server restarted without a journal: its id is a 404 now. The
+    page kept showing it running (and a dropped connection ended the polling)."""
+    from lpt_server.train_jobs import TrainJob, UnknownJob
+
+    with serving(tmp_path / "store", admin_key="writer") as (app, url, bb):
+        job = TrainJob("tiny-task", [], tmp_path, tmp_path / "out.safetensors")
+        job.state, job.started_at = "running", time.time()
+
+        class Forgetful:      # lists the job, then (as after a restart) no longer knows it
+            def list(self):
+                return [job.view()]
+
+            def get(self, job_id):
+                raise UnknownJob(f"no training job {job_id!r}")
+        rt = app.state.runtime
+        real, rt.trainer = rt.trainer, Forgetful()
+        try:
+            browser.get(url + "/")
+            browser.execute_script("sessionStorage.setItem('lpt.adminKey', 'writer')")
+            open_view(browser, "train")
+            wait(browser, lambda d: by_id(d, "job-state").text == "unknown", what="the job shown as unknown")
+            assert f"no longer knows job {job.id}" in by_id(browser, "job-message").text
+            assert not by_id(browser, "job-cancel").is_displayed()
+        finally:
+            rt.trainer = real
+            browser.execute_script("sessionStorage.clear()")
+            browser.get(server.url + "/")
+
+
+def test_no_answer_from_the_server_is_worded_not_the_browsers_type_error(browser, server, tmp_path):
+    with serving(tmp_path / "store", admin_key="writer") as (app, url, bb):
+        assert httpx.put(f"{url}/v1/adapters/tiny-task", content=adapter_file(bb, "tiny-task"),
+                         headers={"Authorization": "Bearer writer"}).status_code == 201
+        browser.get(url + "/")
+        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#try-task-list input[value=tiny-task]"))
+    try:                                                           # the server is gone now
+        by_id(browser, "try-text").send_keys("a few words")
+        by_id(browser, "try-submit").click()
+        error = wait(browser, lambda d: by_id(d, "try-error").text, what="the message")
+        assert error.startswith("No answer from the server") and "TypeError" not in error, error
+        assert by_id(browser, "try-submit").is_enabled()
+    finally:
+        browser.get(server.url + "/")
+
+
+def test_a_phone_wide_page_does_not_scroll_sideways(browser, server):
+    """At 375 px the adapters table was 708 px wide: the page scrolled sideways and a phone zoomed
+    out. Wide tables scroll inside their own box now."""
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 375, "height": 800, "deviceScaleFactor": 1, "mobile": True})
+    try:
+        for view in ("try", "adapters", "train", "status"):
+            open_view(browser, view)
+            if view == "adapters":
+                wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#adapters-table tr[data-name]"))
+            width = browser.execute_script("return document.documentElement.scrollWidth")
+            assert width <= 376, (view, width)
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})

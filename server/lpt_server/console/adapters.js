@@ -2,13 +2,17 @@
 // (PUT /v1/adapters/{name}, the file as the body), delete after a confirmation.
 
 import { api } from "./api.js";
-import { $, bytes, confirmDialog, el, nameFromFile, showError } from "./ui.js";
+import { $, bytes, confirmDialog, el, errorLine, nameFromFile } from "./ui.js";
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 let chosen = null;                       // the File to upload
+let names = new Set();                   // the names listed last: an upload under one replaces it
+
+const report = errorLine($("adapters-error"));   // sources: "list", "action"
 
 function message(error, note) {
-  showError($("adapters-error"), error);
+  report("action", error);
+  if (!error) report(null, null);
   $("adapters-note").textContent = note || "";
 }
 
@@ -17,11 +21,13 @@ export async function load() {
   try {
     ({ adapters } = await api("v1/adapters"));
   } catch (e) {
-    return message(e);
+    return report("list", e);
   }
+  report("list", null);                    // an earlier failure to list is over, not an upload's
+  names = new Set(adapters.map((a) => a.name));
   const rows = adapters.map((a) => el("tr", { "data-name": a.name },
-    el("th", { scope: "row" }, a.name),
-    el("td", {}, a.labels.join(", ")),
+    el("th", { scope: "row" }, el("span", { class: "long" }, a.name)),
+    el("td", {}, el("span", { class: "long" }, a.labels.join(", "))),
     el("td", { class: "num" }, a.layer),
     el("td", { class: "num" }, a.prompt_length),
     el("td", { class: "num" }, bytes(a.size_bytes)),
@@ -42,6 +48,7 @@ async function remove(name) {
     message(e);
   }
   await load();
+  $("adapters-refresh").focus();          // the row and its button are gone: not back to the page's top
 }
 
 function choose(file) {
@@ -57,6 +64,8 @@ async function upload(event) {
   const name = $("upload-name").value.trim();
   if (!chosen) return message("Choose an adapter file first.");
   if (!NAME.test(name)) return message("Give the adapter a name: letters, digits, '.', '_' or '-', up to 64 characters.");
+  if (names.has(name) && !(await confirmDialog(`Replace the adapter "${name}" with ${chosen.name}? Requests for it `
+                                               + "will be answered by the new version.", "Replace"))) return;
   $("upload-submit").disabled = true;
   try {
     // no status here (api() returns the body): the list below shows the new version
@@ -85,5 +94,13 @@ export function init() {
     e.preventDefault();
     zone.classList.remove("over");
     choose(e.dataTransfer.files[0]);
+  });
+  // a file dropped anywhere else on the Adapters view is chosen too; elsewhere on the page the
+  // browser would open it and leave the console
+  window.addEventListener("dragover", (e) => e.preventDefault());
+  window.addEventListener("drop", (e) => {
+    if (e.defaultPrevented) return;         // the drop zone took it
+    e.preventDefault();
+    if (!$("view-adapters").hidden && e.dataTransfer.files[0]) choose(e.dataTransfer.files[0]);
   });
 }

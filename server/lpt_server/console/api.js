@@ -24,7 +24,17 @@ export class ApiError extends Error {
     this.type = type;
   }
   toString() {
-    return `${this.status}: ${this.message}`;
+    return this.status ? `${this.status}: ${this.message}` : this.message;
+  }
+}
+
+/** fetch(), with "no answer" (a restart, a dropped connection) as an ApiError of status 0 in
+ * words a user can act on, not the browser's "TypeError: Failed to fetch". */
+async function reach(path, init) {
+  try {
+    return await fetch(path, init);
+  } catch (_) {
+    throw new ApiError(0, "network", "No answer from the server: it may be restarting, or the network is down. Try again in a moment.");
   }
 }
 
@@ -59,7 +69,7 @@ export async function api(path, options = {}) {
       headers["Content-Type"] = "application/json";
       body = JSON.stringify(json);
     }
-    const response = await fetch(path, { method, headers, body });
+    const response = await reach(path, { method, headers, body });
     if (response.ok) return response.status === 204 ? null : response.json();
     const error = await errorOf(response);
     // 401: no key or a wrong API key; 403: a wrong admin key, unless the server has writes
@@ -72,7 +82,7 @@ export async function api(path, options = {}) {
 
 /** The body of a plain-text endpoint (/metrics), with the same error handling. */
 export async function text(path) {
-  const response = await fetch(path);
+  const response = await reach(path);
   if (!response.ok) throw await errorOf(response);
   return response.text();
 }

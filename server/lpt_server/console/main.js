@@ -8,12 +8,14 @@ import * as tryView from "./try.js";
 import { $, keyDialog, tabs } from "./ui.js";
 
 onKeyNeeded((kind, message) => keyDialog(kind, message));
-$("keys-button").addEventListener("click", () => keyDialog());
 
 tryView.init();
 adapters.init();
 
+let current = null;
+
 function onShow(view) {
+  current = view;
   status.live(view === "status");
   if (view === "try") tryView.loadTasks();
   else if (view === "adapters") adapters.load();
@@ -21,6 +23,13 @@ function onShow(view) {
 }
 
 const show = tabs(onShow);
+
+// keys saved (or forgotten) from the Keys button: load the open view again with them, so that
+// what a missing or wrong key refused is shown without switching tabs
+$("keys-button").addEventListener("click", async () => {
+  await keyDialog();
+  onShow(current);
+});
 
 train.init(async (task) => {
   show("try");

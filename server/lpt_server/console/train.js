@@ -4,35 +4,37 @@
 import { api } from "./api.js";
 import { drawChart } from "./chart.js";
 import { readColumns } from "./columns.js";
-import { $, el, nameFromFile, showError } from "./ui.js";
+import { $, confirmDialog, el, errorLine, nameFromFile } from "./ui.js";
 
 const POLL_MS = 1000;
 const ENDED = new Set(["succeeded", "failed", "cancelled"]);
 let following = null;                   // the id of the job shown
 let timer = null;
 let tryTask = () => {};
+const report = errorLine($("train-error"));   // sources: "list", "poll", "action"
 
-function fillSelect(select, columns, preferred, optional) {
+function fillSelect(select, columns, preferred, optional, avoid = null) {
   const old = select.value;
   select.replaceChildren(...(optional ? [el("option", { value: "" }, "(none)")] : []),
     ...columns.map((c) => el("option", { value: c }, c)));
   const pick = [old, ...preferred].find((c) => columns.includes(c));
-  select.value = pick ?? (optional ? "" : columns[0] ?? "");
+  // no known name: the first column, or for a second choice the first one not taken already
+  select.value = pick ?? (optional ? "" : columns.find((c) => c !== avoid) ?? columns[0] ?? "");
 }
 
 async function onData() {
   const file = $("train-data").files[0];
-  showError($("train-error"), null);
+  report(null, null);
   $("train-columns-note").textContent = "";
   if (!file) return;
   let format, columns;
   try {
     ({ format, columns } = await readColumns(file));
   } catch (e) {
-    return showError($("train-error"), `${file.name}: ${e.message}`);
+    return report("action", `${file.name}: ${e.message}`);
   }
   fillSelect($("train-text"), columns, ["text", "sentence", "sentence1", "question", "content"], false);
-  fillSelect($("train-label"), columns, ["label", "labels", "category", "class", "target"], false);
+  fillSelect($("train-label"), columns, ["label", "labels", "category", "class", "target"], false, $("train-text").value);
   fillSelect($("train-pair"), columns, ["text_pair", "sentence2"], true);
   nameFromFile($("train-task"), file.name);
   $("train-columns-note").textContent = `${file.name}: ${format.toUpperCase()}, columns ${columns.join(", ")}`;
@@ -57,15 +59,15 @@ function formData() {
 
 async function start(event) {
   event.preventDefault();
-  showError($("train-error"), null);
+  report(null, null);
   let form;
-  try { form = formData(); } catch (e) { return showError($("train-error"), e.message); }
+  try { form = formData(); } catch (e) { return report("action", e.message); }
   $("train-submit").disabled = true;
   try {
     const job = await api("v1/train", { method: "POST", body: form, admin: true });
     follow(job);
   } catch (e) {
-    showError($("train-error"), e);
+    report("action", e);
   } finally {
     $("train-submit").disabled = false;
   }
@@ -101,7 +103,7 @@ function render(job) {
   drawChart($("train-chart"), job.history || [], p.steps);
   const metrics = job.metrics || {};
   $("job-metrics").textContent = [metricText("dev", metrics.dev), metricText("test", metrics.test)].filter(Boolean).join("; ");
-  $("job-message").textContent = job.error ? `Failed: ${job.error}` : "";
+  $("job-message").textContent = !job.error ? "" : job.state === "cancelled" ? `Cancelled: ${job.error}` : `Failed: ${job.error}`;
   $("job-cancel").hidden = ENDED.has(job.state);
   const tryButton = $("job-try");
   tryButton.hidden = !(job.state === "succeeded" && job.adapter);
@@ -120,18 +122,37 @@ async function poll() {
   const id = following;
   try {
     const job = await api(`v1/train/${encodeURIComponent(id)}`, { admin: true, ask: false });
-    if (id === following) follow(job);
+    if (id !== following) return;
+    report("poll", null);                   // the server answers again
+    follow(job);
   } catch (e) {
-    showError($("train-error"), e);
-    if (id === following && e.status >= 500) timer = setTimeout(poll, 3 * POLL_MS);   // a restart: try again
+    if (id !== following) return;
+    if (e.status === 404) return lost(id);
+    report("poll", e);
+    // no answer (0: a restart, the network) or a 5xx: try again; a 4xx will not change by itself
+    if (e.status === 0 || e.status >= 500) timer = setTimeout(poll, 3 * POLL_MS);
   }
 }
 
+/** The server no longer knows the job shown: it restarted without a journal, or another replica answered. */
+function lost(id) {
+  clearTimeout(timer);
+  const state = $("job-state");
+  state.textContent = "unknown";
+  state.dataset.state = "lost";
+  $("job-message").textContent = `The server no longer knows job ${id}: it restarted without LPT_TRAIN_JOURNAL `
+    + "(a job that was running is lost), or another replica answered. Its adapter, if it was stored, is in the Adapters list.";
+  $("job-cancel").hidden = true;
+  $("job-try").hidden = true;
+}
+
 async function cancel() {
+  if (!(await confirmDialog(`Cancel training job ${following}? A running job stops at its next step; nothing is stored.`,
+                            "Cancel the job"))) return;
   try {
     follow(await api(`v1/train/${encodeURIComponent(following)}`, { method: "DELETE", admin: true }));
   } catch (e) {
-    showError($("train-error"), e);
+    report("action", e);
   }
 }
 
@@ -141,8 +162,9 @@ export async function loadJobs() {
     ({ jobs } = await api("v1/train", { admin: true, ask: false }));
   } catch (e) {
     // no admin key yet (401: the key is asked for on Start), or writes disabled (403): the server's words
-    return showError($("train-error"), e);
+    return report("list", e);
   }
+  report("list", null);                   // an earlier failure to list is over
   const rows = jobs.map((j) => el("tr", { "data-job": j.id },
     el("th", { scope: "row" }, el("code", {}, j.id)), el("td", {}, j.task), el("td", {}, j.state),
     el("td", {}, when(j.created_at)),
@@ -152,6 +174,9 @@ export async function loadJobs() {
   const shown = jobs.find((j) => j.id === following);
   if (!following && jobs.length && !ENDED.has(jobs[0].state)) follow(jobs[0]);   // one running: show it
   else if (shown && ENDED.has(shown.state)) render(shown);
+  else if (following && !shown && !ENDED.has($("job-state").dataset.state) && $("job-state").dataset.state !== "lost") {
+    poll();                                 // a job shown running that the server no longer lists: poll says what
+  }
 }
 
 export function init(onTry) {

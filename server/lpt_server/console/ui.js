@@ -25,10 +25,27 @@ export function showError(node, error) {
   node.textContent = error ? String(error) : "";
 }
 
+/** An error line that several sources write: `report(source, error)` shows an error; with null,
+ * it clears the line only if that source wrote it (source null: whatever is shown). So a listing
+ * that works again clears its own earlier failure, not the message of a refused upload. */
+export function errorLine(node) {
+  let from = null;
+  return (source, error) => {
+    if (error) {
+      showError(node, error);
+      from = source;
+    } else if (source === null || from === source) {
+      showError(node, null);
+      from = null;
+    }
+  };
+}
+
 /** A name field filled from a file's name: `Reviews 2024.csv` -> `Reviews-2024`, a valid adapter name.
  * A name the user typed is kept; one filled from the previous file is replaced. */
 export function nameFromFile(input, fileName) {
-  const stem = fileName.replace(/\.[^.]+$/, "").replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[._-]+/, "").slice(0, 64);
+  const stem = fileName.replace(/\.[^.]+$/, "").replace(/[^A-Za-z0-9._-]+/g, "-").replace(/^[._-]+/, "")
+    .slice(0, 64).replace(/[-_.]+$/, "");
   if (!input.value || input.value === input.dataset.filled) {
     input.value = stem;
     input.dataset.filled = stem;
@@ -65,7 +82,8 @@ export function keyDialog(kind = null, message = "") {
       if (dialog.returnValue === "save") {
         setKey("api", $("key-api").value.trim());
         setKey("admin", $("key-admin").value.trim());
-        resolve(Boolean(getKey(kind || "admin") || getKey("api")));
+        // the admin key works wherever the API key does: either answers an API key prompt
+        resolve(Boolean(kind === "admin" ? getKey("admin") : getKey("api") || getKey("admin")));
       } else {
         if (dialog.returnValue === "forget") { setKey("api", ""); setKey("admin", ""); }
         resolve(false);
