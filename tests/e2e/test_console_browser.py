@@ -222,6 +222,18 @@ def test_delete_asks_first_and_keeping_it_changes_nothing(server, browser):
     assert by_id(browser, "adapters-note").text == "Deleted news-topic."
 
 
+def test_an_upload_under_a_name_in_use_asks_before_replacing_it(server, browser):
+    before = api(server, "GET", "/v1/adapters/sentiment").json()["version"]
+    open_view(browser, "adapters")
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#adapters-table tr[data-name="sentiment"]'))
+    upload(browser, DEMO / "news-topic.safetensors", "sentiment")
+    wait(browser, lambda d: by_id(d, "confirm-dialog").is_displayed(), what="the confirmation")
+    assert "Replace the adapter \"sentiment\"" in by_id(browser, "confirm-text").text
+    by_id(browser, "confirm-no").click()
+    time.sleep(0.3)
+    assert api(server, "GET", "/v1/adapters/sentiment").json()["version"] == before      # kept
+
+
 def test_the_train_form_reads_the_columns_of_a_csv_in_the_browser(browser, tmp_path):
     data = tmp_path / "reviews.csv"
     data.write_text('id,"review, full text",premise,stars\n1,"good, really",x,pos\n')
@@ -232,6 +244,14 @@ def test_the_train_form_reads_the_columns_of_a_csv_in_the_browser(browser, tmp_p
     assert options == ["id", "review, full text", "premise", "stars"]
     assert [o.text for o in Select(by_id(browser, "train-pair")).options] == ["(none)", *options]
     assert by_id(browser, "train-task").get_attribute("value") == "reviews"
+    # no column with a known name: text and label are two different columns, never the same one
+    odd = tmp_path / "good copy (2).csv"
+    odd.write_text("sentence_a,mood\nfine,pos\n")
+    by_id(browser, "train-data").send_keys(str(odd))
+    wait(browser, lambda d: "good copy" in by_id(d, "train-columns-note").text, what="the columns")
+    assert (Select(by_id(browser, "train-text")).first_selected_option.text,
+            Select(by_id(browser, "train-label")).first_selected_option.text) == ("sentence_a", "mood")
+    assert by_id(browser, "train-task").get_attribute("value") == "good-copy-2"     # no trailing '-'
 
 
 MOOD = [("I loved it", "positive"), ("what a great day", "positive"), ("wonderful film", "positive"),
@@ -507,3 +527,23 @@ def test_a_phone_wide_page_does_not_scroll_sideways(browser, server):
             assert width <= 376, (view, width)
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_many_tasks_get_a_filter_that_keeps_the_checked_ones(browser, server, tmp_path):
+    with serving(tmp_path / "store", admin_key="writer") as (app, url, bb):
+        names = [f"topic-{i:02d}" for i in range(12)] + ["sentiment-x"]
+        for name in names:
+            assert httpx.put(f"{url}/v1/adapters/{name}", content=adapter_file(bb, name),
+                             headers={"Authorization": "Bearer writer"}).status_code == 201
+        try:
+            browser.get(url + "/")
+            wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#try-task-list input")) == 13)
+            browser.find_element(By.CSS_SELECTOR, "#try-task-list input[value=topic-05]").click()   # checked
+            box = by_id(browser, "try-filter")
+            assert box.is_displayed()
+            box.send_keys("senti")
+            shown = [s.find_element(By.TAG_NAME, "input").get_attribute("value")
+                     for s in browser.find_elements(By.CSS_SELECTOR, "#try-task-list .check") if s.is_displayed()]
+            assert shown == ["sentiment-x", "topic-05"], shown     # the match, and a checked task kept in view
+        finally:
+            browser.get(server.url + "/")
