@@ -545,5 +545,15 @@ def test_many_tasks_get_a_filter_that_keeps_the_checked_ones(browser, server, tm
             shown = [s.find_element(By.TAG_NAME, "input").get_attribute("value")
                      for s in browser.find_elements(By.CSS_SELECTOR, "#try-task-list .check") if s.is_displayed()]
             assert shown == ["sentiment-x", "topic-05"], shown     # the match, and a checked task kept in view
+            # on a short screen the answer comes into view (it is below the form and the list)
+            browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                    {"width": 800, "height": 420, "deviceScaleFactor": 1, "mobile": False})
+            by_id(browser, "try-text").send_keys("a few words")
+            by_id(browser, "try-submit").click()
+            card = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".result"), what="the answer")[0]
+            top, bottom = browser.execute_script("const r = arguments[0].getBoundingClientRect(); "
+                                                 "return [r.top, r.bottom];", card)
+            assert 0 <= top < 420 and bottom > 0, (top, bottom)
         finally:
+            browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
             browser.get(server.url + "/")

@@ -72,6 +72,7 @@ function render(answers, truncated) {
       labels.map((l) => scoreRow(l, scores[l] ?? 0, l === a.label))));
   }
   if (truncated) out.append(el("p", { class: "hint" }, "The text was cut to the server's token limit."));
+  out.scrollIntoView({ block: "nearest" });          // below a long task list, out of sight otherwise
 }
 
 async function classify(event) {
