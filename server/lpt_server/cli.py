@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import signal
 import sys
 import typing
@@ -56,9 +57,17 @@ def settings_from_args(argv: Sequence[str]) -> Settings:
 
 
 def drain_seconds(settings: Settings) -> int:
-    """How long a SIGTERM'd server lets in-flight requests finish: the request timeout and 5 s
-    (k8s/base/deployment.yaml's grace period covers it; a test checks)."""
+    """How long a SIGTERM'd server lets in-flight requests finish: the request timeout and 5 s."""
     return int(settings.request_timeout_s) + 5
+
+
+def stop_seconds(settings: Settings) -> int:
+    """The most a SIGTERM'd server takes to exit: the drain, then a training job's child
+    stopping (killed past CANCEL_GRACE_S). The grace periods of k8s/base/deployment.yaml and
+    docker/compose.yaml cover it (tests check)."""
+    from .train_jobs import CANCEL_GRACE_S
+
+    return drain_seconds(settings) + math.ceil(CANCEL_GRACE_S)
 
 
 def serve(argv: Sequence[str]) -> int:

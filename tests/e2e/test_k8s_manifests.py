@@ -90,8 +90,20 @@ def test_renders_and_validates_strictly(overlay):
 
 
 def test_the_base_holds_a_deployment_service_pdb_and_hpa():
-    kinds = sorted(d["kind"] for d in rendered(K8S / "base"))
-    assert kinds == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"]
+    docs = rendered(K8S / "base")
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service", "Service"]
+
+
+def test_training_has_a_service_that_keeps_each_client_on_one_pod():
+    """A job lives in the pod that took it: through a spreading Service its polls reached other
+    pods and answered 404."""
+    docs = rendered(K8S / "base")
+    services = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "Service"}
+    pods = one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    train = services["lpt-serve-train"]
+    assert train["sessionAffinity"] == "ClientIP" and train["selector"] == pods
+    assert services["lpt-serve"].get("sessionAffinity", "None") == "None"     # classify stays spread
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -111,8 +123,8 @@ def test_probes_and_port_are_the_apps(overlay):
         assert probe["port"] in (ports["http"], "http"), f"{name} probes another port"
     assert probes["readinessProbe"]["path"] == "/ready", "readiness must be the probe that says 503 while draining"
     assert probes["livenessProbe"]["path"] == "/health", "liveness must not fail while a replica drains"
-    svc = one(docs, "Service")
-    assert svc["spec"]["ports"][0]["targetPort"] in ("http", ports["http"])
+    for svc in (d for d in docs if d["kind"] == "Service"):
+        assert svc["spec"]["ports"][0]["targetPort"] in ("http", ports["http"]), svc["metadata"]["name"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -148,7 +160,7 @@ def test_store_and_keys_come_from_secrets(overlay):
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_pod_is_locked_down_and_drains_in_its_grace_period(overlay):
-    from lpt_server.cli import drain_seconds
+    from lpt_server.cli import stop_seconds
     from lpt_server.settings import Settings
 
     docs = rendered(K8S / "overlays" / overlay)
@@ -165,8 +177,8 @@ def test_pod_is_locked_down_and_drains_in_its_grace_period(overlay):
     env = settings_env(docs)
     timeout = Settings(request_timeout_s=float(env["LPT_REQUEST_TIMEOUT_S"]))
     pre_stop = float(c["lifecycle"]["preStop"]["exec"]["command"][1])
-    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain_seconds(timeout), \
-        "the grace period ends before the server's drain does"
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + stop_seconds(timeout), \
+        "the grace period ends before the server's drain and a training job's stop do"
     assert "memory" in c["resources"]["limits"] and "cpu" in c["resources"]["requests"]
 
 
