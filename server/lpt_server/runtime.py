@@ -217,9 +217,10 @@ class Runtime:
             except StoreUnavailable:
                 log.warning("adapter store sweep still running after %g s", seconds)
 
-    async def store_io(self, fn: Callable[..., Any], *args) -> Any:
-        """fn(*args) on the store's threads; StoreUnavailable (503) past the request deadline."""
-        return await self.store_calls.run(fn, *args, timeout_s=self.settings.request_timeout_s)
+    async def store_io(self, fn: Callable[..., Any], *args, timeout_s: float | None = None) -> Any:
+        """fn(*args) on the store's threads; StoreUnavailable (503) past `timeout_s` (what is left
+        of the request's LPT_REQUEST_TIMEOUT_S; all of it by default)."""
+        return await self.store_calls.run(fn, *args, timeout_s=timeout_s or self.settings.request_timeout_s)
 
     async def _watch(self, seconds: float) -> None:
         """Report, once, that the engine worker or the batcher died (readiness says which)."""

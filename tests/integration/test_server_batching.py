@@ -348,3 +348,22 @@ async def test_200_concurrent_requests_over_8_tasks_equal_each_request_alone(tmp
     single_task = _bucket(metrics, "lpt_batch_tasks", "1.0")
     assert batches - single_task >= 1, "no batch mixed tasks"
     assert _bucket(metrics, "lpt_batch_rows", "1.0") < batches     # and batches did form
+
+
+async def test_one_deadline_covers_the_whole_request(tmp_path, tiny_bb):
+    """A slow adapter load and a slow batch each within LPT_REQUEST_TIMEOUT_S, but not together:
+    the request answers 504 at its deadline (each wait had the whole timeout, so 1.4 s here, and
+    up to twice the timeout: past a load balancer's own wait)."""
+    engine = HookedEngine(Engine(tiny_bb, 0), before=lambda rows: time.sleep(0.7))
+    async with running(tmp_path, tiny_bb, engine_factory=lambda s: engine, request_timeout_s=1.0,
+                       max_wait_ms=0, max_resident_adapters=1) as (app, c):
+        await upload(c, "sent", adapter_file(tiny_bb, "sent"))
+        await upload(c, "other", adapter_file(tiny_bb, "other"))             # "sent" leaves memory
+        registry = app.state.runtime.registry
+        read = registry.store.read
+        registry.store.read = lambda name, version: (time.sleep(0.7), read(name, version))[1]   # a slow store
+        t0 = time.perf_counter()
+        r = await c.post("/v1/classify", json={"inputs": "fine", "task": "sent"})
+        took = time.perf_counter() - t0
+    assert r.status_code == 504 and r.json()["error"]["type"] == "timeout", r.text
+    assert took < 1.3, took

@@ -69,14 +69,14 @@ def _normalize(inputs) -> list[tuple[str, str | None]]:
     return out
 
 
-async def _resolve(rt: Runtime, name: str):
+async def _resolve(rt: Runtime, name: str, deadline: float):
     module = rt.registry.lookup(name)          # resident and fresh: no I/O
-    if module is None:
-        module = await rt.store_io(rt.registry.get, name)   # pointer check or load: on the store's threads
+    if module is None:                         # pointer check or load: on the store's threads
+        module = await rt.store_io(rt.registry.get, name, timeout_s=max(deadline - time.monotonic(), 0.001))
     return module
 
 
-async def parse(rt: Runtime, inputs, tasks: list[str]) -> Parsed:
+async def parse(rt: Runtime, inputs, tasks: list[str], deadline: float) -> Parsed:
     pairs = _normalize(inputs)     # at most LPT_MAX_INPUTS: the schema's bound (schemas.py)
     if (rows := len(pairs) * len(tasks)) > rt.settings.queue_limit:
         raise PayloadTooLarge(f"{len(pairs)} inputs x {len(tasks)} tasks = {rows} rows, "
@@ -84,7 +84,7 @@ async def parse(rt: Runtime, inputs, tasks: list[str]) -> Parsed:
     adapters = []
     for name in tasks:
         try:
-            adapters.append(await _resolve(rt, name))
+            adapters.append(await _resolve(rt, name, deadline))
         except InvalidName:
             raise NotFound(f"unknown task {shown(name)}: not a valid adapter name") from None
     return Parsed(tasks, adapters, pairs)
@@ -113,14 +113,14 @@ def _retrieve(future: asyncio.Future) -> None:
         future.exception()
 
 
-async def schedule(rt: Runtime, request: Request, job: Job) -> list[Item]:
+async def schedule(rt: Runtime, request: Request, job: Job, deadline: float) -> list[Item]:
     rows = [(Row(adapter, text, pair, enc), len(enc.input_ids))
             for (text, pair), encs in zip(job.inputs, job.encoded.rows) for adapter, enc in zip(job.adapters, encs)]
     items = rt.batcher.submit(rows)               # QueueFull -> 429, closed -> 503
     answers = asyncio.ensure_future(asyncio.gather(*(it.future for it in items)))
     gone = asyncio.ensure_future(_disconnected(request))
     try:
-        done, _ = await asyncio.wait({answers, gone}, timeout=rt.settings.request_timeout_s,
+        done, _ = await asyncio.wait({answers, gone}, timeout=max(deadline - time.monotonic(), 0.001),
                                      return_when=asyncio.FIRST_COMPLETED)
         if answers in done:
             if answers.cancelled():               # a row was dropped under us (shutdown)
@@ -198,16 +198,17 @@ async def classify(request: Request, model: type, unpack: Unpack) -> JSONRespons
     (401), the body (400, 408, 413, 415, 422), then the stages above."""
     rt = started(request)
     t0 = time.perf_counter()
+    deadline = time.monotonic() + rt.settings.request_timeout_s    # one for the whole request
     status, known_tasks = 500, []
     rt.metrics.in_flight.inc()
     try:
         await require_api_key(request)
         inputs, tasks, raw_scores = unpack(await _body(request, model))
-        parsed = await parse(rt, inputs, tasks)
+        parsed = await parse(rt, inputs, tasks, deadline)
         known_tasks = parsed.tasks
         rt.batcher.admit(parsed.rows)       # QueueFull (429) before tokenizing: rechecked at submit
         job = await encode(rt, parsed)
-        items = await schedule(rt, request, job)
+        items = await schedule(rt, request, job, deadline)
         response = await answer(job, items, raw_scores)
         status = 200
         return response
