@@ -123,6 +123,8 @@ def test_probes_and_port_are_the_apps(overlay):
         assert probe["port"] in (ports["http"], "http"), f"{name} probes another port"
     assert probes["readinessProbe"]["path"] == "/ready", "readiness must be the probe that says 503 while draining"
     assert probes["livenessProbe"]["path"] == "/health", "liveness must not fail while a replica drains"
+    # torch's threads = the cores asked for (else one per core of the node, which the pod does not get)
+    assert env.get("LPT_THREADS") == str(c["resources"]["requests"]["cpu"]), env.get("LPT_THREADS")
     # the default 1 s is tight for a probe sharing two busy cores with the model
     assert all(c[k].get("timeoutSeconds", 1) >= 3 for k in probes), {k: c[k].get("timeoutSeconds") for k in probes}
     for svc in (d for d in docs if d["kind"] == "Service"):
