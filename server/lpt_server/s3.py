@@ -15,8 +15,8 @@ is set, virtual-hosted (https://BUCKET.s3.REGION.amazonaws.com/KEY) on AWS itsel
 within its timeout, retries and the whole answer included (httpx's timeouts bound each wait for
 a byte, so a server that trickles its answer, or answers slowly after a refused first try, held
 a call for several timeouts). A failed connection, a timeout or a 5xx raises Unreachable (a read
-is tried up to three times first, while time is left); any other unexpected answer S3Error. The client is
-synchronous: callers run it in a thread, never on an event loop.
+is tried up to three times first, while time is left); any other unexpected answer S3Error.
+The client is synchronous: callers run it in a thread, never on an event loop.
 """
 from __future__ import annotations
 

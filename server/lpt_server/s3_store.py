@@ -24,8 +24,9 @@ silently): it refuses to start otherwise. Deletes touch only keys of the store's
 
 Failures. A connection error, timeout or 5xx raises StoreUnavailable (-> 503) and marks the store
 down (health()); the next call that gets through (the server pings every second while down)
-marks it up again. While down, a version not cached is not asked for: 503 at once. Version files read are kept
-in a bounded in-memory LRU (cache_bytes): versions never change, so a cached one never goes stale.
+marks it up again. While down, a version not cached is not asked for: 503 at once. Version
+files read are kept in a bounded in-memory LRU (cache_bytes): versions never change, so a cached
+one never goes stale.
 """
 from __future__ import annotations
 

@@ -45,8 +45,9 @@ class Settings(BaseSettings):
                        "or s3://BUCKET/PREFIX (AWS_* variables), shared by replicas; default $XDG_DATA_HOME/"
                        "lpt-serve/adapters, else ~/.local/share/lpt-serve/adapters")
     store_cache_mb: int = Field(256, ge=0, description="an s3:// store's in-memory cache of adapter files, MiB")
-    store_timeout_s: float = Field(5.0, gt=0, description="each call to an s3:// store ends within this, retries included: "
-                                   "uploads and deletes then answer 503, loaded adapters keep serving")
+    store_timeout_s: float = Field(5.0, gt=0, description="each call to an s3:// store ends within this, "
+                                   "retries included: uploads and deletes then answer 503, loaded adapters "
+                                   "keep serving")
     demo_adapters: bool = Field(True, description="seed the store with the shipped demo adapters")
 
     # batching and backpressure
