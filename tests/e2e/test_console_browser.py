@@ -557,3 +557,28 @@ def test_many_tasks_get_a_filter_that_keeps_the_checked_ones(browser, server, tm
         finally:
             browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
             browser.get(server.url + "/")
+
+
+def test_a_file_over_the_servers_limit_is_refused_before_it_is_sent(browser, server, tmp_path):
+    """A 70 MB file went up whole before the server's 413: the page reads the limits from /info."""
+    with serving(tmp_path / "store", admin_key="writer", max_adapter_bytes=2000, max_train_bytes=3000) as (app, url, bb):
+        big = tmp_path / "big.safetensors"
+        big.write_bytes(b"x" * 2500)
+        data = tmp_path / "big.csv"
+        data.write_text("text,label\n" + "a few words,pos\n" * 250)          # 4,011 bytes
+        try:
+            browser.get(url + "/")
+            browser.execute_script("sessionStorage.setItem('lpt.adminKey', 'writer')")
+            open_view(browser, "adapters")
+            upload(browser, big, "big")
+            error = wait(browser, lambda d: by_id(d, "adapters-error").text, what="the message")
+            assert error == "big.safetensors is 2.4 KiB, over the server's limit of 2.0 KiB (LPT_MAX_ADAPTER_BYTES).", error
+            open_view(browser, "train")
+            by_id(browser, "train-data").send_keys(str(data))
+            wait(browser, lambda d: "columns" in by_id(d, "train-columns-note").text, what="the columns")
+            by_id(browser, "train-submit").click()
+            error = wait(browser, lambda d: by_id(d, "train-error").text, what="the message")
+            assert error == "big.csv is 3.9 KiB, over the server's limit of 2.9 KiB (LPT_MAX_TRAIN_BYTES).", error
+        finally:
+            browser.execute_script("sessionStorage.clear()")
+            browser.get(server.url + "/")

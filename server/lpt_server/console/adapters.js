@@ -1,8 +1,8 @@
 // Adapters: the list (GET /v1/adapters), upload by file picker or drag and drop
 // (PUT /v1/adapters/{name}, the file as the body), delete after a confirmation.
 
-import { api } from "./api.js";
-import { $, bytes, confirmDialog, el, errorLine, nameFromFile } from "./ui.js";
+import { api, serverSettings } from "./api.js";
+import { $, bytes, confirmDialog, el, errorLine, nameFromFile, overLimit } from "./ui.js";
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 let chosen = null;                       // the File to upload
@@ -64,6 +64,9 @@ async function upload(event) {
   const name = $("upload-name").value.trim();
   if (!chosen) return message("Choose an adapter file first.");
   if (!NAME.test(name)) return message("Give the adapter a name: letters, digits, '.', '_' or '-', up to 64 characters.");
+  const limits = await serverSettings();
+  const tooBig = overLimit(chosen.name, chosen.size, limits?.max_adapter_bytes, "LPT_MAX_ADAPTER_BYTES");
+  if (tooBig) return message(tooBig);
   if (names.has(name) && !(await confirmDialog(`Replace the adapter "${name}" with ${chosen.name}? Requests for it `
                                                + "will be answered by the new version.", "Replace"))) return;
   $("upload-submit").disabled = true;

@@ -80,6 +80,16 @@ export async function api(path, options = {}) {
   }
 }
 
+let settings = null;
+
+/** The server's settings as GET /info shows them (its limits), read once; null if it cannot be read. */
+export async function serverSettings() {
+  if (!settings) settings = api("info", { ask: false }).then((info) => info.settings, () => null);
+  const out = await settings;
+  if (out === null) settings = null;      // not cached: asked again next time
+  return out;
+}
+
 /** The body of a plain-text endpoint (/metrics), with the same error handling. */
 export async function text(path) {
   const response = await reach(path);

@@ -1,10 +1,10 @@
 // Train: a labelled file -> POST /v1/train (multipart) -> follow GET /v1/train/{id} until the job
 // ends, drawing its loss and dev accuracy; then try the new task in one click.
 
-import { api } from "./api.js";
+import { api, serverSettings } from "./api.js";
 import { drawChart } from "./chart.js";
 import { readColumns } from "./columns.js";
-import { $, confirmDialog, el, errorLine, nameFromFile } from "./ui.js";
+import { $, confirmDialog, el, errorLine, nameFromFile, overLimit } from "./ui.js";
 
 const POLL_MS = 1000;
 const ENDED = new Set(["succeeded", "failed", "cancelled"]);
@@ -62,6 +62,11 @@ async function start(event) {
   report(null, null);
   let form;
   try { form = formData(); } catch (e) { return report("action", e.message); }
+  const files = [$("train-data").files[0], $("train-dev").files[0]].filter(Boolean);
+  const limits = await serverSettings();
+  const tooBig = overLimit(files.map((f) => f.name).join(" + "), files.reduce((n, f) => n + f.size, 0),
+                           limits?.max_train_bytes, "LPT_MAX_TRAIN_BYTES");
+  if (tooBig) return report("action", tooBig);
   $("train-submit").disabled = true;
   try {
     const job = await api("v1/train", { method: "POST", body: form, admin: true });

@@ -52,6 +52,13 @@ export function nameFromFile(input, fileName) {
   }
 }
 
+/** A message when `size` bytes are over the server's `limit` (the setting named), else null:
+ * said before a byte is sent, not after the whole file went up to meet a 413. */
+export function overLimit(what, size, limit, setting) {
+  if (!limit || size <= limit) return null;
+  return `${what} is ${bytes(size)}, over the server's limit of ${bytes(limit)} (${setting}).`;
+}
+
 export function bytes(n) {
   if (n < 1024) return `${n} B`;
   if (n < 1 << 20) return `${(n / 1024).toFixed(1)} KiB`;
