@@ -47,6 +47,7 @@ FINISHED = ("succeeded", "failed", "cancelled")
 MAX_HISTORY = 200           # points kept per job; past it, every other one is dropped
 KEEP_FINISHED = 100         # finished jobs remembered; the oldest are forgotten first
 CANCEL_GRACE_S = 10.0       # a cancelled child that has not stopped by then is killed
+JOURNAL_PROGRESS_S = 5.0    # a running job's progress reaches the journal at most this often
 STDERR_LINES = 20           # the child's last stderr lines, kept for a crash's message
 MAX_EVENT_BYTES = 1 << 20   # one event line from the child at most
 
@@ -205,6 +206,7 @@ class Trainer:
         self.on_end = on_end
         self.journal = Journal(journal) if journal is not None else None
         self._dirty = threading.Event()       # the records changed since the journal was written
+        self._progressed = threading.Event()  # a running job's progress moved since then
         self.queue_limit = queue_limit
         self.commit, self.explain = commit, explain
         self._lock = threading.Lock()
@@ -326,9 +328,13 @@ class Trainer:
             return [j.view() | {"workdir": str(j.workdir)} for j in self._jobs.values()]
 
     def _write_journal(self) -> None:
+        """Each change of state at once; a running job's progress at most every
+        JOURNAL_PROGRESS_S (every step would rewrite the whole file several times a second)."""
         while not self._closed:
-            self._dirty.wait()
+            if not self._dirty.wait(JOURNAL_PROGRESS_S) and not self._progressed.is_set():
+                continue
             self._dirty.clear()
+            self._progressed.clear()
             self.journal.save(self._records())
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -412,6 +418,7 @@ class Trainer:
             if kind == "progress":
                 with self._lock:
                     job.record(event)
+                self._progressed.set()
             elif kind == "done":
                 summary = event.get("summary")
             elif kind == "error":

@@ -374,3 +374,34 @@ def test_an_unreadable_journal_is_kept_aside_not_overwritten(make, tmp_path, cap
     [kept] = tmp_path.glob("jobs.json.unreadable-*")
     assert kept.read_text().startswith('[{"id": "abc"')
     assert any(kept.name in r.getMessage() for r in caplog.records)
+
+
+def test_a_running_job_s_progress_reaches_the_journal(tmp_path, monkeypatch):
+    """Written only on changes of state, the journal kept a running job at step 0: a crash then
+    showed no sign of how far it had got."""
+    import json as json_module
+
+    from lpt_server import train_jobs
+
+    monkeypatch.setattr(train_jobs, "JOURNAL_PROGRESS_S", 0.2)
+    journal = tmp_path / "jobs.json"
+    trainer = Trainer(command=[sys.executable, "-c", CHILD], env={}, queue_limit=4, commit=Store().put,
+                      journal=journal)
+    trainer.start()
+    try:
+        running = job(tmp_path, "slow")
+        trainer.submit(running)
+        wait(trainer, running.id, states=("running",))
+
+        def step_in_journal():
+            try:
+                [record] = [r for r in json_module.loads(journal.read_text()) if r["id"] == running.id]
+            except (OSError, ValueError):
+                return 0
+            return record["progress"]["step"] if record["state"] == "running" else 0
+        deadline = time.monotonic() + 10
+        while step_in_journal() < 5:
+            assert time.monotonic() < deadline, f"the journal still says step {step_in_journal()}"
+            time.sleep(0.05)
+    finally:
+        trainer.stop()
