@@ -23,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import socket
+import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -240,14 +242,27 @@ class S3Client:
         request = self.http.build_request(method, url, headers=headers, content=body or None,
                                           timeout=httpx.Timeout(left))
         r = self.http.send(request, stream=True)
+        # the body: httpx waits up to `left` for each read, however late it already is, so a
+        # watchdog shuts the socket at the deadline (which wakes a blocked read)
+        late = threading.Event()
+        watchdog = threading.Timer(max(deadline - time.monotonic(), 0), _cut, (r, late))
+        watchdog.start()
         try:
             chunks = []
-            for chunk in r.iter_bytes():
-                chunks.append(chunk)
-                if time.monotonic() > deadline:
-                    raise httpx.ReadTimeout(f"the answer was still arriving after {self.timeout_s:g} s",
-                                            request=request)
+            try:
+                for chunk in r.iter_bytes():
+                    chunks.append(chunk)
+                    if time.monotonic() > deadline:
+                        late.set()
+                        break
+            except httpx.HTTPError:
+                if not late.is_set():
+                    raise
+            if late.is_set():
+                raise httpx.ReadTimeout(f"the answer was still arriving after {self.timeout_s:g} s",
+                                        request=request)
         finally:
+            watchdog.cancel()
             r.close()
         return Answer(r.status_code, r.reason_phrase, r.headers, b"".join(chunks))
 
@@ -256,6 +271,18 @@ class S3Client:
         if r.status_code not in ok:
             code, message = _error(r)
             raise S3Error(r.status_code, code or r.reason_phrase, message)
+
+
+def _cut(r: httpx.Response, late: threading.Event) -> None:
+    """Shut the socket under a response still being read (from the watchdog's thread)."""
+    late.set()
+    stream = r.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def _listing(r: Answer) -> tuple[ET.Element, list[Listed]]:

@@ -56,6 +56,13 @@ def trickle(conn):
         conn.sendall(bytes([b]))
 
 
+def headers_then_late_body(conn):
+    time.sleep(0.7)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
+    time.sleep(1.5)                    # httpx would wait a whole timeout for it
+    conn.sendall(b"abcd")
+
+
 def answers_503_in(seconds: float, then_hang: bool = False):
     first = []
 
@@ -70,6 +77,7 @@ def answers_503_in(seconds: float, then_hang: bool = False):
 
 @pytest.mark.parametrize("answer, tries, message, pauses", [
     (trickle, 1, "still arriving after 1 s", None),       # trickled to the end: 4 s
+    (headers_then_late_body, 1, "still arriving after 1 s", None),   # 1.7 s: the body's read had all 1 s
     (answers_503_in(0.5, then_hang=True), 2, "ReadTimeout", None),   # the retry waited a whole timeout: 1.55 s
     # the second 503 comes at ~0.65 s: a 0.6 s pause would end past the deadline, so no third try
     # (wide margins on both sides: a busy machine's thread wake-ups are late by tenths of a second)
