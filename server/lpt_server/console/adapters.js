@@ -99,11 +99,14 @@ export function init() {
     choose(e.dataTransfer.files[0]);
   });
   // a file dropped anywhere else on the Adapters view is chosen too; elsewhere on the page the
-  // browser would open it and leave the console
-  window.addEventListener("dragover", (e) => e.preventDefault());
+  // browser would open it and leave the console. Text drops, and drops on a field (the Train
+  // view's file inputs, a text box), are left to the browser.
+  const taken = (e) => e.defaultPrevented || !e.dataTransfer || ![...e.dataTransfer.types].includes("Files")
+    || e.target.closest?.("input, textarea");
+  window.addEventListener("dragover", (e) => { if (!taken(e)) e.preventDefault(); });
   window.addEventListener("drop", (e) => {
-    if (e.defaultPrevented) return;         // the drop zone took it
+    if (taken(e)) return;
     e.preventDefault();
-    if (!$("view-adapters").hidden && e.dataTransfer.files[0]) choose(e.dataTransfer.files[0]);
+    if (!$("view-adapters").hidden) choose(e.dataTransfer.files[0]);
   });
 }

@@ -34,6 +34,7 @@ export async function loadTasks(only = null) {
     return;
   }
   if (!checked.size) checked.add(adapters[0].name);
+  if (adapters.length < FILTER_FROM) $("try-filter").value = "";   // a hidden filter filters nothing
   $("try-filter").hidden = adapters.length < FILTER_FROM;
   for (const a of adapters) {
     const id = `try-task-${a.name}`;

@@ -198,12 +198,12 @@ async def classify(request: Request, model: type, unpack: Unpack) -> JSONRespons
     (401), the body (400, 408, 413, 415, 422), then the stages above."""
     rt = started(request)
     t0 = time.perf_counter()
-    deadline = time.monotonic() + rt.settings.request_timeout_s    # one for the whole request
     status, known_tasks = 500, []
     rt.metrics.in_flight.inc()
     try:
         await require_api_key(request)
-        inputs, tasks, raw_scores = unpack(await _body(request, model))
+        inputs, tasks, raw_scores = unpack(await _body(request, model))   # bounded by LPT_BODY_TIMEOUT_S
+        deadline = time.monotonic() + rt.settings.request_timeout_s      # then one for all the rest
         parsed = await parse(rt, inputs, tasks, deadline)
         known_tasks = parsed.tasks
         rt.batcher.admit(parsed.rows)       # QueueFull (429) before tokenizing: rechecked at submit
