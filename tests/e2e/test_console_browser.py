@@ -491,6 +491,12 @@ def test_a_training_job_the_server_no_longer_knows_is_shown_as_such(browser, ser
             wait(browser, lambda d: by_id(d, "job-state").text == "unknown", what="the job shown as unknown")
             assert f"no longer knows job {job.id}" in by_id(browser, "job-message").text
             assert not by_id(browser, "job-cancel").is_displayed()
+            # another look at the list finds it running after all (another replica answered the
+            # poll): it is followed again
+            Forgetful.get = lambda self, job_id: job.view()
+            by_id(browser, "jobs-refresh").click()
+            wait(browser, lambda d: by_id(d, "job-state").text == "running", what="the job followed again")
+            assert by_id(browser, "job-cancel").is_displayed()
         finally:
             rt.trainer = real
             browser.execute_script("sessionStorage.clear()")

@@ -179,6 +179,7 @@ export async function loadJobs() {
   const shown = jobs.find((j) => j.id === following);
   if (!following && jobs.length && !ENDED.has(jobs[0].state)) follow(jobs[0]);   // one running: show it
   else if (shown && ENDED.has(shown.state)) render(shown);
+  else if (shown) follow(shown);            // running: polled again (after a poll lost it, or keys were fixed)
   else if (following && !shown && !ENDED.has($("job-state").dataset.state) && $("job-state").dataset.state !== "lost") {
     poll();                                 // a job shown running that the server no longer lists: poll says what
   }
