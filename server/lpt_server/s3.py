@@ -12,7 +12,8 @@ Why not boto3: the store needs four calls, and boto3 with botocore and s3transfe
 Written for AWS S3 and the S3-compatible servers (MinIO, Ceph RGW, Cloudflare R2, SeaweedFS;
 the tests use SeaweedFS): path-style addressing (https://ENDPOINT/BUCKET/KEY) when an endpoint
 is set, virtual-hosted (https://BUCKET.s3.REGION.amazonaws.com/KEY) on AWS itself. A call ends
-within its timeout, retries and the whole answer included (httpx's timeouts bound each wait for
+within its timeout (plus 1 s per 2 MiB of the length its answer declares), retries and the whole
+answer included (httpx's timeouts bound each wait for
 a byte, so a server that trickles its answer, or answers slowly after a refused first try, held
 a call for several timeouts). A failed connection, a timeout or a 5xx raises Unreachable (a read
 is tried up to three times first, while time is left); any other unexpected answer S3Error.
@@ -38,6 +39,7 @@ import httpx
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 READ_RETRY_PAUSES_S = (0.05, 0.2)     # a read is tried up to three times
+MIN_BYTES_PER_S = 2 << 20             # a call's deadline grows by 1 s per 2 MiB its answer declares
 
 
 class S3Error(Exception):
@@ -242,6 +244,12 @@ class S3Client:
         request = self.http.build_request(method, url, headers=headers, content=body or None,
                                           timeout=httpx.Timeout(left))
         r = self.http.send(request, stream=True)
+        # a large object over a slow link gets time for its declared length (an adapter file of
+        # 64 MiB at 5 s would need 13 MiB/s), never more than that: a trickle is still cut
+        try:
+            deadline += int(r.headers.get("content-length") or 0) / MIN_BYTES_PER_S
+        except ValueError:
+            pass
         # the body: httpx waits up to `left` for each read, however late it already is, so a
         # watchdog shuts the socket at the deadline (which wakes a blocked read)
         late = threading.Event()

@@ -98,3 +98,23 @@ def test_a_call_ends_within_its_timeout(answer, tries, message, pauses, monkeypa
     finally:
         client.close()
         server.close()
+
+
+def test_a_large_answer_gets_time_for_its_declared_length():
+    """6 MiB at ~3 MiB/s (2 s) on a 1 s timeout: a version read over a slow link must finish,
+    with 1 s more per 2 MiB it declares (a trickle of a few bytes gets nothing more)."""
+    size, chunk = 6 << 20, 64 << 10
+
+    def slow_large(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(size // chunk):
+            conn.sendall(b"x" * chunk)
+            time.sleep(2.0 / (size // chunk))
+
+    server = SlowServer(slow_large)
+    client = S3Client(S3Config(server.url, "us-east-1", "key", "secret"), "b", timeout_s=1.0)
+    try:
+        assert len(client.get("a/version").body) == size
+    finally:
+        client.close()
+        server.close()
