@@ -202,6 +202,10 @@ def test_classify_with_a_deleted_task_shows_the_404_message(server, browser):
     error = wait(browser, lambda d: by_id(d, "try-error").text, what="the 404 message")
     expected = api(server, "POST", "/v1/classify", json={"inputs": TEXT, "task": "gone"})
     assert expected.status_code == 404 and error == f"404: {expected.json()['error']['message']}"
+    # the deleted task leaves the list, and a task is checked again (it was the only one checked)
+    wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, "#try-task-list input[value=gone]"),
+         what="the deleted task to leave the list")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#try-task-list input:checked")) == 1
 
 
 def test_delete_asks_first_and_keeping_it_changes_nothing(server, browser):

@@ -33,7 +33,7 @@ export async function loadTasks(only = null) {
     list.append(el("p", { class: "hint" }, "No adapters yet: upload one (Adapters) or train one (Train)."));
     return;
   }
-  if (!checked.size) checked.add(adapters[0].name);
+  if (!adapters.some((a) => checked.has(a.name))) checked.add(adapters[0].name);   // none left checked: the first
   if (adapters.length < FILTER_FROM) $("try-filter").value = "";   // a hidden filter filters nothing
   $("try-filter").hidden = adapters.length < FILTER_FROM;
   for (const a of adapters) {
