@@ -117,6 +117,14 @@ class SeaweedS3:
         return self.log_path.read_bytes()[-n:].decode(errors="replace") if self.log_path.exists() else ""
 
 
+@pytest.fixture(scope="module", name="s3")
+def module_s3(tmp_path_factory):
+    """The `s3` fixture: a server of the test module's own, for tests that stop or freeze it
+    (the run's shared `s3_server` must stay up). Import it into the module that uses it."""
+    with running_s3(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
+
+
 @contextmanager
 def running_s3(workdir: Path):
     """A started SeaweedS3 in `workdir`, stopped on exit; the test is skipped (saying what

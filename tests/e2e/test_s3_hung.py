@@ -9,8 +9,8 @@ import time
 import httpx
 import pytest
 import torch
-from seaweed import running_s3
-from serve_process import ADMIN, Server
+from seaweed import module_s3  # noqa: F401 (the module's own `s3` fixture: the test freezes it)
+from serve_process import ADMIN, Server, all_ready
 
 from lpt import Backbone, new_adapter
 from lpt.adapter import adapter_bytes
@@ -21,21 +21,12 @@ COLD = 24        # past the store's threads and asyncio's default executor (min(
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    with running_s3(tmp_path_factory.mktemp("seaweed")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def server(s3, tmp_path_factory):
-    srv = Server(s3.url(), tmp_path_factory.mktemp("logs") / "server.log", "--store-recheck-ms", "600000",
-                 "--max-resident-adapters", "1",
-                 env={**s3.env(), "LPT_STORE_TIMEOUT_S": str(STORE_TIMEOUT_S), "LPT_STORE_CACHE_MB": "0"})
-    try:
-        srv.wait_ready()
+    with all_ready([Server(s3.url(), tmp_path_factory.mktemp("logs") / "server.log", "--store-recheck-ms", "600000",
+                           "--max-resident-adapters", "1",
+                           env={**s3.env(), "LPT_STORE_TIMEOUT_S": str(STORE_TIMEOUT_S),
+                                "LPT_STORE_CACHE_MB": "0"})]) as [srv]:
         yield srv
-    finally:
-        srv.stop()
 
 
 def classify(server, task, timeout=60):

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 import torch
-from seaweed import running_s3
+from seaweed import module_s3  # noqa: F401 (the module's own `s3` fixture: the last test kills it)
 from serve_process import ADMIN, Server, all_ready
 
 from lpt import Backbone, new_adapter
@@ -28,13 +28,6 @@ def adapters():
         torch.manual_seed(seed)
         out[seed] = adapter_bytes(new_adapter(bb, task="t", labels=["neg", "pos"], layer=3, prompt_length=4).eval())
     return out
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """A server of this module's own: the last test kills and restarts it."""
-    with running_s3(tmp_path_factory.mktemp("seaweed")) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -69,10 +69,15 @@ def _normalize(inputs) -> list[tuple[str, str | None]]:
     return out
 
 
+def _left(deadline: float) -> float:
+    """Seconds left before the request's deadline (a wait of 0 would not wait at all)."""
+    return max(deadline - time.monotonic(), 0.001)
+
+
 async def _resolve(rt: Runtime, name: str, deadline: float):
     module = rt.registry.lookup(name)          # resident and fresh: no I/O
     if module is None:                         # pointer check or load: on the store's threads
-        module = await rt.store_io(rt.registry.get, name, timeout_s=max(deadline - time.monotonic(), 0.001))
+        module = await rt.store_io(rt.registry.get, name, timeout_s=_left(deadline))
     return module
 
 
@@ -120,7 +125,7 @@ async def schedule(rt: Runtime, request: Request, job: Job, deadline: float) -> 
     answers = asyncio.ensure_future(asyncio.gather(*(it.future for it in items)))
     gone = asyncio.ensure_future(_disconnected(request))
     try:
-        done, _ = await asyncio.wait({answers, gone}, timeout=max(deadline - time.monotonic(), 0.001),
+        done, _ = await asyncio.wait({answers, gone}, timeout=_left(deadline),
                                      return_when=asyncio.FIRST_COMPLETED)
         if answers in done:
             if answers.cancelled():               # a row was dropped under us (shutdown)
