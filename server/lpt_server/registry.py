@@ -40,7 +40,7 @@ from typing import Callable
 
 from lpt import AdapterConfig, AdapterError, AdapterFile, Backbone, LatePrompt, load_adapter, read_adapter, validate
 
-from .store import StoreError, check_name
+from .store import FileTooLarge, StoreError, check_name
 from .stores import AdapterStore, StoreUnavailable
 
 log = logging.getLogger("lpt_server.registry")
@@ -189,8 +189,10 @@ class Registry:
             return e, None
         for attempt in range(2):
             try:
-                data = self.store.read(name, version)
+                data = self.store.read(name, version, self.max_bytes)
                 break
+            except FileTooLarge as err:             # not read: unusable here, like any file over the limit
+                return self._unusable(name, version, err.size or 0, [str(err)], now), None
             except FileNotFoundError:             # replaced meanwhile: follow the pointer again
                 newer = self.store.current(name)
                 if newer is None or newer == version:   # deleted, or a pointer to a file that is gone
@@ -204,15 +206,22 @@ class Registry:
             af, info, problems = None, {}, [f"the file's sha256 is {af.version}, not the {version} it is stored "
                                             "under: the file is corrupt"]
         if problems:
-            log.warning("adapter %r (version %s) in the store is unusable and skipped: %s", name, version[:12],
-                        "; ".join(problems))
-        new = Entry(name, version, len(data), info, now, problems)
+            return self._unusable(name, version, len(data), problems, now), None
+        return self._enter(Entry(name, version, len(data), info, now)), af
+
+    def _unusable(self, name: str, version: str, size: int, problems: list[str], now: float) -> Entry:
+        log.warning("adapter %r (version %s) in the store is unusable and skipped: %s", name, version[:12],
+                    "; ".join(problems))
+        return self._enter(Entry(name, version, size, {}, now, problems))
+
+    def _enter(self, new: Entry) -> Entry:
+        name, version = new.name, new.version
         with self._lock:
             self._entries[name] = new
             m = self._resident.get(name)
             if m is not None and m.version != version:
                 del self._resident[name]
-        return new, af
+        return new
 
     def _forget(self, name: str) -> None:
         with self._lock:
@@ -253,7 +262,7 @@ class Registry:
                     return m
             t0 = time.perf_counter()
             try:
-                data = parsed or self.store.read(name, e.version)
+                data = parsed or self.store.read(name, e.version, self.max_bytes)
             except FileNotFoundError:
                 # The version the entry remembers (its pointer checked up to recheck_s ago) was
                 # replaced by another replica, and the store keeps only the newest files: follow

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 import socket
 import threading
@@ -40,6 +41,9 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 READ_RETRY_PAUSES_S = (0.05, 0.2)     # a read is tried up to three times
 MIN_BYTES_PER_S = 2 << 20             # a call's deadline grows by 1 s per 2 MiB its answer declares
+SMALL_OBJECT_BYTES = 64 << 10         # what a GET reads unless told more (pointers, the store's marker)
+LISTING_PAGE_BYTES = 16 << 20         # a ListObjectsV2 page of 1,000 keys is well under 1 MiB
+ERROR_BODY_BYTES = 64 << 10           # an error answer is read this far (its Code and Message)
 
 
 class S3Error(Exception):
@@ -56,6 +60,16 @@ class Unreachable(Exception):
 
 class PreconditionFailed(Exception):
     """A conditional write or delete lost: the object changed (or appeared) since it was read."""
+
+
+class TooLarge(Exception):
+    """An object larger than the caller reads: the answer was dropped at the limit (or before
+    it began, when its length was declared)."""
+
+    def __init__(self, key: str, limit: int, size: int | None, etag: str = ""):
+        super().__init__(f"{key} is {f'{size} bytes' if size is not None else 'larger'}, over the "
+                         f"{limit} bytes read")
+        self.key, self.limit, self.size, self.etag = key, limit, size, etag
 
 
 @dataclass(frozen=True)
@@ -153,8 +167,9 @@ class S3Client:
         self.http.close()
 
     # ---- the calls ------------------------------------------------------------------------------
-    def get(self, key: str) -> Object | None:
-        r = self._send("GET", key)
+    def get(self, key: str, max_bytes: int | None = SMALL_OBJECT_BYTES) -> Object | None:
+        """The object, or None; TooLarge past max_bytes (nothing more is read; None: no bound)."""
+        r = self._send("GET", key, max_bytes=max_bytes)
         if r.status_code == 404:
             return None
         self._expect(r, 200)
@@ -190,7 +205,10 @@ class S3Client:
                 query["continuation-token"] = token
             if max_keys:
                 query["max-keys"] = str(max_keys)
-            r = self._send("GET", "", query=query)
+            try:
+                r = self._send("GET", "", query=query, max_bytes=LISTING_PAGE_BYTES)
+            except TooLarge:
+                raise S3Error(200, "InvalidListing", f"a listing page is over {LISTING_PAGE_BYTES} bytes") from None
             self._expect(r, 200)
             root, page = _listing(r)
             yield from page
@@ -200,7 +218,7 @@ class S3Client:
 
     # ---- the wire -------------------------------------------------------------------------------
     def _send(self, method: str, key: str, *, headers: dict[str, str] | None = None, body: bytes = b"",
-              query: dict[str, str] | None = None) -> Answer:
+              query: dict[str, str] | None = None, max_bytes: int | None = SMALL_OBJECT_BYTES) -> Answer:
         url = self.base + "/" + _uri_encode(key, "/") if key else self.base + "/"
         if query:
             url += "?" + "&".join(f"{_uri_encode(k, '')}={_uri_encode(v, '')}" for k, v in sorted(query.items()))
@@ -214,7 +232,7 @@ class S3Client:
             signed = sign(method, url, headers or {}, payload, self.cfg, datetime.now(timezone.utc))
             signed.pop("host")      # httpx sets Host from the URL (the same value)
             try:
-                r = self._exchange(method, url, signed, body, deadline)
+                r = self._exchange(method, url, signed, body, deadline, max_bytes)
             except httpx.HTTPError as e:
                 failure = Unreachable(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
                 failure.__cause__ = e
@@ -235,31 +253,40 @@ class S3Client:
                 pass
         return r
 
-    def _exchange(self, method: str, url: str, headers: dict[str, str], body: bytes, deadline: float
-                  ) -> Answer:
-        """One request and its whole answer, by `deadline` (httpx.ReadTimeout past it)."""
+    def _exchange(self, method: str, url: str, headers: dict[str, str], body: bytes, deadline: float,
+                  max_bytes: int | None) -> Answer:
+        """One request and its whole answer, by `deadline` (httpx.ReadTimeout past it); a 2xx answer
+        over max_bytes raises TooLarge, an error answer is read up to ERROR_BODY_BYTES."""
         left = deadline - time.monotonic()
         if left <= 0:
             raise httpx.ConnectTimeout(f"no time left of the call's {self.timeout_s:g} s")
         request = self.http.build_request(method, url, headers=headers, content=body or None,
                                           timeout=httpx.Timeout(left))
         r = self.http.send(request, stream=True)
+        ok = 200 <= r.status_code < 300
+        limit = (max_bytes if max_bytes is not None else math.inf) if ok else ERROR_BODY_BYTES
+        declared = _length(r.headers)
+        if ok and declared is not None and declared > limit:
+            r.close()
+            raise TooLarge(urlsplit(url).path, limit, declared, r.headers.get("etag", ""))
         # a large object over a slow link gets time for its declared length (an adapter file of
         # 64 MiB at 5 s would need 13 MiB/s), never more than that: a trickle is still cut
-        try:
-            deadline += int(r.headers.get("content-length") or 0) / MIN_BYTES_PER_S
-        except ValueError:
-            pass
+        deadline += min(declared or 0, limit) / MIN_BYTES_PER_S
         # the body: httpx waits up to `left` for each read, however late it already is, so a
         # watchdog shuts the socket at the deadline (which wakes a blocked read)
         late = threading.Event()
         watchdog = threading.Timer(max(deadline - time.monotonic(), 0), _cut, (r, late))
         watchdog.start()
         try:
-            chunks = []
+            chunks, size = [], 0
             try:
                 for chunk in r.iter_bytes():
                     chunks.append(chunk)
+                    size += len(chunk)
+                    if size > limit:
+                        if ok:
+                            raise TooLarge(urlsplit(url).path, limit, None, r.headers.get("etag", ""))
+                        break       # enough of an error answer to read its Code
                     if time.monotonic() > deadline:
                         late.set()
                         break
@@ -279,6 +306,14 @@ class S3Client:
         if r.status_code not in ok:
             code, message = _error(r)
             raise S3Error(r.status_code, code or r.reason_phrase, message)
+
+
+def _length(headers: httpx.Headers) -> int | None:
+    """The declared Content-Length, or None (absent, or not a number)."""
+    try:
+        return int(headers["content-length"])
+    except (KeyError, ValueError):
+        return None
 
 
 def _cut(r: httpx.Response, late: threading.Event) -> None:

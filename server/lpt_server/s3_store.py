@@ -40,9 +40,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
-from .s3 import PreconditionFailed, S3Client, S3Config, S3Error, Unreachable
+from .s3 import PreconditionFailed, S3Client, S3Config, S3Error, TooLarge, Unreachable
 from .store import (NAME_RE, POINTER, ROOT_MARKER, ROOT_MARKER_TEXT, SUFFIX, VERSION_FILE_RE, VERSION_RE, GRACE_S,
-                    Health, NameTaken, NotAStore, Stored, check_name)
+                    FileTooLarge, Health, NameTaken, NotAStore, Stored, check_name)
 from .stores import S3_SCHEME, StoreConflict, StoreUnavailable
 
 log = logging.getLogger("lpt_server.s3_store")
@@ -157,10 +157,17 @@ class S3Store:
 
     def ping(self) -> Health:
         try:
-            self._call("", self.client.get, self.prefix + ROOT_MARKER)
+            self._exists("", self.prefix + ROOT_MARKER)
         except StoreUnavailable:
             pass
         return self._health
+
+    def _exists(self, what: str, key: str) -> bool:
+        try:
+            return self._call(what, self.client.get, key) is not None
+        except TooLarge:            # there, whoever wrote it
+            self._health = Health(True)
+            return True
 
     def close(self) -> None:
         self.client.close()
@@ -169,7 +176,7 @@ class S3Store:
     def _open(self) -> None:
         marker = self.prefix + ROOT_MARKER
         what = "the server cannot start on it"
-        if self._call(what, self.client.get, marker) is None:
+        if not self._exists(what, marker):
             foreign = [o.key for o in self._call(what, lambda: list(self.client.list(self.prefix, max_keys=5)))
                        if o.key != marker]
             if foreign:
@@ -227,7 +234,12 @@ class S3Store:
         return out
 
     def _pointer(self, name: str, what: str) -> Pointer | None:
-        obj = self._call(what, self.client.get, self._pointer_key(name))
+        try:
+            obj = self._call(what, self.client.get, self._pointer_key(name))
+        except TooLarge as e:       # not a pointer this store wrote
+            self._health = Health(True)
+            ptr = self._read[name] = Pointer(None, e.etag)
+            return ptr
         if obj is None:
             self._read.pop(name, None)
             return None
@@ -239,14 +251,20 @@ class S3Store:
         ptr = self._pointer(name, f"adapter {name!r} cannot be looked up")
         return ptr.version if ptr is not None else None
 
-    def read(self, name: str, version: str) -> bytes:
+    def read(self, name: str, version: str, max_bytes: int | None = None) -> bytes:
         key = self._version_key(name, version)
         data = self.cache.get(key)
+        if data is not None and max_bytes is not None and len(data) > max_bytes:
+            raise FileTooLarge(len(data), max_bytes)
         if data is None:
             if not self._health.up:      # known down: 503 now, not after a timeout (ping() finds it back)
                 raise StoreUnavailable(f"the adapter store {self.location} is down ({self._health.error}); "
                                        f"adapter {name!r} cannot be loaded; retry shortly")
-            obj = self._call(f"adapter {name!r} cannot be loaded", self.client.get, key)
+            try:
+                obj = self._call(f"adapter {name!r} cannot be loaded", self.client.get, key, max_bytes=max_bytes)
+            except TooLarge as e:
+                self._health = Health(True)
+                raise FileTooLarge(e.size, e.limit) from None
             if obj is None:
                 raise FileNotFoundError(f"{self.location}{name}/{version}{SUFFIX}")
             data = obj.body

@@ -88,6 +88,15 @@ class NotAStore(StoreError):
     """The directory cannot be used as a store (at start)."""
 
 
+class FileTooLarge(StoreError):
+    """A stored version is larger than its reader takes: not read (the registry marks it unusable)."""
+
+    def __init__(self, size: int | None, limit: int):
+        super().__init__(f"adapter is {f'{size} bytes' if size is not None else 'larger'}, the limit is {limit} "
+                         "bytes: not read")
+        self.size, self.limit = size, limit
+
+
 class StoreUnavailable(StoreError):
     """The store cannot be reached right now (-> 503); nothing was changed. It recovers by itself."""
 
@@ -307,8 +316,11 @@ class Store:
         return d / f"{version}{SUFFIX}"
 
     @_reaching
-    def read(self, name: str, version: str) -> bytes:
-        return self.path(name, version).read_bytes()
+    def read(self, name: str, version: str, max_bytes: int | None = None) -> bytes:
+        with open(self.path(name, version), "rb") as f:
+            if max_bytes is not None and os.fstat(f.fileno()).st_size > max_bytes:
+                raise FileTooLarge(os.fstat(f.fileno()).st_size, max_bytes)
+            return f.read()
 
     # ---- writing (the name's lock held) -------------------------------------------------------
     @_reaching

@@ -38,8 +38,9 @@ class AdapterStore(Protocol):
         """Every name's current version, as names() and current() would give them, in as few
         calls to the backend as it allows (a listing of thousands of adapters)."""
 
-    def read(self, name: str, version: str) -> bytes:
-        """A version's bytes. FileNotFoundError when that version is gone (replaced meanwhile)."""
+    def read(self, name: str, version: str, max_bytes: int | None = None) -> bytes:
+        """A version's bytes. FileNotFoundError when that version is gone (replaced meanwhile);
+        FileTooLarge, having read at most about max_bytes, when it is larger."""
 
     def put(self, name: str, data: bytes) -> Stored:
         """Store a version and make it current (validate the bytes before)."""

@@ -8,7 +8,7 @@ import pytest
 
 from tiny_server import adapter_file
 from lpt_server.registry import Registry, UnknownAdapter
-from lpt_server.store import InvalidName
+from lpt_server.store import FileTooLarge, InvalidName
 from lpt_server.stores import AdapterStore, StoreConflict, open_store
 
 pytestmark = pytest.mark.integration
@@ -138,6 +138,26 @@ def test_the_registry_serves_either_store_and_follows_other_replicas(replicas, t
     assert other.delete("a")
     with pytest.raises(UnknownAdapter):
         registry.get("a")
+
+
+def test_a_version_over_the_readers_limit_is_not_read(replicas, tiny_bb):
+    """A version larger than its reader takes (another replica may allow more) is refused with its
+    size, read or cached; the registry keeps it as unusable, saying why, and serves the rest."""
+    big, small = adapter_file(tiny_bb, "big", prompt_length=8), adapter_file(tiny_bb, "small")
+    writer = replicas()
+    v = writer.put("big", big).version
+    writer.put("small", small)
+    assert writer.read("big", v, max_bytes=len(big)) == big          # at the limit: read (and cached)
+    for reader in (writer, replicas()):                                # cached, and read afresh
+        with pytest.raises(FileTooLarge) as e:
+            reader.read("big", v, max_bytes=len(big) - 1)
+        assert (e.value.size, e.value.limit) == (len(big), len(big) - 1)
+    limit = (len(big) + len(small)) // 2
+    registry = Registry(replicas(), tiny_bb, max_bytes=limit)
+    with pytest.raises(UnknownAdapter, match=f"adapter is {len(big)} bytes, the limit is {limit} bytes: not read"):
+        registry.get("big")
+    assert registry.get("small").version == sha(small)
+    assert [a["name"] for a in registry.list()] == ["small"]
 
 
 def test_two_replicas_racing_on_one_name_get_one_win_each_round(replicas):

@@ -1,7 +1,8 @@
 """An S3 call ends within its timeout whatever the server does: a server (a real socket here)
 that trickles its answer a byte at a time, each byte within httpx's per-read timeout, held a
 call for as long as it liked; one that answers 503 slowly was asked three times, each with a
-full timeout."""
+full timeout. And it reads no more than the caller takes: an object, a listing page or an error
+answer larger than its bound is dropped there, not read into memory whole."""
 import socket
 import threading
 import time
@@ -9,7 +10,7 @@ import time
 import pytest
 
 from lpt_server import s3
-from lpt_server.s3 import S3Client, S3Config, Unreachable
+from lpt_server.s3 import S3Client, S3Config, S3Error, TooLarge, Unreachable
 
 BODY = b"x" * 40
 
@@ -114,7 +115,65 @@ def test_a_large_answer_gets_time_for_its_declared_length():
     server = SlowServer(slow_large)
     client = S3Client(S3Config(server.url, "us-east-1", "key", "secret"), "b", timeout_s=1.0)
     try:
-        assert len(client.get("a/version").body) == size
+        assert len(client.get("a/version", max_bytes=size).body) == size
     finally:
         client.close()
         server.close()
+
+
+class Sent:
+    """An answer of `head` then `size` bytes in 64 KiB chunks, counting what went out."""
+
+    def __init__(self, head: bytes, size: int):
+        self.head, self.size, self.sent = head, size, 0
+
+    def __call__(self, conn):
+        conn.sendall(self.head)
+        chunk = b"<" + b"x" * ((64 << 10) - 1)
+        while self.sent < self.size:
+            conn.sendall(chunk)
+            self.sent += len(chunk)
+
+
+@pytest.mark.parametrize("head, declared", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (256 << 20), 256 << 20),   # said at once
+    (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", None),                      # only seen as it comes
+])
+def test_an_object_over_the_callers_limit_is_not_read_whole(head, declared):
+    """A 256 MiB answer to a GET that takes 1 MiB: TooLarge (with the declared size when there is
+    one) after at most about the limit, in well under the time the whole answer would take."""
+    answer = Sent(head, 256 << 20)
+    server = SlowServer(answer)
+    client = S3Client(S3Config(server.url, "us-east-1", "key", "secret"), "b", timeout_s=5.0)
+    try:
+        with pytest.raises(TooLarge) as e:
+            client.get("a/version", max_bytes=1 << 20)
+        assert (e.value.size, e.value.limit) == (declared, 1 << 20)
+        time.sleep(0.2)
+        assert answer.sent < 32 << 20, answer.sent     # the socket closed: the server's writes stopped
+    finally:
+        client.close()
+        server.close()
+
+
+def test_error_answers_and_listing_pages_are_bounded_too():
+    """A 404 whose body never ends is still a 404 (None), read only as far as its Code; a listing
+    page past LISTING_PAGE_BYTES is a store answering nonsense (S3Error), not a memory hog."""
+    for head, call, check in [
+        (b"HTTP/1.1 404 Not Found\r\n\r\n", lambda c: c.get("a/current"), lambda out: out is None),
+        (b"HTTP/1.1 200 OK\r\n\r\n", lambda c: list(c.list("a/")), None),
+    ]:
+        answer = Sent(head, 64 << 20)
+        server = SlowServer(answer)
+        client = S3Client(S3Config(server.url, "us-east-1", "key", "secret"), "b", timeout_s=5.0)
+        try:
+            if check is None:
+                with pytest.raises(S3Error, match="listing page is over"):
+                    call(client)
+            else:
+                assert check(call(client))
+            time.sleep(0.2)
+            assert answer.sent < 32 << 20, answer.sent
+        finally:
+            client.close()
+            server.close()
