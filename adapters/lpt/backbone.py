@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .quantize import INT8, quantize_blocks
+
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -39,7 +41,8 @@ def cpu_has_amx() -> bool:
 
 def resolve_dtype(dtype: str, device: str | torch.device = "cpu") -> str:
     """"auto": bfloat16 on a GPU that supports it (else float16) and on a CPU with AMX; float32 on
-    other CPUs, where bfloat16 is emulated and slow. Any other name is returned as it is."""
+    other CPUs, where bfloat16 is emulated and slow (never int8: it changes answers more than
+    rounding does). Any other name is returned as it is."""
     if dtype != "auto":
         return dtype
     kind = torch.device(device).type
@@ -241,6 +244,7 @@ class Backbone(nn.Module):
         absolute = getattr(self.config, "position_embedding_type", "absolute") == "absolute"
         self.packed_block = self.spec.packed_block if absolute else None
         self._fingerprint: dict | None = None
+        self.int8 = False                    # the blocks' linear layers quantized (quantize.py)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -250,8 +254,10 @@ class Backbone(nn.Module):
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
         dtype = resolve_dtype(dtype, device)
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)} or auto, got {dtype!r}")
+        if dtype not in DTYPES and dtype != INT8:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, {INT8} or auto, got {dtype!r}")
+        if dtype == INT8 and torch.device(device).type != "cpu":
+            raise ModelLoadError(f"--dtype {INT8} runs on a CPU only; on {device} use bfloat16 or float16")
         path = resolve_model_path(name_or_path)
         if path.startswith("~"):                # LPT_MODEL=~/... from an env file: no shell expanded it
             path = str(Path(path).expanduser())
@@ -269,10 +275,27 @@ class Backbone(nn.Module):
             auto = AutoModelForCausalLM
         else:
             auto = AutoModelForMaskedLM
-        model = auto.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation="sdpa")
+        model = auto.from_pretrained(path, dtype=DTYPES.get(dtype, torch.float32), attn_implementation="sdpa")
         tokenizer = AutoTokenizer.from_pretrained(path)
         model_id = "minilm" if name_or_path in MINILM_ALIASES else name_or_path
-        return cls(model, tokenizer, model_id=model_id).to(device)
+        bb = cls(model, tokenizer, model_id=model_id).to(device)
+        if dtype == INT8:
+            try:
+                bb.to_int8()
+            except ValueError as e:
+                raise ModelLoadError(f"cannot load model {name_or_path!r} in {INT8}: {e}") from None
+        return bb
+
+    def to_int8(self) -> "Backbone":
+        """The blocks' linear layers as int8 products (quantize.py), in place; a float32 model on
+        a CPU only. The fingerprint is taken first: adapters were trained on the float weights."""
+        if self.dtype != torch.float32 or self.device.type != "cpu":
+            raise ValueError(f"{INT8} quantizes a float32 model on a CPU, not {self.precision} on {self.device}")
+        self.fingerprint()
+        if quantize_blocks(self.layers) == 0:
+            raise ValueError(f"{INT8}: the {self.config.model_type} blocks hold no linear layer to quantize")
+        self.int8 = True
+        return self
 
     # ---- sizes ---------------------------------------------------------------------------
     @property
@@ -290,6 +313,11 @@ class Backbone(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    @property
+    def precision(self) -> str:
+        """What the model computes in: its dtype's name, or int8 (float32 around int8 products)."""
+        return INT8 if self.int8 else str(self.dtype).removeprefix("torch.")
 
     @property
     def causal(self) -> bool:

@@ -20,6 +20,7 @@ from pathlib import Path
 from .data import ENCODING_ERRORS, DataError, Example, check_known_labels, holdout, label_set, read_examples
 from .config import AdapterConfig
 from .methods import ADAPTER_METHODS, METHODS, adapter_settings
+from .quantize import INT8
 from .training import METHOD_DEFAULTS, TrainConfig
 
 DEV_FRACTION = 0.1
@@ -50,8 +51,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 def _runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32",
-                   help="the backbone's dtype: float32 (default), bfloat16, float16, or auto (bfloat16 on a GPU and "
-                        "on a CPU with AMX); trained weights stay float32 whatever the backbone's dtype")
+                   help="the backbone's dtype: float32 (default), bfloat16, float16, int8 (eval only, on a CPU: the "
+                        "blocks' linear layers in int8), or auto (bfloat16 on a GPU and on a CPU with AMX); trained "
+                        "weights stay float32 whatever the backbone's dtype")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
@@ -162,6 +164,9 @@ def _load_backbone(name: str, args):
 
 # ---- train ------------------------------------------------------------------------------------------
 def _check_train_args(args) -> Path | None:
+    if args.dtype == INT8:
+        raise UsageError(f"--dtype {INT8} serves and evaluates only (it has no backward pass): train in float32 "
+                         f"(the default); the adapter then serves on an {INT8} model too")
     if args.method in ADAPTER_METHODS:
         if args.no_save:
             return None

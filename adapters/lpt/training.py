@@ -223,11 +223,13 @@ def fit(method: Method, train_split: Split, dev_split: Split, cfg: TrainConfig,
     for epoch in range(1, cfg.epochs + 1):
         batches = length_grouped_batches(train_split.lengths, cfg.batch_size, gen)
         method.train(True)
-        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, file=sys.stderr,
+        # advanced by hand: a bar iterated over closes itself at the last batch, before the
+        # epoch's dev accuracy could be shown on it
+        bar = tqdm(total=len(batches), desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, file=sys.stderr,
                    dynamic_ncols=True, leave=True)
         total, seen = 0.0, 0
         t0, c0 = time.perf_counter(), time.process_time()
-        for idx in bar:
+        for idx in batches:
             loss = batch_loss(method, train_split, idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -239,9 +241,12 @@ def fit(method: Method, train_split: Split, dev_split: Split, cfg: TrainConfig,
             done += 1
             if on_step is not None:
                 on_step(Progress(epoch, cfg.epochs, done, steps, total / seen))
-            bar.set_postfix(loss=f"{total / seen:.4f}",
-                            dev_acc="-" if last_acc is None else f"{last_acc:.4f}", refresh=False)
+            # during an epoch the dev accuracy shown is the previous epoch's: named so
+            bar.set_postfix(loss=f"{total / seen:.4f}", **({} if last_acc is None else
+                                                          {f"dev_acc@{epoch - 1}": f"{last_acc:.4f}"}), refresh=False)
+            bar.update(1)
         train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+        bar.set_postfix(loss=f"{total / seen:.4f}", dev_acc="evaluating")
         t1 = time.perf_counter()
         acc = last_acc = accuracy(method, dev_split, cfg.eval_batch_size)
         eval_s = time.perf_counter() - t1

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, MutableMapping
 
 from lpt.backbone import ModelLoadError
+from lpt.quantize import INT8
 
 from .batcher import Batcher
 from .metrics import Metrics
@@ -123,7 +124,9 @@ class Runtime:
         self.worker: EngineWorker | None = None
         self.batcher: Batcher | None = None
         self.trainer: Trainer | None = None
-        self.train_runner = Runner(settings.model, settings.device, settings.dtype, settings.train_threads)
+        # int8 has no backward pass: jobs train on the float32 model, and serve on int8
+        train_dtype = "float32" if settings.dtype == INT8 else settings.dtype
+        self.train_runner = Runner(settings.model, settings.device, train_dtype, settings.train_threads)
         self.started_at = time.time()
         self.plan: ThreadPlan = thread_plan(settings)
         self.load_seconds: float | None = None
@@ -151,7 +154,7 @@ class Runtime:
         backbone = self.engine.backbone
         log.info("model %r loaded in %.1f s (%s, %s); %d engine worker(s) x %d torch thread(s)",
                  getattr(backbone, "model_id", s.model), self.load_seconds, getattr(backbone, "device", s.device),
-                 getattr(backbone, "dtype", s.dtype), self.plan.workers, self.plan.torch_threads)
+                 getattr(backbone, "precision", s.dtype), self.plan.workers, self.plan.torch_threads)
         await asyncio.to_thread(sweep_store, store)
         self.registry = Registry(store, backbone, max_resident=s.max_resident_adapters,
                                  max_bytes=s.max_adapter_bytes,

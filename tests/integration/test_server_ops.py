@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from live_server import serving
+from tiny import make_backbone
 from tiny_server import Held, adapter_file, admin, running, tiny_app, upload
 from lpt import Engine
 from lpt_server import Settings, cli, create_app, docs
@@ -125,6 +126,19 @@ async def test_listings_run_off_the_event_loop(tmp_path, tiny_bb, path, owner, m
 
 
 @pytest.mark.asyncio
+async def test_an_int8_server_says_so_and_trains_in_float32(tmp_path):
+    """`--dtype int8`: /info and the startup log name it; training jobs load the float32 model
+    (int8 has no backward pass), whose adapters the int8 model serves."""
+    bb = make_backbone("bert", lm_head=False).to_int8()
+    async with running(tmp_path, bb, dtype="int8") as (app, c):
+        assert (await upload(c, "sent", adapter_file(bb, "sent"))).status_code == 201
+        r = await c.post("/v1/classify", json={"inputs": "great film", "task": "sent"})
+        assert r.status_code == 200, r.text
+        assert (await c.get("/info")).json()["model"]["dtype"] == "int8"
+        assert app.state.runtime.train_runner.dtype == "float32"
+
+
+@pytest.mark.asyncio
 async def test_the_openapi_schema_is_built_before_the_first_request(tmp_path, tiny_bb):
     """FastAPI builds it on the first GET /openapi.json, on the event loop (~70 ms): at start instead."""
     async with running(tmp_path, tiny_bb) as (app, c):
@@ -187,7 +201,7 @@ def test_serve_flags_override_env(monkeypatch, tmp_path):
     for name in Settings.model_fields:
         assert "--" + name.replace("_", "-") in flags, name
     with pytest.raises(SystemExit):
-        cli.settings_from_args(["--dtype", "int8"])
+        cli.settings_from_args(["--dtype", "int4"])
 
 
 def test_default_engine_applies_threads_and_padding(tmp_path, tiny_bb, monkeypatch):

@@ -169,4 +169,4 @@ def test_auto_dtype_is_bf16_only_where_it_is_fast(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert backbone.resolve_dtype("auto", "cuda") == "bfloat16"
     with pytest.raises(ValueError, match="dtype must be one of"):
-        backbone.Backbone.load("no/such-model", dtype="int8")     # checked before the model is looked for
+        backbone.Backbone.load("no/such-model", dtype="int4")     # checked before the model is looked for

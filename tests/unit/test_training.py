@@ -1,4 +1,6 @@
 """Training on tiny random models: it learns, caching changes nothing, runs are reproducible."""
+import functools
+
 import pytest
 import torch
 
@@ -176,3 +178,20 @@ def test_template_and_label_words_train_through_the_frozen_mlm_head():
     adapter = result.method.adapter
     assert result.method.trainable_parameters() == sum(p.numel() for p in adapter.generator.parameters())
     assert adapter.config.head_kind == "mlm" and len(result.history) == 2
+
+
+def test_the_bar_names_the_epoch_its_dev_accuracy_is_from(capsys, monkeypatch):
+    """During epoch 2 the bar shows epoch 1's dev accuracy, labelled as such; then that the dev
+    set is being evaluated; at the epoch's end, its own dev accuracy."""
+    import tqdm
+    monkeypatch.setattr(tqdm.tqdm, "__init__", functools.partialmethod(tqdm.tqdm.__init__, mininterval=0))  # every step
+    bb = make_backbone("bert", lm_head=False)
+    ex = toy_examples(24)
+    result = train(bb, ex, ex, LABELS, TrainConfig(method="lpt", epochs=2, batch_size=8), task="toy", progress=True)
+    err = capsys.readouterr().err.replace("\r", "\n")
+    epoch2 = [line for line in err.splitlines() if line.startswith("epoch 2/2") and "loss=" in line]
+    during = [line for line in epoch2 if "dev_acc@1=" in line]
+    assert during and all(f"dev_acc@1={result.history[0].dev_accuracy:.4f}" in line and "dev_acc=" not in line
+                          for line in during)
+    assert any("dev_acc=evaluating" in line for line in epoch2)
+    assert f"dev_acc={result.history[1].dev_accuracy:.4f}" in epoch2[-1]

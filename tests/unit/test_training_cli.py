@@ -172,6 +172,19 @@ def test_bad_flags(model_dir, files, tmp_path, capsys):
     assert "--format" in _bad_train(tmp_path, capsys, model_dir, data)
 
 
+def test_int8_evaluates_a_float32_adapter_and_refuses_to_train(model_dir, files, tmp_path, capsys):
+    err = _bad_train(tmp_path, capsys, model_dir, files["train"], "--dtype", "int8")
+    assert "--dtype int8 serves and evaluates only" in err and not (tmp_path / "out.safetensors").exists()
+    assert _train(model_dir, tmp_path, "--dev", str(files["dev"]), data=files["train"]) == 0
+    capsys.readouterr()
+    reports = {}
+    for dtype in ("float32", "int8"):
+        assert main(["eval", "--adapter", str(tmp_path / "out.safetensors"), "--data", str(files["test"]),
+                     "--model", model_dir, "--dtype", dtype, "--json"]) == 0
+        reports[dtype] = json.loads(capsys.readouterr().out)
+    assert reports["int8"]["examples"] == reports["float32"]["examples"] == 10
+
+
 def test_eval_bad_inputs(model_dir, files, tmp_path, capsys):
     assert _train(model_dir, tmp_path, "--dev", str(files["dev"]), data=files["train"]) == 0
     adapter = str(tmp_path / "out.safetensors")

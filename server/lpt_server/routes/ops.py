@@ -53,7 +53,7 @@ def info(request: Request):
                   "hidden_size": bb.hidden_size if bb is not None else None,
                   "has_lm_head": bb.has_lm_head if bb is not None else None,
                   "device": rt.settings.device,
-                  "dtype": str(bb.dtype).removeprefix("torch.") if bb is not None else rt.settings.dtype,
+                  "dtype": bb.precision if bb is not None else rt.settings.dtype,
                   "load_seconds": rt.load_seconds},
         "ready": ok, "status": reason,
         "adapters": {"registered": rt.registry.registered if rt.registry else 0,
