@@ -37,6 +37,8 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from .aws_credentials import CredentialSource, Credentials, CredentialsUnavailable, credential_source, static
+
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 READ_RETRY_PAUSES_S = (0.05, 0.2)     # a read is tried up to three times
@@ -76,31 +78,30 @@ class TooLarge(Exception):
 class S3Config:
     endpoint: str | None       # None: AWS itself, virtual-hosted
     region: str
-    access_key: str
-    secret_key: str
-    session_token: str | None = None
+    credentials: CredentialSource
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> "S3Config":
+    def with_keys(cls, endpoint: str | None, region: str, access_key: str, secret_key: str) -> "S3Config":
+        return cls(endpoint, region, static(access_key, secret_key))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ, timeout_s: float = 5.0) -> "S3Config":
         """The standard AWS variables: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, AWS_REGION (or
-        AWS_DEFAULT_REGION), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN."""
-        missing = [k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not env.get(k)]
-        if missing:
-            raise ValueError(f"an s3:// store needs credentials: set {' and '.join(missing)}")
+        AWS_DEFAULT_REGION), and credentials from the SDKs' chain (aws_credentials.py).
+        ValueError for a bad endpoint, NoCredentials where no source is configured."""
         endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
         if endpoint and urlsplit(endpoint).scheme not in ("http", "https"):
             raise ValueError(f"AWS_ENDPOINT_URL must start with http:// or https://, got {endpoint!r}")
         return cls(endpoint=endpoint.rstrip("/") if endpoint else None,
                    region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-                   access_key=env["AWS_ACCESS_KEY_ID"], secret_key=env["AWS_SECRET_ACCESS_KEY"],
-                   session_token=env.get("AWS_SESSION_TOKEN") or None)
+                   credentials=credential_source(env, timeout_s))
 
 
 def _uri_encode(text: str, safe: str) -> str:
     return quote(text, safe=safe + "-_.~")
 
 
-def sign(method: str, url: str, headers: dict[str, str], payload_sha256: str, cfg: S3Config,
+def sign(method: str, url: str, headers: dict[str, str], payload_sha256: str, creds: Credentials, region: str,
          now: datetime) -> dict[str, str]:
     """The headers to send: `headers` plus host, x-amz-date, x-amz-content-sha256 (and the
     session token) and the SigV4 Authorization over all of them. `url`'s path and query must be
@@ -108,20 +109,20 @@ def sign(method: str, url: str, headers: dict[str, str], payload_sha256: str, cf
     parts = urlsplit(url)
     stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
     out = {**headers, "host": parts.netloc, "x-amz-date": stamp, "x-amz-content-sha256": payload_sha256}
-    if cfg.session_token:
-        out["x-amz-security-token"] = cfg.session_token
+    if creds.session_token:
+        out["x-amz-security-token"] = creds.session_token
     lowered = {k.lower(): " ".join(str(v).split()) for k, v in out.items()}
     signed = sorted(lowered)
     query = "&".join(sorted(parts.query.split("&"), key=lambda kv: kv.split("=", 1))) if parts.query else ""
     canonical = "\n".join([method, parts.path or "/", query, *(f"{k}:{lowered[k]}" for k in signed), "",
                            ";".join(signed), payload_sha256])
-    scope = f"{day}/{cfg.region}/s3/aws4_request"
+    scope = f"{day}/{region}/s3/aws4_request"
     to_sign = "\n".join(["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    key = ("AWS4" + cfg.secret_key).encode()
-    for part in (day, cfg.region, "s3", "aws4_request"):
+    key = ("AWS4" + creds.secret_key).encode()
+    for part in (day, region, "s3", "aws4_request"):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
     signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    out["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={cfg.access_key}/{scope}, "
+    out["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={creds.access_key}/{scope}, "
                             f"SignedHeaders={';'.join(signed)}, Signature={signature}")
     return out
 
@@ -229,7 +230,11 @@ class S3Client:
         pauses = READ_RETRY_PAUSES_S if method == "GET" else ()
         deadline = time.monotonic() + self.timeout_s
         for attempt in range(len(pauses) + 1):
-            signed = sign(method, url, headers or {}, payload, self.cfg, datetime.now(timezone.utc))
+            try:
+                creds = self.cfg.credentials.get()
+            except CredentialsUnavailable as e:
+                raise Unreachable(str(e)) from None
+            signed = sign(method, url, headers or {}, payload, creds, self.cfg.region, datetime.now(timezone.utc))
             signed.pop("host")      # httpx sets Host from the URL (the same value)
             try:
                 r = self._exchange(method, url, signed, body, deadline, max_bytes)

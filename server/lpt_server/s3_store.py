@@ -40,6 +40,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
+from .aws_credentials import NoCredentials
 from .s3 import PreconditionFailed, S3Client, S3Config, S3Error, TooLarge, Unreachable
 from .store import (NAME_RE, POINTER, ROOT_MARKER, ROOT_MARKER_TEXT, SUFFIX, VERSION_FILE_RE, VERSION_RE, GRACE_S,
                     FileTooLarge, Health, NameTaken, NotAStore, Stored, check_name)
@@ -114,8 +115,8 @@ class S3Store:
         self.location = f"{S3_SCHEME}{bucket}/{self.prefix}"
         if client is None:
             try:
-                client = S3Client(S3Config.from_env(), bucket, timeout_s)
-            except ValueError as e:
+                client = S3Client(S3Config.from_env(timeout_s=timeout_s), bucket, timeout_s)
+            except (ValueError, NoCredentials) as e:
                 raise NotAStore(f"cannot use {self.location} as the adapter store: {e}") from None
         self.client = client
         self.cache = FileCache(cache_bytes)
@@ -127,6 +128,8 @@ class S3Store:
             raise NotAStore(f"cannot use {self.location} as the adapter store: the S3 server at {client.endpoint} "
                             f"answered {e.answer}; check the bucket name, the endpoint (AWS_ENDPOINT_URL) and the "
                             "AWS_* credentials") from None
+        except NoCredentials as e:           # the configured source gave none (a refused web identity, ...)
+            raise NotAStore(f"cannot use {self.location} as the adapter store: {e}") from None
 
     # ---- keys -----------------------------------------------------------------------------------
     def _pointer_key(self, name: str) -> str:

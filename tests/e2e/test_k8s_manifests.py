@@ -92,7 +92,8 @@ def test_renders_and_validates_strictly(overlay):
 def test_the_base_holds_a_deployment_service_pdb_and_hpa():
     docs = rendered(K8S / "base")
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service", "Service"]
+    assert kinds == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service", "Service",
+                     "ServiceAccount"]
 
 
 def test_training_has_a_service_that_keeps_each_client_on_one_pod():
@@ -157,7 +158,12 @@ def test_store_and_keys_come_from_secrets(overlay):
     secret_refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"] if "valueFrom" in e}
     for name in ("LPT_STORE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION"):
         assert secret_refs[name]["name"] == "lpt-store", f"{name} is not read from the store's Secret"
-    assert not secret_refs["AWS_SECRET_ACCESS_KEY"].get("optional"), "the store cannot work without its key"
+    assert not secret_refs["LPT_STORE"].get("optional"), "the server cannot start without its store"
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):     # or a role on the service account
+        assert secret_refs[name].get("optional") is True, f"{name}: a pod with a cloud role has no keys"
+    docs = rendered(K8S / "overlays" / overlay)
+    account = one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    assert one(docs, "ServiceAccount")["metadata"]["name"] == account       # where IRSA / Pod Identity attach
     for name in ("LPT_ADMIN_KEY", "LPT_API_KEY"):
         assert secret_refs[name].get("optional") is True, f"{name}: a cluster without the key must still start"
 

@@ -361,7 +361,7 @@ async def test_one_deadline_covers_the_whole_request(tmp_path, tiny_bb):
         await upload(c, "other", adapter_file(tiny_bb, "other"))             # "sent" leaves memory
         registry = app.state.runtime.registry
         read = registry.store.read
-        registry.store.read = lambda name, version: (time.sleep(0.7), read(name, version))[1]   # a slow store
+        registry.store.read = lambda *args: (time.sleep(0.7), read(*args))[1]   # a slow store
         t0 = time.perf_counter()
         r = await c.post("/v1/classify", json={"inputs": "fine", "task": "sent"})
         took = time.perf_counter() - t0

@@ -27,7 +27,7 @@ class FakeS3:
         self.calls: list[tuple[str, str]] = []
 
     def client(self, timeout_s: float = 1.0) -> S3Client:
-        cfg = S3Config("http://fake-s3.test", "us-east-1", "key", "secret")
+        cfg = S3Config.with_keys("http://fake-s3.test", "us-east-1", "key", "secret")
         return S3Client(cfg, self.bucket, timeout_s, transport=httpx.MockTransport(self.handle))
 
     def handle(self, request: httpx.Request) -> httpx.Response:

@@ -88,7 +88,7 @@ def test_a_call_ends_within_its_timeout(answer, tries, message, pauses, monkeypa
     if pauses is not None:
         monkeypatch.setattr(s3, "READ_RETRY_PAUSES_S", pauses)
     server = SlowServer(answer)
-    client = S3Client(S3Config(server.url, "us-east-1", "key", "secret"), "b", timeout_s=1.0)
+    client = S3Client(S3Config.with_keys(server.url, "us-east-1", "key", "secret"), "b", timeout_s=1.0)
     try:
         t0 = time.monotonic()
         with pytest.raises(Unreachable, match=message):
@@ -113,7 +113,7 @@ def test_a_large_answer_gets_time_for_its_declared_length():
             time.sleep(2.0 / (size // chunk))
 
     server = SlowServer(slow_large)
-    client = S3Client(S3Config(server.url, "us-east-1", "key", "secret"), "b", timeout_s=1.0)
+    client = S3Client(S3Config.with_keys(server.url, "us-east-1", "key", "secret"), "b", timeout_s=1.0)
     try:
         assert len(client.get("a/version", max_bytes=size).body) == size
     finally:
@@ -144,7 +144,7 @@ def test_an_object_over_the_callers_limit_is_not_read_whole(head, declared):
     one) after at most about the limit, in well under the time the whole answer would take."""
     answer = Sent(head, 256 << 20)
     server = SlowServer(answer)
-    client = S3Client(S3Config(server.url, "us-east-1", "key", "secret"), "b", timeout_s=5.0)
+    client = S3Client(S3Config.with_keys(server.url, "us-east-1", "key", "secret"), "b", timeout_s=5.0)
     try:
         with pytest.raises(TooLarge) as e:
             client.get("a/version", max_bytes=1 << 20)
@@ -165,7 +165,7 @@ def test_error_answers_and_listing_pages_are_bounded_too():
     ]:
         answer = Sent(head, 64 << 20)
         server = SlowServer(answer)
-        client = S3Client(S3Config(server.url, "us-east-1", "key", "secret"), "b", timeout_s=5.0)
+        client = S3Client(S3Config.with_keys(server.url, "us-east-1", "key", "secret"), "b", timeout_s=5.0)
         try:
             if check is None:
                 with pytest.raises(S3Error, match="listing page is over"):

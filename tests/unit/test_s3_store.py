@@ -14,6 +14,7 @@ from lpt import new_adapter
 from lpt.adapter import adapter_bytes
 from lpt_server import s3, s3_store
 from lpt_server.registry import Registry
+from lpt_server.aws_credentials import Credentials, NoCredentials
 from lpt_server.s3 import EMPTY_SHA256, S3Client, S3Config, sign
 from lpt_server.s3_store import FileCache, S3Store, parse_url
 from lpt_server.store import NotAStore
@@ -30,9 +31,9 @@ def sha(data: bytes) -> str:
 
 def test_signature_v4_matches_the_aws_documented_example():
     """AWS's 'GET Object' example of Signature Version 4 (the S3 API reference)."""
-    cfg = S3Config(None, "us-east-1", "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+    creds = Credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
     headers = sign("GET", "https://examplebucket.s3.amazonaws.com/test.txt", {"Range": "bytes=0-9"}, EMPTY_SHA256,
-                   cfg, datetime(2013, 5, 24, tzinfo=timezone.utc))
+                   creds, "us-east-1", datetime(2013, 5, 24, tzinfo=timezone.utc))
     assert headers["Authorization"] == (
         "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "
         "SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, "
@@ -45,7 +46,7 @@ def test_the_standard_aws_variables_configure_the_client():
     assert aws.base == "https://bkt.s3.eu-west-3.amazonaws.com"          # AWS itself: virtual-hosted
     cfg = S3Config.from_env({**env, "AWS_ENDPOINT_URL": "http://minio:9000/", "AWS_ENDPOINT_URL_S3": "http://s3:8333"})
     assert S3Client(cfg, "bkt").base == "http://s3:8333/bkt"            # the S3-specific one wins, path-style
-    with pytest.raises(ValueError, match="AWS_SECRET_ACCESS_KEY"):
+    with pytest.raises(NoCredentials, match="AWS_SECRET_ACCESS_KEY"):
         S3Config.from_env({"AWS_ACCESS_KEY_ID": "k"})
     with pytest.raises(ValueError, match="http:// or https://"):
         S3Config.from_env({**env, "AWS_ENDPOINT_URL": "minio:9000"})
