@@ -15,12 +15,23 @@ adapters): an opt-in serving setting, never a default.
 """
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 INT8 = "int8"
 QMAX = 127                 # symmetric: -127..127 (activations; weights where the CPU allows)
+
+
+def _weight(module: nn.Module) -> torch.Tensor | None:
+    """The [out, in] weight of a linear layer (nn.Linear, or GPT-2's Conv1D stored [in, out])."""
+    if isinstance(module, nn.Linear):
+        return module.weight
+    if isinstance(module, Conv1D):
+        return module.weight.t()
+    return None
 
 
 class Int8Linear(nn.Module):
@@ -40,11 +51,8 @@ class Int8Linear(nn.Module):
     def of(cls, module: nn.Module, weight_max: int = QMAX) -> "Int8Linear | None":
         """An nn.Linear, or transformers' Conv1D (GPT-2: the same product, weight stored [in, out]),
         as an Int8Linear; None for any other module."""
-        if isinstance(module, nn.Linear):
-            return cls(module.weight, module.bias, weight_max)
-        if isinstance(module, Conv1D):
-            return cls(module.weight.t(), module.bias, weight_max)
-        return None
+        weight = _weight(module)
+        return None if weight is None else cls(weight, module.bias, weight_max)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float()
@@ -59,30 +67,41 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
-def exact_products(weight_max: int) -> bool:
+def exact_products(weight_max: int, shapes: Iterable[tuple[int, int]] = ()) -> bool:
     """Whether this CPU's int8 product is exact for activations up to 127 and weights up to
-    weight_max: at the extremes, both signs (where 16-bit sums would saturate), and at random."""
-    ones = torch.tensor([1, 1, -1, 1] * 8)
+    weight_max: at the extremes with both signs (where 16-bit sums would saturate), at random,
+    and at each (in, out) shape given (a kernel may be chosen by shape: the model's own are
+    checked, with 64 rows)."""
+    def signs(n: int) -> torch.Tensor:
+        return torch.tensor([1, 1, -1, 1]).repeat(-(-n // 4))[:n]
     g = torch.Generator().manual_seed(0)
-    cases = [((ones * QMAX * sa)[None].repeat(17, 1), (ones * weight_max * sb)[:, None].repeat(1, 8))
-             for sa in (1, -1) for sb in (1, -1)]
-    cases.append((torch.randint(-QMAX, QMAX + 1, (33, 96), generator=g),
-                  torch.randint(-weight_max, weight_max + 1, (96, 24), generator=g)))
+    cases = [(17, 32, 8, sa, sb) for sa in (1, -1) for sb in (1, -1)]
+    cases += [(64, k, n, sa, 1) for k, n in sorted(set(shapes)) for sa in (1, -1)]
     try:
-        return all(torch.equal(torch._int_mm(a.to(torch.int8), b.to(torch.int8)).long(), a @ b) for a, b in cases)
+        for m, k, n, sa, sb in cases:       # every product +-127 * weight_max: a row . column is k of them
+            a = (signs(k) * QMAX * sa)[None].repeat(m, 1).to(torch.int8)
+            b = (signs(k) * weight_max * sb)[:, None].repeat(1, n).to(torch.int8)
+            if not bool((torch._int_mm(a, b) == sa * sb * QMAX * weight_max * k).all()):
+                return False
+        a = torch.randint(-QMAX, QMAX + 1, (33, 96), generator=g)
+        b = torch.randint(-weight_max, weight_max + 1, (96, 24), generator=g)
+        return torch.equal(torch._int_mm(a.to(torch.int8), b.to(torch.int8)).long(), a @ b)
     except RuntimeError:              # no int8 product in this torch build
         return False
 
 
-def weight_range() -> int | None:
-    """The widest weight range whose products are exact here: 127 (CPUs with VNNI, and ARM), 63
-    (x86 without VNNI), None (neither: int8 cannot run exactly)."""
-    return next((w for w in (QMAX, 63) if exact_products(w)), None)
+def weight_range(shapes: Iterable[tuple[int, int]] = ()) -> int | None:
+    """The widest weight range whose products are exact here, at these (in, out) shapes: 127
+    (CPUs with VNNI, and ARM), 63 (x86 without VNNI), None (neither: int8 cannot run exactly)."""
+    shapes = list(shapes)
+    return next((w for w in (QMAX, 63) if exact_products(w, shapes)), None)
 
 
 def quantize_blocks(blocks: nn.ModuleList) -> int:
     """Replace every linear layer inside `blocks` with an Int8Linear, in place; returns how many."""
-    weight_max = weight_range()
+    shapes = {(w.shape[1], w.shape[0]) for block in blocks for m in block.modules()
+               if (w := _weight(m)) is not None}
+    weight_max = weight_range(shapes)
     if weight_max is None:
         raise ValueError(f"{INT8} is not available here: this torch's int8 matrix product is missing or inexact "
                          "on this CPU; serve in float32 (or bfloat16 on a CPU with AMX)")

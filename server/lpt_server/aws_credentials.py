@@ -19,16 +19,19 @@ The first source that is configured wins, in the SDKs' order:
 5. The EC2 instance role through IMDSv2 (`AWS_EC2_METADATA_SERVICE_ENDPOINT`, default
    http://169.254.169.254), unless `AWS_EC2_METADATA_DISABLED=true`.
 
-Temporary credentials are fetched again 5 minutes before they expire; while a refresh fails and
-the old ones are still valid, they are used on. A source that cannot give credentials raises
-NoCredentials (said once at start, as the store's refusal) or CredentialsUnavailable (a
-refresh that failed once the old ones expired: the store is then down, 503, until it works).
+Temporary credentials are renewed 5 minutes before they expire (halfway through a shorter life),
+on a thread of their own while the held ones serve on; a renewal that fails is tried again every
+10 s until they expire. A source that cannot give credentials raises NoCredentials (said once at
+start, as the store's refusal) or CredentialsUnavailable (none valid and the source not
+answering: the store is then down, 503, until it does).
 """
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -37,17 +40,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Mapping
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 
 log = logging.getLogger("lpt_server.aws_credentials")
 
 REFRESH_AHEAD_S = 300.0        # fetch new temporary credentials this long before they expire
+RETRY_AFTER_S = 10.0           # a failed fetch is not tried again sooner
 SESSION_NAME = "lpt-serve"
 STS_NS = "{https://sts.amazonaws.com/doc/2011-06-15/}"
 ECS_HOST = "http://169.254.170.2"
 IMDS = "http://169.254.169.254"
+
+
+def _clock() -> float:
+    """Seconds since the epoch, as credentials' expiry times are given (the tests move it)."""
+    return time.time()
 
 
 class NoCredentials(Exception):
@@ -69,50 +78,87 @@ class Credentials:
         if not isinstance(self.access_key, str) or not self.access_key or not isinstance(self.secret_key, str) \
                 or not self.secret_key:
             raise ValueError("the answer holds no access key id and secret access key")
-
-    def fresh(self, now: float) -> bool:
-        return self.expires is None or now < self.expires - REFRESH_AHEAD_S
+        if self.session_token is not None and not isinstance(self.session_token, str):
+            raise ValueError("the answer's session token is not a string")
 
     def valid(self, now: float) -> bool:
         return self.expires is None or now < self.expires
 
 
 class CredentialSource:
-    """Credentials from `fetch`, kept until REFRESH_AHEAD_S before they expire."""
+    """Credentials from `fetch`, renewed REFRESH_AHEAD_S before they expire (or halfway through
+    their life, if that is shorter). While the held ones are valid, renewal runs on a thread of
+    its own and callers go on with them: a slow or refused source never delays a call. Without
+    valid credentials a caller fetches (one at a time); a failure is answered again for
+    RETRY_AFTER_S without asking the source again."""
 
     def __init__(self, name: str, fetch: Callable[[], Credentials]):
         self.name, self._fetch = name, fetch
         self._held: Credentials | None = None
-        self._lock = threading.Lock()
+        self._renew_at = 0.0
+        self._failed: tuple[float, Exception] | None = None     # (when, what) of the last failed fetch
+        self._renewing = False
+        self._lock = threading.Lock()          # one fetch at a time
+        self._state = threading.Lock()         # the fields above
 
     def get(self) -> Credentials:
-        now, held = time.time(), self._held
-        if held is not None and held.fresh(now):
-            return held
+        now, held = _clock(), self._held
         if held is not None and held.valid(now):
-            if not self._lock.acquire(blocking=False):
-                return held                   # another call is refreshing them meanwhile
-        else:
-            self._lock.acquire()
-        try:
-            now = time.time()
-            if self._held is not None and self._held.fresh(now):
+            if now >= self._renew_at:
+                self._renew_in_background(now)
+            return held
+        with self._lock:
+            now = _clock()
+            if self._held is not None and self._held.valid(now):
                 return self._held
+            failed = self._failed
+            if failed is not None and now - failed[0] < RETRY_AFTER_S:
+                raise failed[1]
             try:
-                self._held = self._fetch()
-            except (NoCredentials, httpx.HTTPError, OSError, ValueError, KeyError, ET.ParseError) as e:
-                why = str(e) if isinstance(e, NoCredentials) else f"{type(e).__name__}: {e}" if str(e) \
-                    else type(e).__name__
-                if self._held is not None and self._held.valid(now):
-                    log.warning("refreshing the store's %s credentials failed (%s); using the current ones "
-                                "until they expire", self.name, why)
-                    return self._held
-                if self._held is None and isinstance(e, NoCredentials):
-                    raise                      # never had any: a setup to fix, said at start
-                raise CredentialsUnavailable(f"the {self.name} credentials could not be fetched: {why}") from None
-            return self._held
+                return self._take(self._fetch())
+            except Exception as e:
+                error = self._failure(e)
+                with self._state:
+                    self._failed = (_clock(), error)
+                raise error from None
+
+    def _take(self, creds: Credentials) -> Credentials:
+        now = _clock()
+        with self._state:
+            self._held, self._failed = creds, None
+            self._renew_at = (math.inf if creds.expires is None else
+                              creds.expires - min(REFRESH_AHEAD_S, max(creds.expires - now, 0) / 2))
+        return creds
+
+    def _failure(self, e: Exception) -> Exception:
+        """NoCredentials while none were ever had (a setup to fix, said at start); afterwards
+        CredentialsUnavailable (the store is down until the source answers again)."""
+        if isinstance(e, NoCredentials) and self._held is None:
+            return e
+        why = str(e) if isinstance(e, (NoCredentials, CredentialsUnavailable)) else \
+            f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        return CredentialsUnavailable(f"the {self.name} credentials could not be fetched: {why}")
+
+    def _renew_in_background(self, now: float) -> None:
+        with self._state:
+            if self._renewing or (self._failed is not None and now - self._failed[0] < RETRY_AFTER_S):
+                return
+            self._renewing = True
+        threading.Thread(target=self._renew, name="lpt-credentials", daemon=True).start()
+
+    def _renew(self) -> None:
+        try:
+            with self._lock:
+                self._take(self._fetch())
+        except Exception as e:
+            error = self._failure(e)
+            with self._state:
+                self._failed = (_clock(), error)
+            log.warning("renewing the store's %s credentials failed (%s); the current ones serve until they "
+                        "expire, and renewal is tried again in %g s", self.name, error, RETRY_AFTER_S)
         finally:
-            self._lock.release()
+            with self._state:
+                self._renewing = False
 
 
 def static(access_key: str, secret_key: str, session_token: str | None = None,
@@ -144,7 +190,9 @@ def credential_source(env: Mapping[str, str] = os.environ, timeout_s: float = 5.
                         "or run with a container or instance role")
 
 
-def _expiry(text: str) -> float:
+def _expiry(text: object) -> float:
+    if not isinstance(text, str):
+        raise ValueError(f"the credentials' Expiration is {text!r}, not a time")
     return datetime.fromisoformat(text.strip().replace("Z", "+00:00")).timestamp()
 
 
@@ -160,8 +208,8 @@ def _web_identity(env: Mapping[str, str], timeout_s: float) -> Credentials:
     form = {"Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15", "RoleArn": env["AWS_ROLE_ARN"],
             "RoleSessionName": env.get("AWS_ROLE_SESSION_NAME") or SESSION_NAME, "WebIdentityToken": token}
     # unsigned: the token is the proof
-    r = httpx.post(endpoint + "/", content=urlencode(form),
-                   headers={"content-type": "application/x-www-form-urlencoded"}, timeout=timeout_s)
+    r = _ask("POST", endpoint + "/", content=urlencode(form),
+             headers={"content-type": "application/x-www-form-urlencoded"}, timeout=timeout_s)
     if r.status_code >= 500:
         raise httpx.HTTPStatusError(f"{r.status_code} from STS at {endpoint}", request=r.request, response=r)
     root = ET.fromstring(r.content[:1 << 20])
@@ -181,12 +229,21 @@ def _web_identity(env: Mapping[str, str], timeout_s: float) -> Credentials:
 
 
 def _shared_file(env: Mapping[str, str]) -> CredentialSource | None:
-    path = Path(env.get("AWS_SHARED_CREDENTIALS_FILE") or Path.home() / ".aws" / "credentials").expanduser()
-    profile = env.get("AWS_PROFILE") or "default"
-    parser = configparser.ConfigParser()
+    named = env.get("AWS_PROFILE")
+    profile = named or "default"
     try:
-        parser.read_string(path.read_text())
-    except (OSError, configparser.Error):
+        path = Path(env.get("AWS_SHARED_CREDENTIALS_FILE") or Path.home() / ".aws" / "credentials").expanduser()
+        text = path.read_text()
+    except (OSError, RuntimeError) as e:          # RuntimeError: no home directory
+        if named:
+            raise NoCredentials(f"AWS_PROFILE {named!r}: the shared credentials file cannot be read ({e})") from None
+        return None
+    parser = configparser.ConfigParser(interpolation=None)     # a secret may hold a '%'
+    try:
+        parser.read_string(text)
+    except configparser.Error as e:
+        if named:
+            raise NoCredentials(f"AWS_PROFILE {named!r}: {path} cannot be parsed ({e})") from None
         return None
     if not parser.has_section(profile):
         if env.get("AWS_PROFILE"):
@@ -199,18 +256,33 @@ def _shared_file(env: Mapping[str, str]) -> CredentialSource | None:
                   name=f"profile {profile}")
 
 
+def _ask(method: str, url: str, **kwargs) -> httpx.Response:
+    """An HTTP call whose failure to connect names where it went."""
+    try:
+        return httpx.request(method, url, **kwargs)
+    except httpx.TransportError as e:
+        raise type(e)(f"{e or type(e).__name__} ({method} {url})") from None
+
+
 def _json_credentials(r: httpx.Response, where: str) -> Credentials:
     if r.status_code >= 500:
         raise httpx.HTTPStatusError(f"{r.status_code} from {where}", request=r.request, response=r)
     if r.status_code != 200:
         raise NoCredentials(f"{where} refused the credentials request: {r.status_code} {r.text[:200]}")
     d = json.loads(r.content[:1 << 20])
-    return Credentials(d["AccessKeyId"], d["SecretAccessKey"], d.get("Token") or d.get("SessionToken"),
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} answered {type(d).__name__}, not an object")
+    return Credentials(d.get("AccessKeyId"), d.get("SecretAccessKey"), d.get("Token") or d.get("SessionToken"),
                        _expiry(d["Expiration"]) if d.get("Expiration") else None)
 
 
 def _container(env: Mapping[str, str], timeout_s: float) -> Credentials:
-    url = env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI") or ECS_HOST + env["AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"]
+    relative = env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+    url = ECS_HOST + relative if relative else env["AWS_CONTAINER_CREDENTIALS_FULL_URI"]
+    parts = urlsplit(url)
+    if parts.scheme != "https" and not (parts.scheme == "http" and _local_host(parts.hostname or "")):
+        raise NoCredentials(f"AWS_CONTAINER_CREDENTIALS_FULL_URI {url}: not https, and not the ECS or EKS "
+                            "credentials address or a loopback one (the token must not go out in clear)")
     headers = {}
     token_file = env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
     if token_file:
@@ -220,15 +292,29 @@ def _container(env: Mapping[str, str], timeout_s: float) -> Credentials:
             raise NoCredentials(f"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {token_file}: {e.strerror or e}") from None
     elif env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN"):
         headers["Authorization"] = env["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
-    return _json_credentials(httpx.get(url, headers=headers, timeout=timeout_s), f"the container credentials at {url}")
+    return _json_credentials(_ask("GET", url, headers=headers, timeout=timeout_s), f"the container credentials at {url}")
+
+
+def _local_host(host: str) -> bool:
+    """Where the SDKs send container credentials over plain http: loopback, ECS's and EKS Pod
+    Identity's link-local addresses."""
+    if host in ("localhost", "169.254.170.2", "169.254.170.23", "fd00:ec2::23"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _instance_role(env: Mapping[str, str], timeout_s: float) -> Credentials:
     base = (env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or IMDS).rstrip("/")
     try:
-        token = httpx.put(f"{base}/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "21600"},
-                          timeout=timeout_s)
-        headers = {"X-aws-ec2-metadata-token": token.text} if token.status_code == 200 else {}
+        try:
+            token = httpx.put(f"{base}/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "21600"},
+                              timeout=timeout_s)
+            headers = {"X-aws-ec2-metadata-token": token.text} if token.status_code == 200 else {}
+        except httpx.TimeoutException:         # a container past the token's hop limit: IMDSv1, as the SDKs do
+            headers = {}
         roles = httpx.get(f"{base}/latest/meta-data/iam/security-credentials/", headers=headers, timeout=timeout_s)
     except httpx.TransportError as e:
         raise NoCredentials(f"no credentials: no AWS_ACCESS_KEY_ID, web identity, profile or container role, and no "

@@ -228,12 +228,12 @@ class S3Client:
         # connection, as the AWS SDKs do; not after a timeout (that already cost its wait), and
         # writes never (a conditional write that did land would then look like a lost race).
         pauses = READ_RETRY_PAUSES_S if method == "GET" else ()
+        try:                       # before the call's clock starts: a fetch has its own timeout
+            creds = self.cfg.credentials.get()
+        except CredentialsUnavailable as e:
+            raise Unreachable(str(e)) from None
         deadline = time.monotonic() + self.timeout_s
         for attempt in range(len(pauses) + 1):
-            try:
-                creds = self.cfg.credentials.get()
-            except CredentialsUnavailable as e:
-                raise Unreachable(str(e)) from None
             signed = sign(method, url, headers or {}, payload, creds, self.cfg.region, datetime.now(timezone.utc))
             signed.pop("host")      # httpx sets Host from the URL (the same value)
             try:

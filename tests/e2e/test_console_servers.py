@@ -5,6 +5,7 @@ tiny model in this process (tests/e2e/thread_server.py); the walkthrough on the 
 test_console_browser.py."""
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -230,5 +231,62 @@ def test_a_file_over_the_servers_limit_is_refused_before_it_is_sent(browser, tmp
             error = wait(browser, lambda d: by_id(d, "train-error").text, what="the message")
             assert error == "big.csv is 3.9 KiB, over the server's limit of 2.9 KiB (LPT_MAX_TRAIN_BYTES).", error
         finally:
+            browser.execute_script("sessionStorage.clear()")
+            browser.get("about:blank")
+
+
+def _progress_while(browser, line_id: str, error_id: str) -> list[tuple[int, str]]:
+    """(bar value, words) of the progress line each 0.1 s while it shows, until the error line fills."""
+    seen, deadline = [], time.monotonic() + 20
+    while time.monotonic() < deadline and not by_id(browser, error_id).text:
+        if by_id(browser, line_id).is_displayed():       # the bar and its words in one read: they move together
+            seen.append(tuple(browser.execute_script(
+                "const p = document.getElementById(arguments[0]);"
+                "return [p.querySelector('progress').value, p.querySelector('span').textContent];", line_id)))
+        time.sleep(0.1)
+    return seen
+
+
+def test_uploads_show_their_progress_and_clear_it(browser, tmp_path):
+    """A 3 MiB adapter file and a 2 MiB training file over a link throttled to 1 MiB/s: the bar and
+    "Uploading NAME: ... of SIZE (N%)" move while the body goes out; afterwards the line is gone
+    and the server's answer shown (both files are refused once they are in: nothing is kept)."""
+    with serving(tmp_path / "store", admin_key="writer") as (app, url, bb):
+        big = tmp_path / "big.safetensors"
+        big.write_bytes(b"x" * (3 << 20))                   # not an adapter: the server's 400 ends it
+        data = tmp_path / "one-label.csv"
+        data.write_text("text,label\n" + "a few more words,pos\n" * (2 << 16))    # one label only: a 400
+        size = data.stat().st_size
+        try:
+            browser.get(url + "/")
+            browser.execute_script("sessionStorage.setItem('lpt.adminKey', 'writer')")
+            browser.execute_cdp_cmd("Network.enable", {})
+            browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
+                "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 1 << 20})
+            open_view(browser, "adapters")
+            upload(browser, big, "big")
+            seen = _progress_while(browser, "upload-progress", "adapters-error")
+            error = by_id(browser, "adapters-error").text
+            assert error.startswith("400: invalid adapter file"), error
+            assert not by_id(browser, "upload-progress").is_displayed()
+            partway = [(v, t) for v, t in seen if 0 < v < 3 << 20]
+            assert len({v for v, _ in partway}) >= 3, seen       # it moved, more than once
+            assert all(re.fullmatch(r"Uploading big\.safetensors: \S+ \S+ of 3\.0 MiB \(\d+%\)", t) for _, t in partway), \
+                partway
+
+            open_view(browser, "train")
+            by_id(browser, "train-data").send_keys(str(data))
+            wait(browser, lambda d: "columns" in by_id(d, "train-columns-note").text, what="the columns")
+            by_id(browser, "train-submit").click()
+            seen = _progress_while(browser, "train-progress", "train-error")
+            error = by_id(browser, "train-error").text
+            assert error.startswith("400:") and "label" in error, error
+            assert not by_id(browser, "train-progress").is_displayed()
+            partway = [(v, t) for v, t in seen if 0 < v < size]
+            assert len({v for v, _ in partway}) >= 2 and all(t.startswith("Uploading one-label.csv: ")
+                                                             for _, t in partway), seen
+        finally:
+            browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
+                "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
             browser.execute_script("sessionStorage.clear()")
             browser.get("about:blank")

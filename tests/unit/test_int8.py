@@ -117,6 +117,18 @@ def test_without_vnni_weights_get_7_bits_and_stay_exact(monkeypatch):
     assert (got.double() - by_hand(lin, x, 63)).abs().max() < 1e-5 * got.abs().max()
 
 
+def test_the_check_runs_at_the_models_own_shapes(monkeypatch):
+    """A kernel chosen by shape (here: one that saturates only for inputs of 1,000 or more) is
+    found at the layer's shape, not at the small shapes alone."""
+    real = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: u8_s8_pairs(a, b) if a.shape[1] >= 1000 else real(a, b))
+    assert weight_range() == 127
+    assert weight_range([(384, 1536)]) == 127 and weight_range([(1536, 384)]) == 63
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: u8_s8_pairs(a, b) if a.shape[1] == 64 else real(a, b))
+    bb = make_backbone("bert").to_int8()                  # the tiny model's FFN down-projection takes 64
+    assert max(int(m.weight_t.abs().max()) for m in bb.layers.modules() if isinstance(m, Int8Linear)) == 63
+
+
 def test_int8_refuses_where_it_cannot_be_exact(monkeypatch):
     monkeypatch.setattr(torch, "_int_mm", lambda a, b: u8_s8_pairs(a, b) + (a[:, :1].int() == 127).int())
     assert weight_range() is None

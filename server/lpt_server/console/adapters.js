@@ -2,7 +2,7 @@
 // (PUT /v1/adapters/{name}, the file as the body), delete after a confirmation.
 
 import { api, serverSettings } from "./api.js";
-import { $, bytes, confirmDialog, el, errorLine, nameFromFile, overLimit } from "./ui.js";
+import { $, bytes, confirmDialog, el, errorLine, nameFromFile, overLimit, uploadProgress } from "./ui.js";
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 let chosen = null;                       // the File to upload
@@ -73,7 +73,8 @@ async function upload(event) {
   try {
     // no status here (api() returns the body): the list below shows the new version
     const info = await api(`v1/adapters/${encodeURIComponent(name)}`, {
-      method: "PUT", body: chosen, admin: true, headers: { "Content-Type": "application/octet-stream" } });
+      method: "PUT", body: chosen, admin: true, headers: { "Content-Type": "application/octet-stream" },
+      onProgress: uploadProgress($("upload-progress"), chosen.name) });
     message(null, `Uploaded ${info.name} (labels: ${info.labels.join(", ")}; version ${info.version.slice(0, 12)}).`);
     $("upload-form").reset();
     chosen = null;
@@ -81,6 +82,7 @@ async function upload(event) {
   } catch (e) {
     message(e);
   } finally {
+    uploadProgress($("upload-progress"), null);
     $("upload-submit").disabled = false;
   }
   await load();

@@ -29,13 +29,33 @@ export class ApiError extends Error {
 }
 
 /** fetch(), with "no answer" (a restart, a dropped connection) as an ApiError of status 0 in
- * words a user can act on, not the browser's "TypeError: Failed to fetch". */
-async function reach(path, init) {
+ * words a user can act on, not the browser's "TypeError: Failed to fetch". With onProgress, the
+ * request goes by XMLHttpRequest (fetch cannot report how much of a body has gone out). */
+async function reach(path, init, onProgress) {
   try {
-    return await fetch(path, init);
+    return await (onProgress ? sendWithProgress(path, init, onProgress) : fetch(path, init));
   } catch (_) {
     throw new ApiError(0, "network", "No answer from the server: it may be restarting, or the network is down. Try again in a moment.");
   }
+}
+
+/** A request whose body's progress is reported as onProgress(sent bytes, total bytes); the answer
+ * as a fetch Response. */
+function sendWithProgress(path, { method, headers, body }, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open(method, path);
+    for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, value);
+    xhr.responseType = "blob";
+    xhr.upload.onprogress = (e) => { if (e.lengthComputable) onProgress(e.loaded, e.total); };
+    xhr.onload = () => {
+      if (!xhr.status) return reject(new TypeError("no answer"));
+      const empty = [204, 205, 304].includes(xhr.status);       // a Response that may hold no body
+      resolve(new Response(empty ? null : xhr.response, { status: xhr.status, statusText: xhr.statusText }));
+    };
+    xhr.onerror = xhr.ontimeout = xhr.onabort = () => reject(new TypeError("no answer"));
+    xhr.send(body);
+  });
 }
 
 async function errorOf(response) {
@@ -56,10 +76,11 @@ export function onKeyNeeded(handler) {
 /**
  * fetch() a path of the API and return its JSON (null for 204). Throws ApiError.
  * options: method, json (a body to send as JSON), body (sent as is), headers, admin (use the admin key),
- * ask (default true; false for reads in the background: a 401 is thrown, no dialog opens).
+ * ask (default true; false for reads in the background: a 401 is thrown, no dialog opens),
+ * onProgress (called with (sent, total) bytes as the body goes out: for uploads).
  */
 export async function api(path, options = {}) {
-  const { method = "GET", json, admin = false, ask = true } = options;
+  const { method = "GET", json, admin = false, ask = true, onProgress } = options;
   for (let attempt = 0; ; attempt++) {
     const key = admin ? getKey("admin") : getKey("api") || getKey("admin");
     const headers = { ...(options.headers || {}) };
@@ -69,7 +90,7 @@ export async function api(path, options = {}) {
       headers["Content-Type"] = "application/json";
       body = JSON.stringify(json);
     }
-    const response = await reach(path, { method, headers, body });
+    const response = await reach(path, { method, headers, body }, onProgress);
     if (response.ok) return response.status === 204 ? null : response.json();
     const error = await errorOf(response);
     // 401: no key or a wrong API key; 403: a wrong admin key, unless the server has writes

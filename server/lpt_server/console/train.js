@@ -4,7 +4,7 @@
 import { api, serverSettings } from "./api.js";
 import { drawChart } from "./chart.js";
 import { readColumns } from "./columns.js";
-import { $, confirmDialog, el, errorLine, nameFromFile, overLimit } from "./ui.js";
+import { $, confirmDialog, el, errorLine, nameFromFile, overLimit, uploadProgress } from "./ui.js";
 
 const POLL_MS = 1000;
 const ENDED = new Set(["succeeded", "failed", "cancelled"]);
@@ -69,11 +69,13 @@ async function start(event) {
   if (tooBig) return report("action", tooBig);
   $("train-submit").disabled = true;
   try {
-    const job = await api("v1/train", { method: "POST", body: form, admin: true });
+    const job = await api("v1/train", { method: "POST", body: form, admin: true,
+                                        onProgress: uploadProgress($("train-progress"), files.map((f) => f.name).join(" + ")) });
     follow(job);
   } catch (e) {
     report("action", e);
   } finally {
+    uploadProgress($("train-progress"), null);
     $("train-submit").disabled = false;
   }
   loadJobs();

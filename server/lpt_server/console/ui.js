@@ -59,6 +59,27 @@ export function overLimit(what, size, limit, setting) {
   return `${what} is ${bytes(size)}, over the server's limit of ${bytes(limit)} (${setting}).`;
 }
 
+/** A progress line (a <p> holding a <progress> and a <span>) for a body going out: shown with
+ * "Uploading 12.0 of 64.0 MiB (19%)" while it does, hidden by uploadProgress(node, null). Returns
+ * the (sent, total) callback that api()'s onProgress takes. */
+export function uploadProgress(node, what) {
+  if (what === null) {
+    node.hidden = true;
+    return null;
+  }
+  const bar = node.querySelector("progress"), label = node.querySelector("span");
+  const show = (sent, total) => {
+    node.hidden = false;
+    bar.max = total;
+    bar.value = sent;
+    label.textContent = sent < total ? `Uploading ${what}: ${bytes(sent)} of ${bytes(total)} (${Math.floor(100 * sent / total)}%)`
+                                     : `Uploaded ${what} (${bytes(total)}); the server is checking it...`;
+  };
+  show(0, 1);
+  label.textContent = `Uploading ${what}...`;
+  return show;
+}
+
 export function bytes(n) {
   if (n < 1024) return `${n} B`;
   if (n < 1 << 20) return `${(n / 1024).toFixed(1)} KiB`;
