@@ -8,6 +8,7 @@ Nothing reads the environment at import time: `create_app(settings)` gets this o
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1 << 20
+ORIGIN_RE = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 def default_store() -> Path:
@@ -94,6 +96,9 @@ class Settings(BaseSettings):
 
     # auth and logs
     api_key: str | None = Field(None, description="Bearer key for inference (unset: open)")
+    cors_origins: str = Field("", description="web origins whose pages may call the API from a browser, "
+                              "comma-separated (https://app.example.com), or * for any; empty: none (the "
+                              "console, served by the server itself, needs none)")
     admin_key: str | None = Field(None, description="Bearer key for adapter writes (unset: writes refused)")
     log_format: Literal["text", "json"] = Field("text", description="log line format")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
@@ -102,6 +107,21 @@ class Settings(BaseSettings):
     @classmethod
     def _path_is_text(cls, v):
         return os.fspath(v) if isinstance(v, os.PathLike) else v
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: str) -> str:
+        origins = [o.strip() for o in v.split(",") if o.strip()]
+        if "*" in origins and len(origins) > 1:
+            raise ValueError("* allows every origin: give it alone, or list the origins")
+        for o in origins:
+            if o != "*" and not ORIGIN_RE.fullmatch(o):
+                raise ValueError(f"{o!r} is not an origin: scheme://host[:port], no path (https://app.example.com)")
+        return ",".join(origins)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return self.cors_origins.split(",") if self.cors_origins else []
 
     @field_validator("api_key", "admin_key", mode="before")
     @classmethod

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -28,6 +29,16 @@ def require_chromium() -> tuple[str, str]:
                     "chromium and chromium-driver)", allow_module_level=True)
     pytest.importorskip("selenium", reason="selenium is not installed (the test extra: pip install -e '.[test]')")
     return found
+
+
+@contextmanager
+def chromium(width: int = 1100, height: int = 860):
+    """A headless Chromium for a test module's fixture, quit at the end."""
+    driver = start(*require_chromium(), width=width, height=height)
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
 def start(browser: str, driver: str, width: int = 1100, height: int = 860):

@@ -10,24 +10,21 @@ import time
 
 import httpx
 import pytest
-from browser import answer_keys_dialog, by_id, open_view, require_chromium, start, upload, wait
+from browser import answer_keys_dialog, by_id, chromium, open_view, require_chromium, upload, wait
 from thread_server import serving
 from tiny_server import adapter_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CHROMIUM = require_chromium()     # else the module is skipped, saying what installs it
+require_chromium()     # else the module is skipped, saying what installs it
 
 from selenium.webdriver.common.by import By  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def browser():
-    driver = start(*CHROMIUM)
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_a_server_with_an_api_key_asks_for_it_and_words_a_wrong_admin_key(browser, tmp_path):
