@@ -20,6 +20,7 @@ from . import __version__, console, docs, errors
 from .paths import ControlCharacterGuard
 from .request_id import RequestIdMiddleware
 from .routes import adapters, classify, ops
+from .routes.classify import CLASSIFY_HEADERS
 from .routes import train as train_routes
 from .runtime import EngineFactory, Runtime
 from .settings import Settings
@@ -75,13 +76,13 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
     app.state.docs_mode = docs.install(app, docs.swagger_assets())
     console.install(app)
     app.add_middleware(ControlCharacterGuard)
-    app.add_middleware(RequestIdMiddleware)      # every answer carries its id
     if settings.cors_origin_list:
         # outside the routes and their error answers, so that a page may read a 401 or 429 too;
         # a preflight is answered here, before the key check (browsers send it without a key)
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list,
-                           allow_methods=["GET", "POST", "PUT", "DELETE"],
+                           allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-                           expose_headers=["X-Request-ID", "Retry-After"], max_age=600)
+                           expose_headers=["X-Request-ID", "Retry-After", *CLASSIFY_HEADERS], max_age=600)
+    app.add_middleware(RequestIdMiddleware)      # every answer carries its id, a preflight's too
     app.add_middleware(QuietStartupFailure, runtime=runtime)
     return app

@@ -88,15 +88,19 @@ class Credentials:
 class CredentialSource:
     """Credentials from `fetch`, renewed REFRESH_AHEAD_S before they expire (or halfway through
     their life, if that is shorter). While the held ones are valid, renewal runs on a thread of
-    its own and callers go on with them: a slow or refused source never delays a call. Without
-    valid credentials a caller fetches (one at a time); a failure is answered again for
-    RETRY_AFTER_S without asking the source again."""
+    its own and callers go on with them: a slow or refused source never delays a call, and a
+    failed renewal is tried again RETRY_AFTER_S later. Without valid credentials a caller
+    fetches (one at a time); that failure is answered again for RETRY_AFTER_S without asking the
+    source, so that threads waiting for it do not each ask in turn."""
 
     def __init__(self, name: str, fetch: Callable[[], Credentials]):
         self.name, self._fetch = name, fetch
         self._held: Credentials | None = None
         self._renew_at = 0.0
-        self._failed: tuple[float, Exception] | None = None     # (when, what) of the last failed fetch
+        # (when, class, message) of the last failed fetch without valid credentials: a new
+        # exception is raised from it each time (one raised again would keep every caller's frames)
+        self._failed: tuple[float, type[Exception], str] | None = None
+        self._renew_failed_at = -math.inf      # the last failed background renewal
         self._renewing = False
         self._lock = threading.Lock()          # one fetch at a time
         self._state = threading.Lock()         # the fields above
@@ -113,19 +117,23 @@ class CredentialSource:
                 return self._held
             failed = self._failed
             if failed is not None and now - failed[0] < RETRY_AFTER_S:
-                raise failed[1]
+                raise failed[1](failed[2])
             try:
                 return self._take(self._fetch())
             except Exception as e:
                 error = self._failure(e)
                 with self._state:
-                    self._failed = (_clock(), error)
+                    self._failed = (_clock(), type(error), str(error))
                 raise error from None
 
     def _take(self, creds: Credentials) -> Credentials:
+        """Hold `creds` (call with _lock held); ones already expired are a failure."""
         now = _clock()
+        if not creds.valid(now):
+            raise CredentialsUnavailable(f"the {self.name} credentials came expired (they expire at "
+                                         f"{creds.expires:.0f}, the clock reads {now:.0f}: check the clock)")
         with self._state:
-            self._held, self._failed = creds, None
+            self._held, self._failed, self._renew_failed_at = creds, None, -math.inf
             self._renew_at = (math.inf if creds.expires is None else
                               creds.expires - min(REFRESH_AHEAD_S, max(creds.expires - now, 0) / 2))
         return creds
@@ -137,25 +145,35 @@ class CredentialSource:
             return e
         why = str(e) if isinstance(e, (NoCredentials, CredentialsUnavailable)) else \
             f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        return CredentialsUnavailable(f"the {self.name} credentials could not be fetched: {why}")
+        return e if isinstance(e, CredentialsUnavailable) else \
+            CredentialsUnavailable(f"the {self.name} credentials could not be fetched: {why}")
 
     def _renew_in_background(self, now: float) -> None:
         with self._state:
-            if self._renewing or (self._failed is not None and now - self._failed[0] < RETRY_AFTER_S):
+            if self._renewing or now - self._renew_failed_at < RETRY_AFTER_S:
                 return
             self._renewing = True
-        threading.Thread(target=self._renew, name="lpt-credentials", daemon=True).start()
+        try:
+            threading.Thread(target=self._renew, name="lpt-credentials", daemon=True).start()
+        except RuntimeError as e:              # no thread to be had: the held ones serve on
+            with self._state:
+                self._renewing, self._renew_failed_at = False, now
+            log.warning("renewing the store's %s credentials could not start (%s); tried again in %g s",
+                        self.name, e, RETRY_AFTER_S)
 
     def _renew(self) -> None:
         try:
             with self._lock:
-                self._take(self._fetch())
-        except Exception as e:
-            error = self._failure(e)
-            with self._state:
-                self._failed = (_clock(), error)
-            log.warning("renewing the store's %s credentials failed (%s); the current ones serve until they "
-                        "expire, and renewal is tried again in %g s", self.name, error, RETRY_AFTER_S)
+                if _clock() < self._renew_at:      # a caller without valid ones renewed them meanwhile
+                    return
+                try:
+                    self._take(self._fetch())
+                except Exception as e:
+                    error = self._failure(e)
+                    with self._state:
+                        self._renew_failed_at = _clock()
+                    log.warning("renewing the store's %s credentials failed (%s); the current ones serve until "
+                                "they expire, and renewal is tried again in %g s", self.name, error, RETRY_AFTER_S)
         finally:
             with self._state:
                 self._renewing = False

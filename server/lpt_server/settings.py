@@ -7,16 +7,42 @@ Nothing reads the environment at import time: `create_app(settings)` gets this o
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1 << 20
-ORIGIN_RE = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+HOST_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*")
+
+
+def origin(text: str) -> str:
+    """An origin as browsers send it (`Origin:`), which is compared as a string: lowercase scheme
+    and host, no default port, IPv6 compressed. ValueError for anything else (a path, a port out
+    of range, not http or https); a trailing slash is dropped."""
+    try:
+        parts = urlsplit(text)
+        port, host = parts.port, parts.hostname or ""
+    except ValueError:
+        raise ValueError(f"{text!r} is not an origin: scheme://host[:port] (https://app.example.com)") from None
+    if parts.scheme.lower() not in ("http", "https") or parts.path not in ("", "/") or parts.query or parts.fragment \
+            or parts.username or parts.password or port == 0 or not host:
+        raise ValueError(f"{text!r} is not an origin: scheme://host[:port], no path (https://app.example.com)")
+    scheme = parts.scheme.lower()
+    if "[" in parts.netloc:
+        try:
+            host = f"[{ipaddress.IPv6Address(host).compressed}]"
+        except ValueError:
+            raise ValueError(f"{text!r} is not an origin: {host!r} is not an IPv6 address") from None
+    elif not HOST_RE.fullmatch(host):
+        raise ValueError(f"{text!r} is not an origin: {host!r} is not a host name")
+    default = {"http": 80, "https": 443}[scheme]
+    return f"{scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
 
 
 def default_store() -> Path:
@@ -114,10 +140,7 @@ class Settings(BaseSettings):
         origins = [o.strip() for o in v.split(",") if o.strip()]
         if "*" in origins and len(origins) > 1:
             raise ValueError("* allows every origin: give it alone, or list the origins")
-        for o in origins:
-            if o != "*" and not ORIGIN_RE.fullmatch(o):
-                raise ValueError(f"{o!r} is not an origin: scheme://host[:port], no path (https://app.example.com)")
-        return ",".join(origins)
+        return ",".join(o if o == "*" else origin(o) for o in origins)
 
     @property
     def cors_origin_list(self) -> list[str]:

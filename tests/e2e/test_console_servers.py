@@ -254,9 +254,17 @@ def test_uploads_show_their_progress_and_clear_it(browser, tmp_path):
         data = tmp_path / "one-label.csv"
         data.write_text("text,label\n" + "a few more words,pos\n" * (2 << 16))    # one label only: a 400
         size = data.stat().st_size
+        small = tmp_path / "small.safetensors"
+        small.write_bytes(b"y" * 1000)
         try:
             browser.get(url + "/")
-            browser.execute_script("sessionStorage.setItem('lpt.adminKey', 'writer')")
+            open_view(browser, "adapters")                     # no key yet: the 401 opens the key dialog
+            upload(browser, small, "small")
+            wait(browser, lambda d: by_id(d, "key-dialog").is_displayed(), what="the key dialog")
+            assert by_id(browser, "upload-progress").text == "small.safetensors: waiting for the key..."
+            answer_keys_dialog(browser, "writer")                # sent again with the key: refused as not an adapter
+            wait(browser, lambda d: by_id(d, "adapters-error").text.startswith("400:"), what="the refusal")
+            browser.get(url + "/")
             browser.execute_cdp_cmd("Network.enable", {})
             browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
                 "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 1 << 20})

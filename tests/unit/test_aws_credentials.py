@@ -341,3 +341,78 @@ def test_a_calls_time_starts_after_its_credentials(endpoints):
         assert client.get("a/current") is None
     finally:
         client.close()
+
+
+class Fetches:
+    """A fetch function whose answers the test sets: Credentials, or an exception to raise."""
+
+    def __init__(self, answer):
+        self.answer, self.calls = answer, 0
+
+    def __call__(self):
+        self.calls += 1
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def test_a_failure_is_answered_afresh_to_each_caller():
+    """The failure repeated within RETRY_AFTER_S is a new exception each time: one object raised
+    again would gather every caller's frames (and the upload bodies they hold)."""
+    source = CredentialSource("test", Fetches(OSError("refused")))
+    errors = []
+    for _ in range(3):
+        with pytest.raises(CredentialsUnavailable) as e:
+            source.get()
+        errors.append(e.value)
+    assert source._fetch.calls == 1 and len({id(e) for e in errors}) == 3
+    assert all(len(list(_frames(e))) <= 2 for e in errors)
+
+
+def _frames(e):
+    tb = e.__traceback__
+    while tb is not None:
+        yield tb
+        tb = tb.tb_next
+
+
+def test_credentials_that_come_expired_are_a_failure_not_a_signature(monkeypatch):
+    fetch = Fetches(Credentials("k", "s", "t", expires=time.time() - 60))
+    source = CredentialSource("test", fetch)
+    for _ in range(3):
+        with pytest.raises(CredentialsUnavailable, match="came expired .* check the clock"):
+            source.get()
+    assert fetch.calls == 1
+
+
+def test_a_failed_renewal_does_not_hold_back_the_fetch_after_expiry(monkeypatch):
+    """Renewal failed 3 s before the held ones expired; the source is back: the first call after
+    expiry fetches at once (the renewal's backoff is for renewals only)."""
+    now = time.time()
+    fetch = Fetches(Credentials("k1", "s", "t", expires=now + 1000))
+    source = CredentialSource("test", fetch)
+    source.get()
+    later(monkeypatch, 997)
+    fetch.answer = OSError("down")
+    source.get()
+    eventually(lambda: fetch.calls == 2 and not source._renewing)
+    fetch.answer = Credentials("k2", "s", "t", expires=now + 5000)
+    later(monkeypatch, 1001)
+    assert source.get().access_key == "k2"
+
+
+def test_no_thread_for_a_renewal_leaves_the_held_ones_serving(monkeypatch):
+    fetch = Fetches(Credentials("k1", "s", "t", expires=time.time() + 1000))
+    source = CredentialSource("test", fetch)
+    source.get()
+    later(monkeypatch, 900)
+
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    assert source.get().access_key == "k1" and not source._renewing
+    monkeypatch.undo()
+    later(monkeypatch, 900 + RETRY_AFTER_S)
+    fetch.answer = Credentials("k2", "s", "t", expires=time.time() + 5000)
+    source.get()
+    eventually(lambda: source.get().access_key == "k2")

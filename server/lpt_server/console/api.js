@@ -51,7 +51,11 @@ function sendWithProgress(path, { method, headers, body }, onProgress) {
     xhr.onload = () => {
       if (!xhr.status) return reject(new TypeError("no answer"));
       const empty = [204, 205, 304].includes(xhr.status);       // a Response that may hold no body
-      resolve(new Response(empty ? null : xhr.response, { status: xhr.status, statusText: xhr.statusText }));
+      try {
+        resolve(new Response(empty ? null : xhr.response, { status: xhr.status, statusText: xhr.statusText }));
+      } catch (_) {                                             // a status a Response cannot hold (600+)
+        resolve(new Response(null, { status: 502, statusText: `status ${xhr.status} from the server` }));
+      }
     };
     xhr.onerror = xhr.ontimeout = xhr.onabort = () => reject(new TypeError("no answer"));
     xhr.send(body);
@@ -77,7 +81,8 @@ export function onKeyNeeded(handler) {
  * fetch() a path of the API and return its JSON (null for 204). Throws ApiError.
  * options: method, json (a body to send as JSON), body (sent as is), headers, admin (use the admin key),
  * ask (default true; false for reads in the background: a 401 is thrown, no dialog opens),
- * onProgress (called with (sent, total) bytes as the body goes out: for uploads).
+ * onProgress (called with (sent, total) bytes as the body goes out, and with null while a key is
+ * asked for before the body goes again: for uploads).
  */
 export async function api(path, options = {}) {
   const { method = "GET", json, admin = false, ask = true, onProgress } = options;
@@ -96,7 +101,10 @@ export async function api(path, options = {}) {
     // 401: no key or a wrong API key; 403: a wrong admin key, unless the server has writes
     // disabled ("writes_disabled"): then no key helps, and the message says so.
     const keyProblem = error.status === 401 || (error.status === 403 && admin && error.type !== "writes_disabled");
-    if (keyProblem && ask && attempt === 0 && (await askForKeys(admin ? "admin" : "api", error.message))) continue;
+    if (keyProblem && ask && attempt === 0) {
+      if (onProgress) onProgress(null);          // the body went up for nothing: no "checking" while asked
+      if (await askForKeys(admin ? "admin" : "api", error.message)) continue;
+    }
     throw error;
   }
 }

@@ -69,6 +69,12 @@ export function uploadProgress(node, what) {
   }
   const bar = node.querySelector("progress"), label = node.querySelector("span");
   const show = (sent, total) => {
+    if (sent === null) {                         // waiting for a key: the upload starts again after
+      node.hidden = false;
+      bar.removeAttribute("value");
+      label.textContent = `${what}: waiting for the key...`;
+      return;
+    }
     node.hidden = false;
     bar.max = total;
     bar.value = sent;

@@ -28,6 +28,10 @@ from ..schemas import ClassifyRequest, ClassifyResponse, ErrorResponse, TaskClas
 from ..store import NAME_RE, InvalidName, shown
 from ..texts import EncodedInputs, encode_inputs
 
+# the answer's own headers (app.py exposes them to pages on other origins)
+QUEUE_TIME, INFERENCE_TIME, TRUNCATED = "x-queue-time-ms", "x-inference-time-ms", "x-truncated-inputs"
+CLASSIFY_HEADERS = (QUEUE_TIME, INFERENCE_TIME, TRUNCATED)
+
 # no router-wide key check: classify() checks the key itself, so that a refused key is counted too
 router = APIRouter(prefix="/v1", tags=["inference"])
 log = logging.getLogger("lpt_server.classify")
@@ -177,11 +181,11 @@ def respond(job: Job, predictions: list, queue_s: float, inference_s: float, raw
                 r["scores"] = p.scores
             row.append(r)
         results.append(row)
-    headers = {"x-queue-time-ms": f"{queue_s * 1000:.2f}", "x-inference-time-ms": f"{inference_s * 1000:.2f}"}
+    headers = {QUEUE_TIME: f"{queue_s * 1000:.2f}", INFERENCE_TIME: f"{inference_s * 1000:.2f}"}
     body: dict = {"results": results}
     truncated = job.encoded.truncated
     if truncated:
-        headers["x-truncated-inputs"] = str(len(truncated))
+        headers[TRUNCATED] = str(len(truncated))
         body["truncated_inputs"] = truncated
     return response_class(body, headers=headers)
 
