@@ -384,8 +384,9 @@ def main(argv=None) -> int:
                     help="keep infinity's own start-up warm-up (a 32 x 512-token batch per model; off by default)")
     ap.add_argument("--threads", type=int, default=None,
                     help="OMP_NUM_THREADS for both servers (default: unset, torch uses one per core)")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                    help="model dtype of both servers (bfloat16 is fast on CPUs with AMX)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8"],
+                    help="model dtype of both servers (bfloat16 is fast on CPUs with AMX; int8: both quantize "
+                         "their linear layers, each its own way)")
     ap.add_argument("--name", default=None, help="results file stem under bench/results/ [peer; --quick: peer-quick]")
     args = ap.parse_args(argv)
     if args.quick:
