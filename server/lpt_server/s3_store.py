@@ -148,6 +148,9 @@ class S3Store:
             self._health = Health(False, f"{self.client.endpoint} unreachable: {e}")
             raise StoreUnavailable(f"the adapter store {self.location} is unreachable ({self.client.endpoint}: {e}); "
                                    f"{what}; retry shortly") from None
+        except TooLarge:                 # the server answered: up (the caller decides what the object is)
+            self._health = Health(True)
+            raise
         except S3Error as e:
             self._health = Health(False, f"{self.client.endpoint}: {e}")
             raise Refused(f"the adapter store {self.location} refused the request ({self.client.endpoint}: "
@@ -169,7 +172,6 @@ class S3Store:
         try:
             return self._call(what, self.client.get, key) is not None
         except TooLarge:            # there, whoever wrote it
-            self._health = Health(True)
             return True
 
     def close(self) -> None:
@@ -240,7 +242,6 @@ class S3Store:
         try:
             obj = self._call(what, self.client.get, self._pointer_key(name))
         except TooLarge as e:       # not a pointer this store wrote
-            self._health = Health(True)
             ptr = self._read[name] = Pointer(None, e.etag)
             return ptr
         if obj is None:
@@ -266,7 +267,6 @@ class S3Store:
             try:
                 obj = self._call(f"adapter {name!r} cannot be loaded", self.client.get, key, max_bytes=max_bytes)
             except TooLarge as e:
-                self._health = Health(True)
                 raise FileTooLarge(e.size, e.limit) from None
             if obj is None:
                 raise FileNotFoundError(f"{self.location}{name}/{version}{SUFFIX}")
