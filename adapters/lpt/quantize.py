@@ -43,7 +43,7 @@ class Int8Linear(nn.Module):
         w = weight.detach().float()
         scale = w.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / weight_max
         self.out_features, self.in_features = w.shape
-        self.register_buffer("weight_t", torch.round(w / scale[:, None]).to(torch.int8).t().contiguous())
+        self.register_buffer("weight_t", w.div(scale[:, None]).round_().to(torch.int8).t().contiguous())
         self.register_buffer("weight_scale", scale)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
 
