@@ -94,13 +94,14 @@ def classify(
     task: str | None = None,
     tasks: Sequence[str] | None = None,
     raw_scores: bool = False,
+    truncate: bool | None = None,
 ) -> Call[Results]:
     """`POST /v1/classify` for single texts; a lone string is sent as a one-item list."""
     texts = [inputs] if isinstance(inputs, str) else list(inputs)
     for text in texts:
         if not isinstance(text, str):
             raise TypeError(f"inputs must be strings, got {type(text).__name__}")
-    return _classify(texts, task, tasks, raw_scores)
+    return _classify(texts, task, tasks, raw_scores, truncate)
 
 
 def classify_pairs(
@@ -108,6 +109,7 @@ def classify_pairs(
     task: str | None = None,
     tasks: Sequence[str] | None = None,
     raw_scores: bool = False,
+    truncate: bool | None = None,
 ) -> Call[Results]:
     """`POST /v1/classify` for (text, text_pair) inputs, e.g. NLI premise and hypothesis."""
     rows: list[list[str]] = []
@@ -115,11 +117,11 @@ def classify_pairs(
         if isinstance(pair, str) or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
             raise TypeError(f"each pair must be two strings, got {pair!r}")
         rows.append([pair[0], pair[1]])
-    return _classify(rows, task, tasks, raw_scores)
+    return _classify(rows, task, tasks, raw_scores, truncate)
 
 
 def _classify(
-    inputs: list[Any], task: str | None, tasks: Sequence[str] | None, raw_scores: bool
+    inputs: list[Any], task: str | None, tasks: Sequence[str] | None, raw_scores: bool, truncate: bool | None
 ) -> Call[Results]:
     if (task is None) == (tasks is None):
         raise ValueError("pass exactly one of task= or tasks=")
@@ -134,6 +136,8 @@ def _classify(
             raise ValueError("tasks= must name at least one task")
     if raw_scores:
         body["raw_scores"] = True
+    if truncate is not None:          # absent: the server's LPT_TRUNCATE
+        body["truncate"] = bool(truncate)
     return Call("POST", "/v1/classify", _parse_results, json=body)
 
 

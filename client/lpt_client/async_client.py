@@ -66,9 +66,10 @@ class AsyncClient(ClientCore):
         task: str | None = None,
         tasks: Sequence[str] | None = None,
         raw_scores: bool = False,
+        truncate: bool | None = None,
     ) -> Results:
         """Classify texts with one task or several; see `Client.classify`."""
-        return await self._send(_api.classify(inputs, task, tasks, raw_scores))
+        return await self._send(_api.classify(inputs, task, tasks, raw_scores, truncate))
 
     async def classify_pairs(
         self,
@@ -77,9 +78,10 @@ class AsyncClient(ClientCore):
         task: str | None = None,
         tasks: Sequence[str] | None = None,
         raw_scores: bool = False,
+        truncate: bool | None = None,
     ) -> Results:
         """Classify (text, text_pair) inputs; see `Client.classify_pairs`."""
-        return await self._send(_api.classify_pairs(pairs, task, tasks, raw_scores))
+        return await self._send(_api.classify_pairs(pairs, task, tasks, raw_scores, truncate))
 
     async def list_adapters(self) -> list[AdapterInfo]:
         """Every adapter the server knows."""

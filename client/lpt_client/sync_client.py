@@ -84,19 +84,21 @@ class Client(ClientCore):
         task: str | None = None,
         tasks: Sequence[str] | None = None,
         raw_scores: bool = False,
+        truncate: bool | None = None,
     ) -> Results:
         """Classify texts with one task (`task=`) or several (`tasks=`).
 
         Returns one list per input (a lone string counts as one input), holding one
         `ClassifyResult` per task in the order asked. `raw_scores=True` adds every label's score.
         The list's `truncated_inputs` holds the indices of inputs the server cut to its token
-        limit (`LPT_MAX_INPUT_TOKENS`) before classifying them.
+        limit (`LPT_MAX_INPUT_TOKENS`) before classifying them. `truncate=False` asks for a 413
+        instead of a cut, `truncate=True` for a cut whatever the server's `LPT_TRUNCATE`.
 
         Example:
             >>> client.classify(["great", "awful"], task="sentiment")  # doctest: +SKIP
             [[ClassifyResult(task='sentiment', label='positive', ...)], [...]]
         """
-        return self._send(_api.classify(inputs, task, tasks, raw_scores))
+        return self._send(_api.classify(inputs, task, tasks, raw_scores, truncate))
 
     def classify_pairs(
         self,
@@ -105,9 +107,10 @@ class Client(ClientCore):
         task: str | None = None,
         tasks: Sequence[str] | None = None,
         raw_scores: bool = False,
+        truncate: bool | None = None,
     ) -> Results:
         """Classify (text, text_pair) inputs, e.g. premise and hypothesis; as `classify`."""
-        return self._send(_api.classify_pairs(pairs, task, tasks, raw_scores))
+        return self._send(_api.classify_pairs(pairs, task, tasks, raw_scores, truncate))
 
     # -- adapters ----------------------------------------------------------------------------
 

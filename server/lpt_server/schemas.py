@@ -49,6 +49,10 @@ def _bounded(value, handler, info: ValidationInfo):
     return handler(value)
 
 
+TRUNCATE_DOC = ("inputs longer than the server's LPT_MAX_INPUT_TOKENS: true cuts them (their indices come back in "
+                "`truncated_inputs`), false refuses the request (413); absent: the server's LPT_TRUNCATE")
+
+
 class ClassifyRequest(BaseModel):
     """`inputs`: one text, a list of texts, or a list of [text, text_pair]; `task` or `tasks`."""
 
@@ -64,6 +68,7 @@ class ClassifyRequest(BaseModel):
     tasks: list[StrictStr] = Field(None, description="several adapters, each run on every input",
                                    json_schema_extra={"minItems": 1, "uniqueItems": True})
     raw_scores: StrictBool = Field(False, description="also return every label's probability")
+    truncate: StrictBool | None = Field(None, description=TRUNCATE_DOC)
 
     _bounded = field_validator("inputs", "tasks", mode="wrap")(_bounded)
 
@@ -89,6 +94,7 @@ class TaskClassifyRequest(BaseModel):
 
     inputs: Inputs
     raw_scores: StrictBool = False
+    truncate: StrictBool | None = Field(None, description=TRUNCATE_DOC)
 
     _bounded = field_validator("inputs", mode="wrap")(_bounded)
 

@@ -33,6 +33,10 @@ class EncodedInputs:
     truncated: list[int]          # indices of inputs cut to the token limit
 
 
+NOT_CUT = ('truncation is off (the request\'s "truncate": false, or the server\'s LPT_TRUNCATE=false): shorten '
+           'the text, or send "truncate": true to have it cut')
+
+
 def _cut(i: int, text: str, max_tokens: int, truncate: bool) -> tuple[str, bool]:
     """A text cut to the character bound (cheap: before any tokenizing)."""
     limit = max_tokens * CHARS_PER_TOKEN
@@ -40,8 +44,7 @@ def _cut(i: int, text: str, max_tokens: int, truncate: bool) -> tuple[str, bool]
         return text, False
     if not truncate:
         raise InputTooLong(f"inputs[{i}] has {len(text)} characters, more than an input of {max_tokens} "
-                           f"tokens can have ({limit}; LPT_MAX_INPUT_TOKENS); the server runs with "
-                           "truncation off: shorten the text")
+                           f"tokens can have ({limit}; LPT_MAX_INPUT_TOKENS); {NOT_CUT}")
     return text[:limit], True
 
 
@@ -75,5 +78,5 @@ def encode_inputs(inputs: list[tuple[str, str | None]], tasks: list[str], adapte
     truncated = sorted(precut | {i for i, row in enumerate(rows) if any(e.truncated for e in row)})
     if truncated and not truncate:
         raise InputTooLong(f"inputs[{truncated[0]}] has more than {max_tokens} tokens (LPT_MAX_INPUT_TOKENS); "
-                           "the server runs with truncation off: shorten the text")
+                           f"{NOT_CUT}")
     return EncodedInputs(rows, truncated)

@@ -133,6 +133,26 @@ async def test_truncation_off_refuses_a_long_text_with_413(tmp_path, tiny_bb):
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("server_truncates", [True, False])
+async def test_a_request_chooses_to_cut_or_refuse_a_long_text(tmp_path, tiny_bb, server_truncates):
+    """`"truncate"` in the body overrides LPT_TRUNCATE for that request, both ways and on both
+    routes; absent, the server's setting holds."""
+    async with running(tmp_path, tiny_bb, max_input_tokens=16, truncate=server_truncates) as (app, c):
+        await _with_task(c, tiny_bb)
+        long = "word " * 40
+        for path, body in [("/v1/classify", {"inputs": ["ok", long], "task": "t"}),
+                           ("/v1/tasks/t/classify", {"inputs": ["ok", long]})]:
+            cut = await c.post(path, json={**body, "truncate": True})
+            assert cut.status_code == 200 and cut.json()["truncated_inputs"] == [1], cut.text
+            refused = await c.post(path, json={**body, "truncate": False})
+            assert refused.status_code == 413 and "inputs[1]" in refused.json()["error"]["message"], refused.text
+            default = await c.post(path, json=body)
+            assert default.status_code == (200 if server_truncates else 413), default.text
+        bad = await c.post("/v1/classify", json={"inputs": "ok", "task": "t", "truncate": "yes"})
+        assert bad.status_code == 422 and "truncate" in bad.text
+
+
+@pytest.mark.asyncio
 async def test_unavailable_says_when_to_retry(tmp_path, tiny_bb):
     async with running(tmp_path, tiny_bb) as (app, c):
         await _with_task(c, tiny_bb)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, NamedTuple
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
@@ -100,10 +100,10 @@ async def parse(rt: Runtime, inputs, tasks: list[str], deadline: float) -> Parse
 
 
 # ---- encode ----------------------------------------------------------------------------------
-async def encode(rt: Runtime, p: Parsed) -> Job:
+async def encode(rt: Runtime, p: Parsed, truncate: bool) -> Job:
     """Tokenizing is CPU work: off the loop (InputTooLong: 413)."""
-    s = rt.settings
-    encoded = await asyncio.to_thread(encode_inputs, p.inputs, p.tasks, p.adapters, s.max_input_tokens, s.truncate)
+    encoded = await asyncio.to_thread(encode_inputs, p.inputs, p.tasks, p.adapters, rt.settings.max_input_tokens,
+                                      truncate)
     return Job(p.tasks, p.adapters, p.inputs, encoded)
 
 
@@ -198,8 +198,16 @@ async def answer(job: Job, items: list[Item], raw_scores: bool) -> JSONResponse:
     return respond(*args)
 
 
-# a parsed body -> (inputs, task names, raw_scores)
-Unpack = Callable[[Any], tuple[Any, list[str], bool]]
+class Asked(NamedTuple):
+    """What a classify body asks for, whichever route it came by."""
+
+    inputs: Any
+    tasks: list[str]
+    raw_scores: bool
+    truncate: bool | None          # None: the server's LPT_TRUNCATE
+
+
+Unpack = Callable[[Any], Asked]
 
 
 async def classify(request: Request, model: type, unpack: Unpack) -> JSONResponse:
@@ -211,14 +219,14 @@ async def classify(request: Request, model: type, unpack: Unpack) -> JSONRespons
     rt.metrics.in_flight.inc()
     try:
         await require_api_key(request)
-        inputs, tasks, raw_scores = unpack(await _body(request, model))   # bounded by LPT_BODY_TIMEOUT_S
+        asked = unpack(await _body(request, model))          # bounded by LPT_BODY_TIMEOUT_S
         deadline = time.monotonic() + rt.settings.request_timeout_s      # then one for all the rest
-        parsed = await parse(rt, inputs, tasks, deadline)
+        parsed = await parse(rt, asked.inputs, asked.tasks, deadline)
         known_tasks = parsed.tasks
         rt.batcher.admit(parsed.rows)       # QueueFull (429) before tokenizing: rechecked at submit
-        job = await encode(rt, parsed)
+        job = await encode(rt, parsed, rt.settings.truncate if asked.truncate is None else asked.truncate)
         items = await schedule(rt, request, job, deadline)
-        response = await answer(job, items, raw_scores)
+        response = await answer(job, items, asked.raw_scores)
         status = 200
         return response
     except asyncio.CancelledError:          # the server stopped first (errors.CatchAll answers 503)
@@ -249,7 +257,8 @@ async def _body(request: Request, model):
              openapi_extra=json_body_schema(ClassifyRequest), summary="Classify inputs with one or more tasks")
 async def classify_route(request: Request):
     """One list per input, one item per task. Each (input, task) is one row of a mixed batch."""
-    return await classify(request, ClassifyRequest, lambda body: (body.inputs, body.task_names(), body.raw_scores))
+    return await classify(request, ClassifyRequest,
+                          lambda body: Asked(body.inputs, body.task_names(), body.raw_scores, body.truncate))
 
 
 # the example names a demo adapter, so that "Try it out" on a fresh server answers
@@ -260,4 +269,5 @@ TaskName = Annotated[str, Path(description="the adapter to run", openapi_example
 @router.post("/tasks/{task}/classify", response_model=ClassifyResponse, responses=ERRORS,
              openapi_extra=json_body_schema(TaskClassifyRequest), summary="Classify inputs with the task named in the URL")
 async def task_classify_route(task: TaskName, request: Request):
-    return await classify(request, TaskClassifyRequest, lambda body: (body.inputs, [task], body.raw_scores))
+    return await classify(request, TaskClassifyRequest,
+                          lambda body: Asked(body.inputs, [task], body.raw_scores, body.truncate))

@@ -44,6 +44,22 @@ CASES: list[tuple[str, Callable[[Any, Path], Any], str, str, Any, str]] = [
         "api",
     ),
     (
+        "classify-no-truncation",
+        lambda c, f: c.classify("a long text", task="sentiment", truncate=False),
+        "POST",
+        "/v1/classify",
+        {"inputs": ["a long text"], "task": "sentiment", "truncate": False},
+        "api",
+    ),
+    (
+        "classify-pairs-truncated",
+        lambda c, f: c.classify_pairs([("premise", "hypothesis")], task="nli", truncate=True),
+        "POST",
+        "/v1/classify",
+        {"inputs": [["premise", "hypothesis"]], "task": "nli", "truncate": True},
+        "api",
+    ),
+    (
         "classify-pairs",
         lambda c, f: c.classify_pairs([("premise", "hypothesis")], task="nli"),
         "POST",
