@@ -1,7 +1,7 @@
 """Command line for an lpt-serve server: classify texts, manage adapters.
 
 Usage:
-    lpt-client classify --task T [--task T2 ...] [--raw-scores] [--json] [TEXT ... | - | --file F]
+    lpt-client classify --task T [--task T2 ...] [--raw-scores] [--[no-]truncate] [--json] [TEXT ... | - | --file F]
     lpt-client adapters list [--json]
     lpt-client adapters show NAME [--json]
     lpt-client adapters upload NAME FILE [--json]
@@ -154,6 +154,9 @@ def build_parser(prog: str = "lpt-client") -> argparse.ArgumentParser:
     )
     classify.add_argument("--file", help="read texts from this file, one per line")
     classify.add_argument("--raw-scores", action="store_true", help="include every label's score")
+    classify.add_argument("--truncate", action=argparse.BooleanOptionalAction, default=None,
+                          help="cut texts over the server's token limit (--truncate) or have them refused "
+                               "(--no-truncate); default: the server's LPT_TRUNCATE")
     classify.add_argument("--batch-size", type=_positive_int, default=32, help="texts per request")
     classify.set_defaults(run=run_classify)
 
@@ -226,7 +229,7 @@ def run_classify(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     rows: list[tuple[str, bool, list[ClassifyResult]]] = []
     truncated = 0
     for batch in _chunks(texts, args.batch_size):
-        results = client.classify(batch, tasks=args.tasks, raw_scores=args.raw_scores)
+        results = client.classify(batch, tasks=args.tasks, raw_scores=args.raw_scores, truncate=args.truncate)
         cut = set(results.truncated_inputs)
         truncated += len(cut)
         for i, (text, answers) in enumerate(zip(batch, results)):

@@ -86,6 +86,13 @@ def test_truncated_inputs_are_marked_in_json_lines_and_counted_on_stderr(server,
     assert "2 of 4 inputs were cut to the server's token limit (LPT_MAX_INPUT_TOKENS)" in err, err
 
 
+@pytest.mark.parametrize("flag, sent", [([], None), (["--truncate"], True), (["--no-truncate"], False)])
+def test_the_truncate_flag_is_sent_only_when_given(server, capsys, flag, sent) -> None:
+    server.on("POST", "/v1/classify", truncating)
+    assert run(server, "classify", "--task", "s", *URL, *flag, "short") == 0
+    assert json.loads(server.requests[-1].content).get("truncate") == sent
+
+
 def test_truncated_inputs_are_marked_in_the_table(server, capsys, monkeypatch) -> None:
     server.on("POST", "/v1/classify", truncating)
     out = io.StringIO()
