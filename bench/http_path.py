@@ -2,9 +2,12 @@
 
     python bench/http_path.py                            # 3 repeats of 600 requests, 32 clients, 16 tasks
     python bench/http_path.py --repeats 5 --json bench/results/http_path-x.json
+    python bench/http_path.py --threads 2 --engine-batch 16 --json bench/results/http_path-threads2.json
 
 Both sides get the same work: the same texts (4-40 words, every one distinct) for the same 16
-seeded adapters (task00..., 2-5 labels), tasks round-robin, on one torch thread.
+seeded adapters (task00..., 2-5 labels), tasks round-robin, on one torch thread per engine
+thread (`--threads N`: the server's N engine workers, against N engine threads in this process
+that share out the rows).
 
   engine   lpt.Engine(Backbone.load(model), cache_entries=0).predict(rows) in this process, in
            batches of 32 rows (--engine-batch): what the server is measured against (rows/s);
@@ -32,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -89,13 +93,20 @@ def loadavg() -> list[float]:
 
 
 # ---- the two sides ------------------------------------------------------------------------
-def engine_pass(engine: Engine, rows: list[Row], batch: int) -> dict:
-    """Every row once, `batch` at a time: rows/s, CPU ms per row, other processes' busy cores."""
+def engine_pass(engines: list[Engine], rows: list[Row], batch: int) -> dict:
+    """Every row once, `batch` at a time, the rows dealt out to one thread per engine (as the
+    server's engine workers take batches): rows/s, CPU ms per row, other processes' busy cores."""
+    def work(engine: Engine, share: list[Row]) -> None:
+        for i in range(0, len(share), batch):
+            failed = [p for p in engine.predict(share[i:i + batch]) if isinstance(p, Exception)]
+            if failed:
+                raise RuntimeError(f"engine failed a row: {failed[0]!r}")
+
+    n = len(engines)
     cpu0, busy0, t0 = time.process_time(), machine_busy_s(), time.perf_counter()
-    for i in range(0, len(rows), batch):
-        failed = [p for p in engine.predict(rows[i:i + batch]) if isinstance(p, Exception)]
-        if failed:
-            raise RuntimeError(f"engine failed a row: {failed[0]!r}")
+    with ThreadPoolExecutor(n) as pool:
+        for f in [pool.submit(work, e, rows[k::n]) for k, e in enumerate(engines)]:
+            f.result()
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     return {"rows": len(rows), "seconds": round(wall, 3), "rows_per_s": round(len(rows) / wall, 2),
             "cpu_ms_per_row": round(1000 * cpu / len(rows), 2),
@@ -151,12 +162,12 @@ def run(args, workdir: Path) -> dict:
     tasks = sorted(names_bytes)
     bb = Backbone.load(args.model)
     adapters = [load_adapter(names_bytes[t], bb) for t in tasks]
-    engine = Engine(bb, cache_entries=0)
+    engines = [Engine(bb, cache_entries=0) for _ in range(args.threads)]
     per_repeat = args.warmup + args.requests
     pool = texts(per_repeat * args.repeats, seed=7)           # every text distinct over the server's life
 
     server = Server(args.model, workdir / "store", workdir / "server.log",
-                    ["--threads", "1", "--cache-entries", "0"])
+                    ["--threads", str(args.threads), "--cache-entries", "0"])
     engine_runs, server_runs = [], []
     try:
         server.wait_ready()
@@ -168,7 +179,8 @@ def run(args, workdir: Path) -> dict:
         if code["engine"] != code["server"]:
             raise RuntimeError(f"the server imports other code than this process: {code}")
         asyncio.run(warm_up(server.url, tasks))
-        engine.predict([Row(adapters[i % len(adapters)], t) for i, t in enumerate(pool[:args.engine_batch])])
+        for engine in engines:
+            engine.predict([Row(adapters[i % len(adapters)], t) for i, t in enumerate(pool[:args.engine_batch])])
         for r in range(args.repeats):
             chunk = pool[r * per_repeat:(r + 1) * per_repeat]
             warm, bodies = chunk[:args.warmup], chunk[args.warmup:]
@@ -177,7 +189,7 @@ def run(args, workdir: Path) -> dict:
             asyncio.run(closed_loop(server.url, classify_requests(tasks, warm), args.concurrency, args.time_limit))
             for side in (("engine", "server") if r % 2 == 0 else ("server", "engine")):
                 if side == "engine":
-                    engine_runs.append(engine_pass(engine, rows, args.engine_batch) | {"loadavg_before": load})
+                    engine_runs.append(engine_pass(engines, rows, args.engine_batch) | {"loadavg_before": load})
                 else:
                     server_runs.append(server_pass(server, tasks, bodies, args) | {"loadavg_before": load})
             e, s = engine_runs[-1], server_runs[-1]
@@ -239,6 +251,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=64, help="unmeasured requests before each repeat")
     p.add_argument("--time-limit", type=float, default=180.0, help="seconds per closed loop (upper bound)")
     p.add_argument("--model", default="minilm")
+    p.add_argument("--threads", type=int, default=1, help="the server's --threads (one engine worker each), and "
+                   "as many engine threads in this process, each with its share of the rows")
     args = p.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -256,11 +270,12 @@ def main(argv=None) -> int:
     out = {"command": command_line(), "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(),
            "code_commit": runs.pop("code_commit"), "model": args.model, "tasks": args.tasks,
            "requests": args.requests, "warmup_requests": args.warmup, "concurrency": args.concurrency,
-           "engine_batch_rows": args.engine_batch, "torch_threads": 1, "server_flags": "--threads 1 --cache-entries 0",
+           "engine_batch_rows": args.engine_batch, "torch_threads": 1, "engine_threads": args.threads,
+           "server_flags": f"--threads {args.threads} --cache-entries 0",
            "loadavg_after": loadavg(), "summary": summary, **runs}
     write_json(args.json, out)
     plot(summary, runs, args.json.with_suffix(".png"), f"{args.tasks} tasks, {args.concurrency} clients, "
-         f"one torch thread, code {out['code_commit']}")
+         f"{args.threads} x one torch thread, code {out['code_commit']}")
     print(f"wrote {args.json} and {args.json.with_suffix('.png')}")
     return 0
 
