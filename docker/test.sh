@@ -299,7 +299,7 @@ fi
 LB_PORT=$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 LB=http://127.0.0.1:$LB_PORT
 COMPOSE_ENV=(LPT_IMAGE="$IMAGE" NGINX_IMAGE="$NGINX_IMAGE" LPT_ADMIN_KEY="$ADMIN_KEY" LPT_LB_PORT="$LB_PORT"
-             LPT_THREADS=1 LPT_LOG_FORMAT=text)
+             LPT_THREADS=1 LPT_LOG_FORMAT=text LPT_DTYPE=float32 LPT_CORS_ORIGINS=)
 compose() { env "${COMPOSE_ENV[@]}" docker-compose -p "$PROJECT" -f docker/compose.yaml "$@"; }
 R1=${PROJECT}_replica1_1; R2=${PROJECT}_replica2_1; LBC=${PROJECT}_lb_1
 

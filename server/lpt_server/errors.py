@@ -178,13 +178,14 @@ def error_response(exc: BaseException) -> JSONResponse:
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 BODY_SHAPE = ('{"inputs": "text" | ["text", ...] | [["text", "text_pair"], ...], '
-              '"task": "name" (or "tasks": ["a", "b"]), "raw_scores": false}')
+              '"task": "name" (or "tasks": ["a", "b"]), "raw_scores": false, "truncate": true (optional)}')
 FIELD_HINTS = {
     ("inputs",): "must be a string, a list of strings, or a list of [text, text_pair] pairs",
     ("inputs", 0): "each input must be a string or a [text, text_pair] list of two strings",
     ("task",): "must be one task name (a string)",
     ("tasks",): "must be a list of task names (strings)",
     ("raw_scores",): "must be true or false",
+    ("truncate",): "must be true or false (or absent: the server's LPT_TRUNCATE)",
 }
 
 

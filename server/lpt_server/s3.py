@@ -183,7 +183,7 @@ class S3Client:
             headers["if-match"] = if_match
         if if_none_match:
             headers["if-none-match"] = "*"
-        r = self._send("PUT", key, headers=headers, body=data)
+        r = self._write("PUT", key, headers=headers, body=data)
         if r.status_code == 412 or (if_match is not None and r.status_code == 404):
             raise PreconditionFailed(key)
         if r.status_code == 409 and (if_match is not None or if_none_match):   # a concurrent conditional write
@@ -192,7 +192,7 @@ class S3Client:
         return r.headers.get("etag", "")
 
     def delete(self, key: str, *, if_match: str | None = None) -> None:
-        r = self._send("DELETE", key, headers={"if-match": if_match} if if_match is not None else {})
+        r = self._write("DELETE", key, headers={"if-match": if_match} if if_match is not None else {})
         if if_match is not None and r.status_code in (404, 412):
             raise PreconditionFailed(key)
         self._expect(r, 204, 200, 404)
@@ -216,6 +216,15 @@ class S3Client:
             token = root.findtext(f"{NS}NextContinuationToken")
             if max_keys or root.findtext(f"{NS}IsTruncated") != "true" or not token:
                 return
+
+    def _write(self, method: str, key: str, **kwargs) -> Answer:
+        """A PUT or DELETE: S3 answers these with a few bytes at most; a large 2xx body (a proxy's
+        page) means no S3 server answered."""
+        try:
+            return self._send(method, key, **kwargs)
+        except TooLarge:
+            raise S3Error(200, "InvalidAnswer", f"the answer to a {method} is over {SMALL_OBJECT_BYTES} bytes: "
+                          "not an S3 server's") from None
 
     # ---- the wire -------------------------------------------------------------------------------
     def _send(self, method: str, key: str, *, headers: dict[str, str] | None = None, body: bytes = b"",

@@ -90,7 +90,8 @@ class Settings(BaseSettings):
 
     # request and upload limits
     max_input_tokens: int = Field(256, ge=1, description="tokens per input (text + pair, no special tokens)")
-    truncate: bool = Field(True, description="cut longer inputs to max_input_tokens; false: 413")
+    truncate: bool = Field(True, description="cut longer inputs to max_input_tokens; false: 413 (a request's "
+                           "\"truncate\" overrides it)")
     max_inputs: int = Field(256, ge=1, description="inputs per request; more: 413")
     max_adapter_bytes: int = Field(64 * MiB, ge=1, description="largest adapter file accepted")
     max_body_bytes: int = Field(2 * MiB, ge=1, description="largest classify request body; more: 413")

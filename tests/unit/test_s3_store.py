@@ -157,6 +157,34 @@ def test_a_listing_that_is_not_one_is_the_store_unavailable_not_a_crash():
     assert store.versions() == {"a": sha(b"one")} and store.health().up
 
 
+class PageOnWrite(FakeS3):
+    """A server that answers writes with a 200 page of 80 KiB (a proxy's, not S3's)."""
+
+    page = False
+
+    def handle(self, request):
+        r = super().handle(request)
+        if self.page and request.method in ("PUT", "DELETE") and r.status_code < 300:
+            return httpx.Response(200, content=b"<p>" * (27 << 10), headers=r.headers)
+        return r
+
+
+def test_an_answer_too_large_to_be_s3s_is_a_clear_error_or_an_object_not_ours():
+    """A write answered with a large page: the store is unavailable, saying why (it was a 500).
+    An object too large for a pointer: a name this store did not write, the store up."""
+    fake = PageOnWrite()
+    store = S3Store(URL, client=fake.client())
+    store.put("a", b"one")
+    fake.page = True
+    for call in (lambda: store.put("b", b"two"), lambda: store.delete("a")):
+        with pytest.raises(StoreUnavailable, match="over 65536 bytes: not an S3 server's"):
+            call()
+        assert store.health().up is False and "InvalidAnswer" in store.health().error
+    fake.page = False
+    fake.objects[store._pointer_key("c")] = (b"x" * (70 << 10), '"big"', 0.0)
+    assert store.current("c") is None and store.health().up       # answered: up; not a pointer: no version
+
+
 def test_version_files_are_cached_within_the_bound():
     fake = FakeS3()
     store = S3Store(URL, client=fake.client(), cache_bytes=10)
