@@ -33,10 +33,6 @@ class EncodedInputs:
     truncated: list[int]          # indices of inputs cut to the token limit
 
 
-NOT_CUT = ('truncation is off (the request\'s "truncate": false, or the server\'s LPT_TRUNCATE=false): shorten '
-           'the text, or send "truncate": true to have it cut')
-
-
 def _cut(i: int, text: str, max_tokens: int, truncate: bool) -> tuple[str, bool]:
     """A text cut to the character bound (cheap: before any tokenizing)."""
     limit = max_tokens * CHARS_PER_TOKEN
@@ -44,14 +40,15 @@ def _cut(i: int, text: str, max_tokens: int, truncate: bool) -> tuple[str, bool]
         return text, False
     if not truncate:
         raise InputTooLong(f"inputs[{i}] has {len(text)} characters, more than an input of {max_tokens} "
-                           f"tokens can have ({limit}; LPT_MAX_INPUT_TOKENS); {NOT_CUT}")
+                           f"tokens can have ({limit}; LPT_MAX_INPUT_TOKENS)")
     return text[:limit], True
 
 
 def encode_inputs(inputs: list[tuple[str, str | None]], tasks: list[str], adapters: list,
                   max_tokens: int, truncate: bool) -> EncodedInputs:
-    """Every input encoded for every task's adapter. Raises InputTooLong (truncation off) or
-    RowError naming the input and task that cannot be encoded."""
+    """Every input encoded for every task's adapter. Raises InputTooLong (truncation off: which
+    input is too long; the caller says why it was not cut) or RowError naming the input and task
+    that cannot be encoded."""
     cut, precut = [], set()
     for i, (text, pair) in enumerate(inputs):
         text, c1 = _cut(i, text, max_tokens, truncate)
@@ -77,6 +74,5 @@ def encode_inputs(inputs: list[tuple[str, str | None]], tasks: list[str], adapte
         rows.append(row)
     truncated = sorted(precut | {i for i, row in enumerate(rows) if any(e.truncated for e in row)})
     if truncated and not truncate:
-        raise InputTooLong(f"inputs[{truncated[0]}] has more than {max_tokens} tokens (LPT_MAX_INPUT_TOKENS); "
-                           f"{NOT_CUT}")
+        raise InputTooLong(f"inputs[{truncated[0]}] has more than {max_tokens} tokens (LPT_MAX_INPUT_TOKENS)")
     return EncodedInputs(rows, truncated)

@@ -145,9 +145,13 @@ async def test_a_request_chooses_to_cut_or_refuse_a_long_text(tmp_path, tiny_bb,
             cut = await c.post(path, json={**body, "truncate": True})
             assert cut.status_code == 200 and cut.json()["truncated_inputs"] == [1], cut.text
             refused = await c.post(path, json={**body, "truncate": False})
-            assert refused.status_code == 413 and "inputs[1]" in refused.json()["error"]["message"], refused.text
+            message = refused.json()["error"]["message"]
+            assert refused.status_code == 413 and message.startswith("inputs[1] has more than 16 tokens"), message
+            assert 'the request asked "truncate": false' in message and '"truncate": true to have it cut' in message
             default = await c.post(path, json=body)
             assert default.status_code == (200 if server_truncates else 413), default.text
+            if not server_truncates:
+                assert "the server runs with LPT_TRUNCATE=false" in default.json()["error"]["message"]
         bad = await c.post("/v1/classify", json={"inputs": "ok", "task": "t", "truncate": "yes"})
         assert bad.status_code == 422 and "truncate" in bad.text
 

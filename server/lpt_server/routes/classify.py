@@ -26,7 +26,7 @@ from ..errors import ClientClosed, GatewayTimeout, NotFound, PayloadTooLarge, Un
 from ..runtime import Runtime, started
 from ..schemas import ClassifyRequest, ClassifyResponse, ErrorResponse, TaskClassifyRequest, is_blank
 from ..store import NAME_RE, InvalidName, shown
-from ..texts import EncodedInputs, encode_inputs
+from ..texts import EncodedInputs, InputTooLong, encode_inputs
 
 # the answer's own headers (app.py exposes them to pages on other origins)
 QUEUE_TIME, INFERENCE_TIME, TRUNCATED = "x-queue-time-ms", "x-inference-time-ms", "x-truncated-inputs"
@@ -100,10 +100,17 @@ async def parse(rt: Runtime, inputs, tasks: list[str], deadline: float) -> Parse
 
 
 # ---- encode ----------------------------------------------------------------------------------
-async def encode(rt: Runtime, p: Parsed, truncate: bool) -> Job:
-    """Tokenizing is CPU work: off the loop (InputTooLong: 413)."""
-    encoded = await asyncio.to_thread(encode_inputs, p.inputs, p.tasks, p.adapters, rt.settings.max_input_tokens,
-                                      truncate)
+async def encode(rt: Runtime, p: Parsed, asked: bool | None) -> Job:
+    """Tokenizing is CPU work: off the loop. `asked`: the request's "truncate" (None: the
+    server's LPT_TRUNCATE). InputTooLong (413) says which of the two kept the text whole."""
+    truncate = rt.settings.truncate if asked is None else asked
+    try:
+        encoded = await asyncio.to_thread(encode_inputs, p.inputs, p.tasks, p.adapters, rt.settings.max_input_tokens,
+                                          truncate)
+    except InputTooLong as e:
+        why = ("the request asked \"truncate\": false" if asked is not None
+               else "the server runs with LPT_TRUNCATE=false")
+        raise InputTooLong(f"{e}; {why}: shorten the text, or send \"truncate\": true to have it cut") from None
     return Job(p.tasks, p.adapters, p.inputs, encoded)
 
 
@@ -224,7 +231,7 @@ async def classify(request: Request, model: type, unpack: Unpack) -> JSONRespons
         parsed = await parse(rt, asked.inputs, asked.tasks, deadline)
         known_tasks = parsed.tasks
         rt.batcher.admit(parsed.rows)       # QueueFull (429) before tokenizing: rechecked at submit
-        job = await encode(rt, parsed, rt.settings.truncate if asked.truncate is None else asked.truncate)
+        job = await encode(rt, parsed, asked.truncate)
         items = await schedule(rt, request, job, deadline)
         response = await answer(job, items, asked.raw_scores)
         status = 200
