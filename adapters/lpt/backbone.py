@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quantize import INT8, quantize_blocks
+from .quantize import INT8, Int8Linear, quantize_blocks
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -244,7 +244,6 @@ class Backbone(nn.Module):
         absolute = getattr(self.config, "position_embedding_type", "absolute") == "absolute"
         self.packed_block = self.spec.packed_block if absolute else None
         self._fingerprint: dict | None = None
-        self.int8 = False                    # the blocks' linear layers quantized (quantize.py)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -294,7 +293,6 @@ class Backbone(nn.Module):
         self.fingerprint()
         if quantize_blocks(self.layers) == 0:
             raise ValueError(f"{INT8}: the {self.config.model_type} blocks hold no linear layer to quantize")
-        self.int8 = True
         return self
 
     # ---- sizes ---------------------------------------------------------------------------
@@ -317,7 +315,8 @@ class Backbone(nn.Module):
     @property
     def precision(self) -> str:
         """What the model computes in: its dtype's name, or int8 (float32 around int8 products)."""
-        return INT8 if self.int8 else str(self.dtype).removeprefix("torch.")
+        return INT8 if any(isinstance(m, Int8Linear) for m in self.layers.modules()) else \
+            str(self.dtype).removeprefix("torch.")
 
     @property
     def causal(self) -> bool:

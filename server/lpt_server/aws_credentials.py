@@ -141,12 +141,10 @@ class CredentialSource:
     def _failure(self, e: Exception) -> Exception:
         """NoCredentials while none were ever had (a setup to fix, said at start); afterwards
         CredentialsUnavailable (the store is down until the source answers again)."""
-        if isinstance(e, NoCredentials) and self._held is None:
+        if isinstance(e, CredentialsUnavailable) or (isinstance(e, NoCredentials) and self._held is None):
             return e
-        why = str(e) if isinstance(e, (NoCredentials, CredentialsUnavailable)) else \
-            f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        return e if isinstance(e, CredentialsUnavailable) else \
-            CredentialsUnavailable(f"the {self.name} credentials could not be fetched: {why}")
+        why = str(e) if isinstance(e, NoCredentials) else f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        return CredentialsUnavailable(f"the {self.name} credentials could not be fetched: {why}")
 
     def _renew_in_background(self, now: float) -> None:
         with self._state:
@@ -208,6 +206,17 @@ def credential_source(env: Mapping[str, str] = os.environ, timeout_s: float = 5.
                         "or run with a container or instance role")
 
 
+def region(env: Mapping[str, str]) -> str:
+    return env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+def endpoint_url(env: Mapping[str, str], service: str) -> str | None:
+    """The SDKs' endpoint override: AWS_ENDPOINT_URL_<SERVICE>, else AWS_ENDPOINT_URL (every
+    service: MinIO serves S3 and STS on one address); None for AWS itself."""
+    url = env.get(f"AWS_ENDPOINT_URL_{service}") or env.get("AWS_ENDPOINT_URL")
+    return url.rstrip("/") if url else None
+
+
 def _expiry(text: object) -> float:
     if not isinstance(text, str):
         raise ValueError(f"the credentials' Expiration is {text!r}, not a time")
@@ -220,9 +229,7 @@ def _web_identity(env: Mapping[str, str], timeout_s: float) -> Credentials:
         token = Path(path).read_text().strip()
     except OSError as e:
         raise NoCredentials(f"AWS_WEB_IDENTITY_TOKEN_FILE {path}: {e.strerror or e}") from None
-    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
-    endpoint = (env.get("AWS_ENDPOINT_URL_STS") or env.get("AWS_ENDPOINT_URL")
-                or f"https://sts.{region}.amazonaws.com").rstrip("/")
+    endpoint = endpoint_url(env, "STS") or f"https://sts.{region(env)}.amazonaws.com"
     form = {"Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15", "RoleArn": env["AWS_ROLE_ARN"],
             "RoleSessionName": env.get("AWS_ROLE_SESSION_NAME") or SESSION_NAME, "WebIdentityToken": token}
     # unsigned: the token is the proof

@@ -37,7 +37,8 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from .aws_credentials import CredentialSource, Credentials, CredentialsUnavailable, credential_source, static
+from .aws_credentials import (CredentialSource, Credentials, CredentialsUnavailable, credential_source, endpoint_url,
+                              region, static)
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -89,12 +90,10 @@ class S3Config:
         """The standard AWS variables: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, AWS_REGION (or
         AWS_DEFAULT_REGION), and credentials from the SDKs' chain (aws_credentials.py).
         ValueError for a bad endpoint, NoCredentials where no source is configured."""
-        endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        endpoint = endpoint_url(env, "S3")
         if endpoint and urlsplit(endpoint).scheme not in ("http", "https"):
             raise ValueError(f"AWS_ENDPOINT_URL must start with http:// or https://, got {endpoint!r}")
-        return cls(endpoint=endpoint.rstrip("/") if endpoint else None,
-                   region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-                   credentials=credential_source(env, timeout_s))
+        return cls(endpoint=endpoint, region=region(env), credentials=credential_source(env, timeout_s))
 
 
 def _uri_encode(text: str, safe: str) -> str:
@@ -183,7 +182,8 @@ class S3Client:
             headers["if-match"] = if_match
         if if_none_match:
             headers["if-none-match"] = "*"
-        r = self._write("PUT", key, headers=headers, body=data)
+        r = self._send_small("PUT", key, SMALL_OBJECT_BYTES, "InvalidAnswer", "the answer to a PUT", headers=headers,
+                             body=data)
         if r.status_code == 412 or (if_match is not None and r.status_code == 404):
             raise PreconditionFailed(key)
         if r.status_code == 409 and (if_match is not None or if_none_match):   # a concurrent conditional write
@@ -192,7 +192,8 @@ class S3Client:
         return r.headers.get("etag", "")
 
     def delete(self, key: str, *, if_match: str | None = None) -> None:
-        r = self._write("DELETE", key, headers={"if-match": if_match} if if_match is not None else {})
+        r = self._send_small("DELETE", key, SMALL_OBJECT_BYTES, "InvalidAnswer", "the answer to a DELETE",
+                             headers={"if-match": if_match} if if_match is not None else {})
         if if_match is not None and r.status_code in (404, 412):
             raise PreconditionFailed(key)
         self._expect(r, 204, 200, 404)
@@ -206,10 +207,7 @@ class S3Client:
                 query["continuation-token"] = token
             if max_keys:
                 query["max-keys"] = str(max_keys)
-            try:
-                r = self._send("GET", "", query=query, max_bytes=LISTING_PAGE_BYTES)
-            except TooLarge:
-                raise S3Error(200, "InvalidListing", f"a listing page is over {LISTING_PAGE_BYTES} bytes") from None
+            r = self._send_small("GET", "", LISTING_PAGE_BYTES, "InvalidListing", "a listing page", query=query)
             self._expect(r, 200)
             root, page = _listing(r)
             yield from page
@@ -217,14 +215,13 @@ class S3Client:
             if max_keys or root.findtext(f"{NS}IsTruncated") != "true" or not token:
                 return
 
-    def _write(self, method: str, key: str, **kwargs) -> Answer:
-        """A PUT or DELETE: S3 answers these with a few bytes at most; a large 2xx body (a proxy's
-        page) means no S3 server answered."""
+    def _send_small(self, method: str, key: str, max_bytes: int, code: str, what: str, **kwargs) -> Answer:
+        """A call whose answer S3 keeps small (a write's, a listing page): one over max_bytes (a
+        proxy's page) means no S3 server answered: S3Error `code`, not TooLarge."""
         try:
-            return self._send(method, key, **kwargs)
+            return self._send(method, key, max_bytes=max_bytes, **kwargs)
         except TooLarge:
-            raise S3Error(200, "InvalidAnswer", f"the answer to a {method} is over {SMALL_OBJECT_BYTES} bytes: "
-                          "not an S3 server's") from None
+            raise S3Error(200, code, f"{what} is over {max_bytes} bytes: not an S3 server's") from None
 
     # ---- the wire -------------------------------------------------------------------------------
     def _send(self, method: str, key: str, *, headers: dict[str, str] | None = None, body: bytes = b"",
@@ -280,9 +277,12 @@ class S3Client:
         ok = 200 <= r.status_code < 300
         limit = (max_bytes if max_bytes is not None else math.inf) if ok else ERROR_BODY_BYTES
         declared = _length(r.headers)
+
+        def too_large(size: int | None) -> TooLarge:
+            return TooLarge(urlsplit(url).path, limit, size, r.headers.get("etag", ""))
         if ok and declared is not None and declared > limit:
             r.close()
-            raise TooLarge(urlsplit(url).path, limit, declared, r.headers.get("etag", ""))
+            raise too_large(declared)
         # a large object over a slow link gets time for its declared length (an adapter file of
         # 64 MiB at 5 s would need 13 MiB/s), never more than that: a trickle is still cut
         deadline += min(declared or 0, limit) / MIN_BYTES_PER_S
@@ -299,7 +299,7 @@ class S3Client:
                     size += len(chunk)
                     if size > limit:
                         if ok:
-                            raise TooLarge(urlsplit(url).path, limit, None, r.headers.get("etag", ""))
+                            raise too_large(None)
                         break       # enough of an error answer to read its Code
                     if time.monotonic() > deadline:
                         late.set()

@@ -318,8 +318,9 @@ class Store:
     @_reaching
     def read(self, name: str, version: str, max_bytes: int | None = None) -> bytes:
         with open(self.path(name, version), "rb") as f:
-            if max_bytes is not None and os.fstat(f.fileno()).st_size > max_bytes:
-                raise FileTooLarge(os.fstat(f.fileno()).st_size, max_bytes)
+            size = os.fstat(f.fileno()).st_size
+            if max_bytes is not None and size > max_bytes:
+                raise FileTooLarge(size, max_bytes)
             return f.read()
 
     # ---- writing (the name's lock held) -------------------------------------------------------
