@@ -265,7 +265,7 @@ class Engine:
         return order, width, out
 
     # ---- entry points -------------------------------------------------------------------------
-    def _run(self, rows: list[Row]) -> tuple[dict[int, Exception], dict[int, int], list[int], torch.Tensor | None]:
+    def run(self, rows: list[Row]) -> tuple[dict[int, Exception], dict[int, int], list[int], torch.Tensor | None]:
         """Every row through the stages -> (failed rows, position of each served row in `out`,
         its number of logits, out [n, C_max] float32 on the host: one copy back and one wait)."""
         items, failed = self.encode(rows)
@@ -289,7 +289,7 @@ class Engine:
         """Per row: logits [C] (float32, cpu), or the exception that failed that row."""
         if not rows:
             return []
-        failed, pos, widths, flat = self._run(rows)
+        failed, pos, widths, flat = self.run(rows)
         served = flat.unbind(0) if flat is not None else ()     # one call for every row's view
         c_max = flat.shape[1] if flat is not None else 0
         out: list[torch.Tensor | Exception] = []
@@ -304,22 +304,29 @@ class Engine:
     def predict(self, rows: list[Row]) -> list[Prediction | Exception]:
         if not rows:
             return []
-        failed, pos, widths, flat = self._run(rows)
-        probs = []
-        if flat is not None:   # one softmax for the batch; columns past a row's labels are -inf
-            beyond = torch.arange(flat.shape[1])[None] >= torch.tensor(widths)[:, None]
-            probs = flat.masked_fill(beyond, float("-inf")).softmax(-1).tolist()
-        out: list[Prediction | Exception] = []
-        for i, row in enumerate(rows):
-            if i in failed:
-                out.append(failed[i])
-                continue
-            p = probs[pos[i]]
-            labels = row.adapter.labels
-            if not all(map(math.isfinite, p[:len(labels)])):   # logits overflowed: no scores to give
-                out.append(RowError(f"adapter {row.adapter.config.task!r} gives no finite scores for this input "
-                                    "(its weights overflow): the adapter needs retraining or replacing"))
-                continue
-            best = max(range(len(labels)), key=p.__getitem__)
-            out.append(Prediction(labels[best], p[best], dict(zip(labels, p))))
-        return out
+        return predictions(rows, *self.run(rows))
+
+
+def predictions(rows: list[Row], failed: dict[int, Exception], pos: dict[int, int], widths: list[int],
+                flat: torch.Tensor | None) -> list[Prediction | Exception]:
+    """Engine.run's output -> each row's Prediction, or the exception that failed that row
+    (one softmax for the batch; columns past a row's labels are -inf). Shared by the engine and
+    a server that runs the engine in another process."""
+    probs = []
+    if flat is not None:
+        beyond = torch.arange(flat.shape[1])[None] >= torch.tensor(widths)[:, None]
+        probs = flat.masked_fill(beyond, float("-inf")).softmax(-1).tolist()
+    out: list[Prediction | Exception] = []
+    for i, row in enumerate(rows):
+        if i in failed:
+            out.append(failed[i])
+            continue
+        p = probs[pos[i]]
+        labels = row.adapter.labels
+        if not all(map(math.isfinite, p[:len(labels)])):   # logits overflowed: no scores to give
+            out.append(RowError(f"adapter {row.adapter.config.task!r} gives no finite scores for this input "
+                                "(its weights overflow): the adapter needs retraining or replacing"))
+            continue
+        best = max(range(len(labels)), key=p.__getitem__)
+        out.append(Prediction(labels[best], p[best], dict(zip(labels, p))))
+    return out

@@ -80,12 +80,19 @@ def default_engine(settings: Settings):
     from lpt import Backbone
 
     bound_kernel_cache()
-    torch.set_num_threads(thread_plan(settings).torch_threads)
+    # A model process sets its own threads; the server's never runs the model, and one forked
+    # after an OpenMP parallel region could hang in its first one.
+    torch.set_num_threads(1 if forks_model(settings) else thread_plan(settings).torch_threads)
     if settings.log_format == "json":     # a progress bar would break the one-object-per-line log
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
     return engine_for(Backbone.load(settings.model, settings.device, settings.dtype), settings)
+
+
+def forks_model(settings: Settings) -> bool:
+    """Whether the engine workers run the model in processes of their own (model_process.py)."""
+    return settings.model_processes and settings.device.split(":")[0] == "cpu"
 
 
 def engine_for(backbone, settings: Settings):
@@ -122,6 +129,7 @@ class Runtime:
         self.registry: Registry | None = None
         self.store_calls = StoreCalls()    # requests' store I/O: not on the threads that tokenize
         self.worker: EngineWorker | None = None
+        self.model_processes: list = []     # one per engine worker, or none (model_process.py)
         self.batcher: Batcher | None = None
         self.trainer: Trainer | None = None
         # int8 has no backward pass: jobs train on the float32 model, and serve on int8
@@ -152,9 +160,12 @@ class Runtime:
             raise
         self.load_seconds = time.perf_counter() - t0
         backbone = self.engine.backbone
-        log.info("model %r loaded in %.1f s (%s, %s); %d engine worker(s) x %d torch thread(s)",
+        self.model_processes = await asyncio.to_thread(self._fork_model)
+        log.info("model %r loaded in %.1f s (%s, %s); %d engine worker(s) x %d torch thread(s)%s",
                  getattr(backbone, "model_id", s.model), self.load_seconds, getattr(backbone, "device", s.device),
-                 getattr(backbone, "precision", s.dtype), self.plan.workers, self.plan.torch_threads)
+                 getattr(backbone, "precision", s.dtype), self.plan.workers, self.plan.torch_threads,
+                 f", each in a model process (pids {', '.join(str(p.pid) for p in self.model_processes)})"
+                 if self.model_processes else "")
         await asyncio.to_thread(sweep_store, store)
         self.registry = Registry(store, backbone, max_resident=s.max_resident_adapters,
                                  max_bytes=s.max_adapter_bytes,
@@ -168,7 +179,7 @@ class Runtime:
         self._sweeper = asyncio.create_task(self._sweep_every(SWEEP_EVERY_S))
         self._prober = asyncio.create_task(self._probe_store())
         self.worker = EngineWorker(self.engine, on_batch=self.metrics.observe_engine_batch,
-                                   threads=self.plan.workers)
+                                   threads=self.plan.workers, per_thread=self.model_processes or None)
         self.worker.start()
         self.batcher = Batcher(self.worker.run, max_rows=s.max_batch_rows, max_tokens=s.max_batch_tokens,
                                max_wait_s=s.max_wait_ms / 1000, queue_limit=s.queue_limit,
@@ -178,11 +189,30 @@ class Runtime:
         self._watchdog = asyncio.create_task(self._watch(WATCH_EVERY_S))
         self.trainer = self._make_trainer()
         await asyncio.to_thread(self.trainer.start)      # reads its journal, if any
-        cache = getattr(self.engine, "cache", None)
         self.metrics.bind(queue_size=lambda: len(self.batcher), resident=lambda: self.registry.resident_count,
                           registered=lambda: self.registry.registered, worker_alive=lambda: self.worker.alive,
-                          cache_stats=lambda: getattr(cache, "stats", None), store_up=lambda: store.health().up,
+                          cache_stats=self.cache_stats, store_up=lambda: store.health().up,
                           train_active=self.trainer.active)
+
+    def _fork_model(self) -> list:
+        """One model process per engine worker, when the settings ask for them and the engine is
+        lpt's own (a test's stand-in engine runs in threads)."""
+        from lpt import Engine
+
+        if not (forks_model(self.settings) and isinstance(self.engine, Engine)):
+            return []
+        from .model_process import ModelProcess
+
+        n = self.plan.workers
+        return [ModelProcess(self.engine, self.plan.torch_threads, self.settings.max_resident_adapters,
+                             cache_share=1 / n) for _ in range(n)]
+
+    def cache_stats(self):
+        """The layer-k cache's counters: the engine's, or summed over the model processes."""
+        if self.model_processes:
+            stats = [p.cache for p in self.model_processes]
+            return type(stats[0])(*(sum(getattr(c, f) for c in stats) for f in ("hits", "misses", "bytes")))
+        return getattr(getattr(self.engine, "cache", None), "stats", None)
 
     def _make_trainer(self) -> Trainer:
         """Training jobs: run beside serving in child processes; a result is stored through the

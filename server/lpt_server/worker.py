@@ -1,6 +1,7 @@
 """The engine workers: the only threads that call the engine.
 
     worker = EngineWorker(engine, on_batch=metrics.observe_batch, threads=2)
+    worker = EngineWorker(engine, per_thread=[ModelProcess(engine), ModelProcess(engine)])
     worker.start()
     await worker.run(items)        # the batcher's executor: resolves every item's future
 
@@ -8,6 +9,8 @@ Each thread takes one batch at a time from a shared queue, so up to `threads` ba
 once (the batcher closes one per free thread) while the event loop keeps parsing and answering.
 PyTorch's kernels release the GIL: on a CPU, two threads of one torch thread each keep two cores
 busy, which is faster for a small model than one batch on two torch threads (threads.py).
+With `per_thread`, each thread calls its own engine instead (a model process each:
+model_process.py); an engine that raises EngineLost is gone, and its thread stops.
 A worker idle for IDLE_TRIM_S after a batch hands the allocator's free pages back to the system.
 A batch whose engine call raises fails only its own rows; the thread lives on. If a thread
 itself dies (a BaseException, a bug here), `alive` turns False, /ready says 503 and the runtime's
@@ -21,7 +24,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .batcher import Item
 
@@ -30,6 +33,10 @@ log = logging.getLogger("lpt_server.worker")
 
 class WorkerDead(Exception):
     """The engine worker thread is not running (-> 503)."""
+
+
+class EngineLost(Exception):
+    """The engine behind a worker thread is gone (its process died): the thread stops with it."""
 
 
 class BatchFailed(Exception):
@@ -78,10 +85,15 @@ def release_free_memory() -> None:
 
 
 class EngineWorker:
-    def __init__(self, engine: Any, on_batch: Callable[[BatchReport], None] | None = None, threads: int = 1):
+    def __init__(self, engine: Any, on_batch: Callable[[BatchReport], None] | None = None, threads: int = 1,
+                 per_thread: Sequence[Any] | None = None):
+        """per_thread: each thread's own engine (threads = their number); else every thread calls `engine`."""
+        if per_thread is not None:
+            threads = len(per_thread)
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.engine = engine
+        self.engines = list(per_thread) if per_thread is not None else [engine] * threads
         self.on_batch = on_batch
         self.threads = threads
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -91,8 +103,8 @@ class EngineWorker:
         self.batches = 0
 
     def start(self) -> None:
-        self._threads = [threading.Thread(target=self._main, name=f"lpt-engine-{i}", daemon=True)
-                         for i in range(self.threads)]
+        self._threads = [threading.Thread(target=self._main, args=(e,), name=f"lpt-engine-{i}", daemon=True)
+                         for i, e in enumerate(self.engines)]
         for t in self._threads:
             t.start()
 
@@ -107,6 +119,9 @@ class EngineWorker:
         deadline = None if timeout is None else time.monotonic() + timeout
         for t in self._threads:
             t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        for e in self.engines:
+            if e is not self.engine and hasattr(e, "close"):
+                e.close()
 
     async def run(self, items: list[Item]) -> None:
         """Run one batch on the thread; returns when every item's future is resolved."""
@@ -118,7 +133,7 @@ class EngineWorker:
         await job.done
 
     # ---- the thread ---------------------------------------------------------------------
-    def _main(self) -> None:
+    def _main(self, engine: Any) -> None:
         job, ran = None, False
         try:
             while True:
@@ -130,7 +145,7 @@ class EngineWorker:
                     continue
                 if job is None:
                     return
-                self._run_job(job)
+                self._run_job(engine, job)
                 job, ran = None, True
         except BaseException as e:  # the thread is dying: say why, and release its waiters
             self.error = e
@@ -149,14 +164,16 @@ class EngineWorker:
             if not isinstance(e, Exception):
                 raise
 
-    def _run_job(self, job: _Job) -> None:
+    def _run_job(self, engine: Any, job: _Job) -> None:
         live = [it for it in job.items if not it.dropped]     # cancelled before the engine ran
         t0 = time.perf_counter()
         failed = False
         try:
-            results = self.engine.predict([it.payload for it in live]) if live else []
+            results = engine.predict([it.payload for it in live]) if live else []
             if len(results) != len(live):
                 raise RuntimeError(f"engine returned {len(results)} results for {len(live)} rows")
+        except EngineLost:
+            raise                    # not this batch's fault: the thread stops (_main)
         except Exception as e:       # fails this batch's rows only; the thread lives on
             ids = sorted({it.request_id for it in live if it.request_id})   # a batch serves several requests
             log.exception("batch of %d rows failed (request%s %s)", len(live), "s" * (len(ids) != 1),

@@ -2,10 +2,13 @@
 engine in this process, two replicas sharing one store, SIGTERM under load."""
 import asyncio
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -213,3 +216,61 @@ def test_a_server_that_cannot_start_says_why_in_one_line(tmp_path, case):
         assert "Traceback" in out, out
     else:
         assert "Traceback" not in out and len(out.strip().splitlines()) <= 5, out
+
+
+def model_processes(server) -> list[int]:
+    info = httpx.get(server.url + "/info", timeout=30).json()
+    assert info["engine"]["model_processes"] == info["engine"]["workers"], info["engine"]
+    children = [int(t.name) for t in Path("/proc").iterdir() if t.name.isdigit() and _ppid(t) == server.proc.pid]
+    assert len(children) == info["engine"]["model_processes"], children
+    return children
+
+
+def _ppid(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def gone(pid: int, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                return True         # exited; its parent (gone too) no longer reaps it
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_server_killed_outright_leaves_no_model_process_behind(tmp_path, adapters):
+    """SIGKILL gives the server no chance to stop its children: each sees its pipe close and exits."""
+    server = Server(tmp_path / "store", tmp_path / "killed.log", "--workers", "2")
+    with all_ready([server]):
+        assert put(server, "sentiment", adapters["sentiment"]).status_code == 201
+        r = httpx.post(server.url + "/v1/classify", json={"inputs": ["fine", "bad"] * 4, "task": "sentiment"},
+                       timeout=60)
+        assert r.status_code == 200, r.text
+        children = model_processes(server)
+        server.proc.kill()
+        server.proc.wait(30)
+        assert all(gone(pid) for pid in children), children
+
+
+def test_a_server_whose_model_process_was_killed_exits_1(tmp_path, adapters):
+    server = Server(tmp_path / "store", tmp_path / "child.log", "--workers", "2")
+    with all_ready([server]):
+        assert put(server, "sentiment", adapters["sentiment"]).status_code == 201
+        children = model_processes(server)
+        os.kill(children[0], signal.SIGKILL)
+        # the next batch that reaches that worker finds its process gone: 503, then exit 1
+        codes = []
+        while len(codes) < 40 and 503 not in codes:    # either worker thread may take a batch
+            codes.append(httpx.post(server.url + "/v1/classify", json={"inputs": "fine", "task": "sentiment"},
+                                    timeout=60).status_code)
+        assert codes[-1] == 503 and set(codes) <= {200, 503}, codes
+        assert server.proc.wait(30) == 1, server.tail()
+    log = (tmp_path / "child.log").read_text()
+    assert "the model process" in log and "exit code -9" in log, log[-3000:]

@@ -55,12 +55,15 @@ def server(tmp_path_factory):
         s.stop()
 
 
-def children_nice(pid: int) -> list[int]:
-    """The niceness of each child process of `pid` (Linux /proc)."""
+def children_nice(pid: int, training: bool = True) -> list[int]:
+    """The niceness of each child process of `pid` (Linux /proc) that is a training job (or,
+    training=False, each that is not: the model processes)."""
     out = []
     for task in os.listdir(f"/proc/{pid}/task"):
         for child in open(f"/proc/{pid}/task/{task}/children").read().split():
-            out.append(int(open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[16]))
+            is_job = b"lpt.jobrun" in open(f"/proc/{child}/cmdline", "rb").read()
+            if is_job == training:
+                out.append(int(open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[16]))
     return out
 
 
@@ -140,6 +143,7 @@ def test_a_full_queue_cancelling_and_serving_while_a_job_trains(server):
                 assert answer.label in ("neg", "pos")
             assert (await client.get_training(slow.id)).state == "running"
             assert children_nice(server.proc.pid) == [10]        # the job yields the CPU to serving
+            assert set(children_nice(server.proc.pid, training=False)) <= {0}   # the model processes do not
             metrics = httpx.get(server.url + "/metrics", timeout=10).text
             assert 'lpt_train_jobs{state="queued"} 1.0' in metrics and 'lpt_train_jobs{state="running"} 1.0' in metrics
 

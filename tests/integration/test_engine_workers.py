@@ -269,7 +269,7 @@ async def test_a_server_with_two_workers_serves_what_one_worker_serves(tmp_path,
             assert sorted(t.name for t in threading.enumerate() if t.name.startswith("lpt-engine-")) == \
                 [f"lpt-engine-{i}" for i in range(workers)] and rt.batcher.lanes == workers
             info = (await c.get("/info")).json()
-            assert info["engine"] == {"workers": workers, "torch_threads": 2 // workers}
+            assert info["engine"] == {"workers": workers, "torch_threads": 2 // workers, "model_processes": workers}
             rs = await asyncio.gather(*(c.post("/v1/classify", json={"inputs": [x], "tasks": ["sent", "topic"], "raw_scores": True})
                                         for x in texts))
             assert [r.status_code for r in rs] == [200] * len(texts), rs[0].text

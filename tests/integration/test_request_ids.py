@@ -93,7 +93,8 @@ async def test_a_failed_batch_s_traceback_names_its_requests(tmp_path, tiny_bb, 
 
         def broken(rows):
             raise RuntimeError("the engine broke")
-        app.state.runtime.worker.engine.predict = broken
+        for engine in app.state.runtime.worker.engines:     # the threads' own (a model process each)
+            engine.predict = broken
         r = await c.post("/v1/classify", json={"inputs": "fine", "task": "t"}, headers={"X-Request-ID": "batch-9"})
         assert r.status_code == 500 and r.json()["error"]["type"] == "engine_error", r.text
     [line] = [json.loads(ln) for ln in log_lines("json") if ln.startswith("{") and "rows failed" in ln]

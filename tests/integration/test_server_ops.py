@@ -65,7 +65,7 @@ async def test_probes_info_and_metrics(tmp_path, tiny_bb):
         assert 'lpt_requests_total{status="200",task="sent"} 2.0' in r.text
         assert "lpt_layer_cache_hits_total 1.0" in r.text
         held = float(re.search(r"^lpt_layer_cache_bytes (\S+)", r.text, re.M).group(1))
-        assert held == app.state.runtime.engine.cache.stats.bytes > 0       # the one text's states
+        assert held == app.state.runtime.cache_stats().bytes > 0       # the one text's states
 
 
 @pytest.mark.asyncio

@@ -1,0 +1,237 @@
+"""The model in processes of its own: the same answers as the engine in this process, adapters
+crossing once and dropped past the bound, a dead process stopping its worker (503), and the
+hand-off carrying token ids, not text or pickles."""
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from tiny import WORDS, make_backbone
+from tiny_server import adapter_file, running, upload
+from lpt import Engine, Row, load_adapter
+from lpt_server.batcher import Item
+from lpt_server.model_process import ModelProcess, ModelProcessLost, pack, read_rows, rows_message, unpack
+from lpt_server.worker import EngineWorker, WorkerDead
+
+pytestmark = pytest.mark.integration
+
+
+def texts(n: int, seed: int = 0) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    return [" ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (3 + int(j),), generator=g))
+            for j in torch.randint(12, (n,), generator=g)]
+
+
+def adapters(bb, n: int, seed: int = 0) -> list:
+    out = []
+    for i in range(n):
+        a = load_adapter(adapter_file(bb, f"t{i}", labels=("a", "b", "c")[:2 + i % 2], seed=seed + i,
+                                      layer=1 + i % 3), bb)
+        for p in a.parameters():        # weights large enough that a wrong prompt shows in the scores
+            p.data.normal_(0, 0.5, generator=torch.Generator().manual_seed(seed * 100 + i))
+        out.append(a)
+    return out
+
+
+def assert_same(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.label == w.label and g.scores == pytest.approx(w.scores, abs=1e-6), (g, w)
+
+
+@pytest.fixture
+def proc(tiny_bb):
+    p = ModelProcess(Engine(tiny_bb, cache_entries=0), adapters=3)
+    yield p
+    p.close()
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_a_model_process_answers_what_the_engine_answers_here(family):
+    """Mixed adapters at several layers, pairs and single texts, token types (BERT) and none
+    (GPT-2), rows tokenized beforehand and rows not: every score as the engine in this process."""
+    bb = make_backbone(family, lm_head=False)
+    ads = adapters(bb, 4)
+    xs = texts(24)
+    rows = [Row(ads[i % 4], x, xs[(i + 5) % 24] if i % 3 == 0 else None) for i, x in enumerate(xs)]
+    rows = [Row(r.adapter, r.text, r.text_pair, r.adapter.encoder.encode(r.text, r.text_pair)) if i % 2 else r
+            for i, r in enumerate(rows)]
+    p = ModelProcess(Engine(bb, cache_entries=0))
+    try:
+        assert_same(p.predict(rows), Engine(bb, cache_entries=0).predict(rows))
+    finally:
+        p.close()
+
+
+def test_the_answer_moves_when_the_adapter_weights_move(tiny_bb, proc):
+    """A module with the same config and other weights is another adapter to the child: its rows
+    get its own answers, not the first module's."""
+    a, = adapters(tiny_bb, 1, seed=0)
+    b, = adapters(tiny_bb, 1, seed=7)
+    xs = texts(8)
+    first = proc.predict([Row(a, x) for x in xs])
+    second = proc.predict([Row(b, x) for x in xs])
+    assert_same(second, Engine(tiny_bb, cache_entries=0).predict([Row(b, x) for x in xs]))
+    assert [p.scores for p in first] != [p.scores for p in second]
+
+
+def test_a_reused_id_is_not_taken_for_the_adapter_that_had_it(tiny_bb, proc):
+    """CPython reuses a freed object's id: the parent's mirror keys by id, so it must check that
+    the module it holds is still the one asked for."""
+    a, b = adapters(tiny_bb, 2)
+    xs = texts(6)
+    proc.predict([Row(a, x) for x in xs])
+    proc._held[id(b)] = proc._held.pop(id(a))     # as if b had been allocated where a was
+    assert_same(proc.predict([Row(b, x) for x in xs]), Engine(tiny_bb, cache_entries=0).predict([Row(b, x) for x in xs]))
+
+
+def test_adapters_cross_once_and_the_child_holds_at_most_its_bound(tiny_bb, proc):
+    ads = adapters(tiny_bb, 5)
+    xs = texts(5)
+    sent = []
+    real = proc._message
+
+    def spy(rows, encs):
+        m = real(rows, encs)
+        sent.append(unpack(m[0])[0])
+        return m
+
+    proc._message = spy
+    reference = Engine(tiny_bb, cache_entries=0)
+    for batch in ([0, 1], [0, 1], [2, 3], [4, 0], [0, 1, 2, 3, 4]):
+        rows = [Row(ads[i], x) for i in batch for x in xs]
+        assert_same(proc.predict(rows), reference.predict(rows))
+        assert proc.child_adapters == len(proc._held) <= max(3, len(batch))
+    added = [len(h["add"]) for h in sent]
+    assert added[:2] == [2, 0]                    # the second batch sends no adapter again
+    assert sum(len(h["drop"]) for h in sent) >= 2   # past 3 held, the least recent are dropped
+
+
+def test_an_adapter_is_one_copy_in_memory_that_every_process_reads(tiny_bb, proc):
+    """The parent's module and the child's adapter are the same pages: a change made here in
+    place is what the child computes with (a copy would keep serving the old weights)."""
+    a, = adapters(tiny_bb, 1)
+    xs = texts(8)
+    before = proc.predict([Row(a, x) for x in xs])
+    maps = open(f"/proc/{proc.pid}/maps").read()
+    assert maps.count("memfd:lpt-adapter-t0") >= 1 and proc.child_adapters == 1
+    with torch.no_grad():
+        a.head.linear.weight.mul_(-1.5)
+    after = proc.predict([Row(a, x) for x in xs])
+    assert_same(after, Engine(tiny_bb, cache_entries=0).predict([Row(a, x) for x in xs]))
+    assert [p.scores for p in after] != [p.scores for p in before]
+
+
+def test_the_hand_off_carries_token_ids_and_no_text(tiny_bb):
+    a, = adapters(tiny_bb, 1)
+    secret = "great movie w17 w42"
+    enc = a.encoder.encode(secret, "the plot")
+    message = rows_message([enc], [5], [], [])
+    assert secret.encode() not in message and b"plot" not in message
+    header, arrays = unpack(message)
+    encs, slots = read_rows(header, arrays)
+    assert encs == [enc] and slots == [5]
+    assert pack({"x": 1}, {"b": b"\x00\x01", "t": torch.arange(3)})[:4] != b"\x80\x04"   # not a pickle
+    h, arr = unpack(pack({"x": 1}, {"b": b"\x00\x01", "t": torch.arange(6).reshape(2, 3), "e": torch.zeros(0, 0)}))
+    assert h == {"x": 1} and arr["b"] == b"\x00\x01" and arr["t"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert arr["e"].shape == (0, 0)
+
+
+@pytest.mark.asyncio
+async def test_a_killed_model_process_stops_its_worker_and_fails_the_batch_with_503s(tiny_bb):
+    p = ModelProcess(Engine(tiny_bb, cache_entries=0))
+    worker = EngineWorker(None, per_thread=[p])
+    worker.start()
+    a, = adapters(tiny_bb, 1)
+    loop = asyncio.get_running_loop()
+    try:
+        ok = Item(Row(a, "great movie"), 1, loop.create_future())
+        await worker.run([ok])
+        assert ok.future.result().label in a.labels
+        os.kill(p.pid, signal.SIGKILL)
+        p.process.join(10)
+        lost = Item(Row(a, "great movie"), 1, loop.create_future())
+        await asyncio.wait_for(worker.run([lost]), 10)
+    except WorkerDead:
+        pass
+    finally:
+        worker.stop(10)
+    assert not worker.alive
+    assert isinstance(worker.error, ModelProcessLost) and "exit code -9" in str(worker.error)
+    with pytest.raises(WorkerDead):
+        lost.future.result()
+
+
+@pytest.mark.asyncio
+async def test_a_server_runs_its_workers_in_model_processes_and_serves_what_the_engine_serves(tmp_path, tiny_bb):
+    data = {f"t{i}": adapter_file(tiny_bb, f"t{i}", seed=i, layer=1 + i) for i in range(3)}
+    xs = texts(9)
+    async with running(tmp_path, tiny_bb, workers=2, cache_entries=64) as (app, client):
+        rt = app.state.runtime
+        assert len(rt.model_processes) == 2 and all(p.alive for p in rt.model_processes)
+        assert (await client.get("/info")).json()["engine"]["model_processes"] == 2
+        for name, d in data.items():
+            assert (await upload(client, name, d)).status_code == 201
+        body = {"inputs": xs, "tasks": list(data)}
+        first = await client.post("/v1/classify", json=body)
+        assert first.status_code == 200, first.text
+        reference = Engine(tiny_bb, cache_entries=0)
+        for name, d in data.items():
+            a = load_adapter(d, tiny_bb)
+            want = reference.predict([Row(a, x) for x in xs])
+            got = [r[list(data).index(name)] for r in first.json()["results"]]
+            assert [g["label"] for g in got] == [w.label for w in want]
+            assert [g["score"] for g in got] == pytest.approx([w.score for w in want], abs=1e-6)
+        metrics = (await client.get("/metrics")).text
+        misses = [line for line in metrics.splitlines() if line.startswith("lpt_layer_cache_misses")]
+        assert misses and float(misses[0].split()[-1]) >= len(xs)   # the children's cache counters reach /metrics
+        pids = [p.pid for p in rt.model_processes]
+    for pid in pids:                                        # stopped with the server
+        assert not _running(pid)
+
+
+@pytest.mark.asyncio
+async def test_model_processes_off_runs_the_workers_as_threads(tmp_path, tiny_bb):
+    async with running(tmp_path, tiny_bb, workers=2, model_processes=False) as (app, client):
+        assert app.state.runtime.model_processes == []
+        assert (await client.get("/info")).json()["engine"]["model_processes"] == 0
+
+
+@pytest.mark.asyncio
+async def test_a_server_whose_model_process_dies_says_503_and_not_ready(tmp_path, tiny_bb):
+    async with running(tmp_path, tiny_bb) as (app, client):
+        assert (await upload(client, "t", adapter_file(tiny_bb, "t"))).status_code == 201
+        assert (await client.post("/v1/classify", json={"inputs": "great", "task": "t"})).status_code == 200
+        p = app.state.runtime.model_processes[0]
+        os.kill(p.pid, signal.SIGKILL)
+        p.process.join(10)
+        r = await client.post("/v1/classify", json={"inputs": "great", "task": "t"})
+        assert r.status_code == 503 and r.json()["error"]["type"] == "unavailable", r.text
+        assert (await client.get("/ready")).status_code == 503
+
+
+def _running(pid: int) -> bool:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.asyncio
+async def test_a_server_with_several_model_processes_stops_at_once(tmp_path, tiny_bb):
+    """Each child closes the parent's ends of its siblings' pipes that it inherited: otherwise a
+    child sees its pipe close only when the later siblings exit, and stopping waits on each."""
+    async with running(tmp_path, tiny_bb, workers=3) as (app, client):
+        assert (await upload(client, "t", adapter_file(tiny_bb, "t"))).status_code == 201
+        assert (await client.post("/v1/classify", json={"inputs": ["great"] * 8, "task": "t"})).status_code == 200
+        procs = app.state.runtime.model_processes
+        t0 = time.monotonic()
+    assert time.monotonic() - t0 < 3
+    assert [p.process.exitcode for p in procs] == [0, 0, 0]     # each left on reading its pipe's end
