@@ -119,14 +119,20 @@ def classify_requests(tasks: list[str], bodies: list[str]) -> list[Request]:
 
 
 def thread_cpu_s(pid: int) -> dict[int, float]:
-    """User + system CPU seconds of each thread of one process so far."""
+    """User + system CPU seconds so far of each thread of a process and of its children (the
+    server's model processes)."""
     out = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    for proc in process_tree(pid):
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            tasks = list(Path(f"/proc/{proc}/task").iterdir())
         except OSError:
             continue
-        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for task in tasks:
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return out
 
 
@@ -167,7 +173,7 @@ def run(args, workdir: Path) -> dict:
     pool = texts(per_repeat * args.repeats, seed=7)           # every text distinct over the server's life
 
     server = Server(args.model, workdir / "store", workdir / "server.log",
-                    ["--threads", str(args.threads), "--cache-entries", "0"])
+                    ["--threads", str(args.threads), "--cache-entries", "0", *args.server_args.split()])
     engine_runs, server_runs = [], []
     try:
         server.wait_ready()
@@ -253,6 +259,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="minilm")
     p.add_argument("--threads", type=int, default=1, help="the server's --threads (one engine worker each), and "
                    "as many engine threads in this process, each with its share of the rows")
+    p.add_argument("--server-args", default="", help="more `lpt serve` flags, e.g. --no-model-processes")
     args = p.parse_args(argv)
 
     torch.set_num_threads(1)

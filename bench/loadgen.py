@@ -4,6 +4,7 @@
     ready_s = proc.wait_ready("/ready")                 # seconds from launch to the first 200
     res = asyncio.run(closed_loop(proc.url, [("/v1/classify", {"inputs": "hi", "task": "t"})] * 100, 32, 30))
     proc.peak_rss_mb()                                  # VmHWM summed over the process and its children
+    proc.peak_memory_mb()                               # the tree's memory, shared pages once (sampled)
     proc.stop()
 
 Standard library only: the load generator shares the server's cores, so it must cost little.
@@ -17,6 +18,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -71,6 +73,70 @@ def tree_peak_rss_mb(pid: int) -> float:
     return sum(_status_kb(p, "VmHWM") for p in process_tree(pid)) / 1024
 
 
+def _rollup_kb(pid: int, keys: tuple[str, ...]) -> int:
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return 0
+    return sum(int(line.split()[1]) for line in lines if line.split(":")[0] in keys)
+
+
+def _file_pages_kb(pid: int) -> dict[tuple[str, str], int]:
+    """Resident file-backed kB of each mapping of a process, by (file, offset): anonymous pages
+    of private file mappings and shared memory (memfd, /dev/shm) left out."""
+    out: dict[tuple[str, str], int] = {}
+    key, rss = None, 0
+    try:
+        lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        head = line.split()
+        if head and "-" in head[0] and not head[0].endswith(":"):      # a mapping's first line
+            path = head[5] if len(head) > 5 else ""
+            shm = path.startswith(("/memfd:", "/dev/shm", "/SYSV"))
+            key = (path, head[2]) if path.startswith("/") and not shm else None
+        elif key is not None and head[0] == "Rss:":
+            rss = int(head[1])
+        elif key is not None and head[0] == "Anonymous:":
+            out[key] = max(out.get(key, 0), rss - int(head[1]))
+    return out
+
+
+def tree_memory_mb(pid: int) -> float:
+    """The process tree's resident memory now, MiB, each page counted once: anonymous and shared
+    memory as proportional shares (Pss: a page that forked processes share is split among them,
+    and they are all in the tree), plus each file mapping's resident pages once (the most any
+    process of the tree has of it: forked processes map the same libraries). For one process,
+    its RSS. Not VmHWM's sum, which counts pages forked processes share once per process."""
+    tree = process_tree(pid)
+    anon = sum(_rollup_kb(p, ("Pss_Anon", "Pss_Shmem")) for p in tree)
+    files: dict[tuple[str, str], int] = {}
+    for p in tree:
+        for key, kb in _file_pages_kb(p).items():
+            files[key] = max(files.get(key, 0), kb)
+    return (anon + sum(files.values())) / 1024
+
+
+class PeakSampler:
+    """fn() every `every` seconds on a thread of its own; the largest value seen."""
+
+    def __init__(self, fn, every: float = 0.5):
+        self.fn, self.every, self.peak = fn, every, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, self.fn())
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
 def tree_rss_mb(pid: int) -> float:
     """VmRSS (resident now) summed over the process tree, MiB."""
     return sum(_status_kb(p, "VmRSS") for p in process_tree(pid)) / 1024
@@ -107,6 +173,7 @@ class ServerProcess:
         self.log = open(log, "wb")
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.memory = PeakSampler(lambda: tree_memory_mb(self.proc.pid))
 
     @property
     def pid(self) -> int:
@@ -126,6 +193,10 @@ class ServerProcess:
     def peak_rss_mb(self) -> float:
         return tree_peak_rss_mb(self.proc.pid)
 
+    def peak_memory_mb(self) -> float:
+        """The largest tree_memory_mb seen since launch (sampled every 0.5 s)."""
+        return self.memory.peak
+
     def cpu_s(self) -> float:
         return tree_cpu_s(self.proc.pid)
 
@@ -137,6 +208,7 @@ class ServerProcess:
             self.proc.kill()
             return self.proc.wait()
         finally:
+            self.memory.stop()
             self.log.close()
 
 

@@ -194,6 +194,7 @@ def measure(c: Contender, n: int, traffic: dict[str, list[tuple[int, str]]], war
             res["load_avg_1m"] = round(os.getloadavg()[0], 2)
             out["mixes"][mix] = res
         out["peak_rss_mb"] = round(proc.peak_rss_mb(), 1)
+        out["peak_memory_mb"] = round(proc.peak_memory_mb(), 1)
     except (RuntimeError, OSError, ValueError, httpx.HTTPError) as e:
         out["error"] = str(e)
         log = Path(proc.log.name)
@@ -241,7 +242,7 @@ def summarize(runs: dict) -> dict:
         for n, reps in by_n.items():
             ok = [r for r in reps if "error" not in r]
             s = {"ok_repeats": len(ok), "errors": [r["error"] for r in reps if "error" in r]}
-            for key in ("ready_s", "serving_s", "peak_rss_mb"):
+            for key in ("ready_s", "serving_s", "peak_rss_mb", "peak_memory_mb"):
                 s[key] = spread([r[key] for r in ok])
             s["mixes"] = {mix: {m: spread([r["mixes"][mix][m] for r in ok]) for m in METRICS}
                           for mix in mixes_for(int(n))}
@@ -268,6 +269,7 @@ def ratios(runs: dict, args) -> dict:
         if not lp or not pe:
             continue
         out[n] = {"peak_rss": _ratio(lp, pe, lambda r: r["peak_rss_mb"]),
+                  "peak_memory": _ratio(lp, pe, lambda r: r["peak_memory_mb"]),
                   "serving_s": _ratio(lp, pe, lambda r: r["serving_s"])}
         for mix in mixes_for(int(n)):
             out[n][mix] = {"throughput": _ratio(lp, pe, lambda r, mix=mix: r["mixes"][mix]["req_per_s"]),
@@ -309,6 +311,12 @@ def print_table(summary: dict, rat: dict, targets: dict, args) -> None:
                   f"{_f(rat[n]['peak_rss']['of_medians'], '6.2f')} | {_f(lp['serving_s']['median'], '5.1f')} "
                   f"{_f(pe['serving_s']['median'], '6.1f')}")
     print("(medians over repeats; p99 in ms; MB: peak RSS; s: launch to serving every task; ratios lpt / peer)")
+    for n in map(str, args.tasks):
+        if n in rat:
+            print(f"N={n}: memory with shared pages counted once (sampled peak): lpt "
+                  f"{_f(summary['lpt'][n]['peak_memory_mb']['median'], '.0f')} MB, peer "
+                  f"{_f(summary['peer'][n]['peak_memory_mb']['median'], '.0f')} MB, ratio "
+                  f"{_f(rat[n]['peak_memory']['of_medians'], '.2f')}")
     print(f"\ntargets at N={TARGET_N}, {TARGET_MIX} mix (lpt / peer):")
     for k, t in targets.items():
         verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
@@ -432,7 +440,11 @@ def main(argv=None) -> int:
                             "models": "BertForSequenceClassification copies of the embedded model, random "
                                       "(untrained) heads: the same inference cost as fine-tuned copies",
                             "versions": peer_versions(args.infinity_bin)},
-                   "peak_rss": "VmHWM summed over the server's process tree, read after both mixes"},
+                   "peak_rss": "VmHWM summed over the server's process tree, read after both mixes (pages "
+                               "that forked processes share count once per process)",
+                   "peak_memory": "the tree's memory sampled every 0.5 s from launch, each page once: Pss_Anon + "
+                                  "Pss_Shmem summed, plus each file mapping's resident pages once "
+                                  "(loadgen.tree_memory_mb)"},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_avg_start": [round(x, 2) for x in load_start],
                     "load_avg_end": [round(x, 2) for x in load_end],

@@ -25,6 +25,7 @@ worker thread that dies. A child whose parent dies sees its pipe close and exits
 """
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import os
@@ -43,7 +44,7 @@ from lpt.encoding import Encoded
 from lpt.engine import CacheStats, Engine, RowError, predictions
 
 from .shared_weights import Shared, mapped, share
-from .worker import EngineLost
+from .worker import IDLE_TRIM_S, EngineLost, release_free_memory
 
 
 _LEN = struct.Struct("<I")
@@ -133,8 +134,13 @@ def _child_main(engine: Engine, conn, torch_threads: int) -> None:
         end.close()
     torch.set_num_threads(torch_threads)
     adapters: dict[int, LatePrompt] = {}
+    ran, trims = False, 0
     while True:
         try:
+            if ran and not conn.poll(IDLE_TRIM_S):     # idle since the last batch: give freed memory back
+                release_free_memory()
+                ran, trims = False, trims + 1
+                continue
             header, arrays = unpack(conn.recv_bytes())
             fds = []
             if header["add"]:
@@ -154,17 +160,19 @@ def _child_main(engine: Engine, conn, torch_threads: int) -> None:
             failed, pos, widths, flat = engine.run(rows)
             order = [pos.get(i, -1) for i in range(len(rows))]
             reply = pack({"failed": {str(i): str(e) for i, e in failed.items()}, "error": None, "held": len(adapters),
+                          "trims": trims,
                           "cache": [engine.cache.stats.hits, engine.cache.stats.misses, engine.cache.stats.bytes]},
                          {"pos": torch.tensor(order, dtype=torch.int64),
                           "widths": torch.tensor(widths, dtype=torch.int64),
                           "logits": flat if flat is not None else torch.zeros(0, 0)})
         except Exception as e:           # the batch failed; the process lives on, holding nothing
             adapters.clear()             # (the parent forgets what it sent too: both start afresh)
-            reply = pack({"failed": {}, "error": repr(e), "cache": None, "held": 0}, {})
+            reply = pack({"failed": {}, "error": repr(e), "cache": None, "held": 0, "trims": trims}, {})
         finally:
             for fd in fds:
                 os.close(fd)              # mapped, or not needed
         conn.send_bytes(reply)
+        ran = True
 
 
 def _adapter(engine: Engine, add: dict, fd: int) -> LatePrompt:
@@ -178,6 +186,18 @@ def _adapter(engine: Engine, add: dict, fd: int) -> LatePrompt:
 
 
 # ---- the parent's side ----------------------------------------------------------------------
+def fork_model(engine: Engine, n: int, torch_threads: int = 1, adapters: int = 256) -> list["ModelProcess"]:
+    """n model processes for n engine workers, sharing out the engine's layer-k cache.
+
+    Objects alive now (the model's modules, the libraries) are moved out of the garbage
+    collector's reach first (gc.freeze), here and so in the children: a collection writes to
+    every object it visits, and each page written after the fork stops being shared."""
+    gc.collect()
+    gc.freeze()
+    return [ModelProcess(engine, torch_threads, adapters, cache_share=1 / n) for _ in range(n)]
+
+
+
 @dataclass
 class _Held:
     adapter: weakref.ref       # the parent's module (an id is only reused once it is gone)
@@ -198,6 +218,7 @@ class ModelProcess:
         self._lock = threading.Lock()
         self.cache = CacheStats()           # the child's layer-k cache, as of its last answer
         self.child_adapters = 0             # adapters the child holds, as of its last answer
+        self.child_trims = 0                # times the child gave freed memory back when idle
         ctx = multiprocessing.get_context("fork")
         self._conn, child_end = ctx.Pipe()
         child = Engine(engine.backbone, int(engine.cache.entries * cache_share), engine.max_padding,
@@ -219,9 +240,10 @@ class ModelProcess:
             return []
         with self._lock:
             items, failed = self.engine.encode(rows)        # rows the server tokenized pass through
+            if not items:
+                return [failed[i] for i in range(len(rows))]
             served = [rows[it.row_index] for it in items]
-            message = self._message(served, [it.enc for it in items])
-            message, fds = message
+            message, fds = self._message(served, [it.enc for it in items])
             try:
                 self._conn.send_bytes(message)
                 if fds:
@@ -232,6 +254,7 @@ class ModelProcess:
                 raise ModelProcessLost(f"the model process (pid {self.pid}) stopped: "
                                        f"exit code {self._exit_code()}") from e
         self.child_adapters = header["held"]
+        self.child_trims = header["trims"]
         if header["error"] is not None:
             self._held.clear()
             self._pending_drop.clear()

@@ -201,11 +201,10 @@ class Runtime:
 
         if not (forks_model(self.settings) and isinstance(self.engine, Engine)):
             return []
-        from .model_process import ModelProcess
+        from .model_process import fork_model
 
-        n = self.plan.workers
-        return [ModelProcess(self.engine, self.plan.torch_threads, self.settings.max_resident_adapters,
-                             cache_share=1 / n) for _ in range(n)]
+        return fork_model(self.engine, self.plan.workers, self.plan.torch_threads,
+                          self.settings.max_resident_adapters)
 
     def cache_stats(self):
         """The layer-k cache's counters: the engine's, or summed over the model processes."""

@@ -13,8 +13,8 @@ from tiny import WORDS, make_backbone
 from tiny_server import adapter_file, running, upload
 from lpt import Engine, Row, load_adapter
 from lpt_server.batcher import Item
-from lpt_server.model_process import ModelProcess, ModelProcessLost, pack, read_rows, rows_message, unpack
-from lpt_server.worker import EngineWorker, WorkerDead
+from lpt_server.model_process import ModelProcess, ModelProcessLost, fork_model, pack, read_rows, rows_message, unpack
+from lpt_server.worker import IDLE_TRIM_S, EngineWorker, WorkerDead
 
 pytestmark = pytest.mark.integration
 
@@ -235,3 +235,31 @@ async def test_a_server_with_several_model_processes_stops_at_once(tmp_path, tin
         t0 = time.monotonic()
     assert time.monotonic() - t0 < 3
     assert [p.process.exitcode for p in procs] == [0, 0, 0]     # each left on reading its pipe's end
+
+
+def test_an_idle_model_process_gives_freed_memory_back_once(tiny_bb, proc):
+    a, = adapters(tiny_bb, 1)
+    proc.predict([Row(a, "great movie")])
+    assert proc.child_trims == 0
+    time.sleep(2 * IDLE_TRIM_S + 0.6)            # two idle periods: still one trim
+    proc.predict([Row(a, "great movie")])
+    assert proc.child_trims == 1                 # once per idle spell, not once per poll
+    proc.predict([Row(a, "great movie")])
+    assert proc.child_trims == 1
+
+
+def test_forking_the_model_keeps_the_collector_off_what_the_processes_share(tiny_bb):
+    """Objects alive at the fork are frozen out of the garbage collector's passes, which would
+    write to each of them and so unshare every page they sit on."""
+    import gc
+
+    procs = fork_model(Engine(tiny_bb, cache_entries=8), 2)
+    try:
+        assert gc.get_freeze_count() > 0
+        a, = adapters(tiny_bb, 1)
+        assert_same(procs[1].predict([Row(a, x) for x in texts(4)]),
+                    Engine(tiny_bb, cache_entries=0).predict([Row(a, x) for x in texts(4)]))
+    finally:
+        for p in procs:
+            p.close()
+        gc.unfreeze()
