@@ -29,6 +29,7 @@ import gc
 import json
 import multiprocessing
 import os
+import signal
 import socket
 import struct
 import threading
@@ -107,8 +108,24 @@ def rows_message(encs: list[Encoded], slots: list[int], add: list[dict], drop: l
 
 
 def _sock(conn) -> socket.socket:
-    """The pipe's socket, to pass file descriptors over it (a duplicate: close it after)."""
+    """The pipe's socket, to pass file descriptors over it (a duplicate, made once per end)."""
     return socket.socket(fileno=os.dup(conn.fileno()))
+
+
+# Linux takes at most 253 descriptors in one SCM_RIGHTS message
+FDS_PER_MESSAGE = 250
+
+
+def send_fds(sock: socket.socket, fds: list[int]) -> None:
+    for i in range(0, len(fds), FDS_PER_MESSAGE):
+        sendfds(sock, fds[i:i + FDS_PER_MESSAGE])
+
+
+def recv_fds(sock: socket.socket, n: int) -> list[int]:
+    out: list[int] = []
+    while len(out) < n:
+        out += recvfds(sock, min(FDS_PER_MESSAGE, n - len(out)))
+    return out
 
 
 def read_rows(header: dict, arrays: dict) -> tuple[list[Encoded], list[int]]:
@@ -132,7 +149,12 @@ _PARENT_ENDS: set = set()
 def _child_main(engine: Engine, conn, torch_threads: int) -> None:
     for end in list(_PARENT_ENDS):
         end.close()
+    # The server's handlers were inherited: Ctrl-C is the server's to handle (it closes the
+    # pipes), and a SIGTERM (multiprocessing's, at the server's exit) ends the process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     torch.set_num_threads(torch_threads)
+    sock = _sock(conn)
     adapters: dict[int, LatePrompt] = {}
     ran, trims = False, 0
     while True:
@@ -142,10 +164,7 @@ def _child_main(engine: Engine, conn, torch_threads: int) -> None:
                 ran, trims = False, trims + 1
                 continue
             header, arrays = unpack(conn.recv_bytes())
-            fds = []
-            if header["add"]:
-                with _sock(conn) as s:
-                    fds = recvfds(s, len(header["add"]))
+            fds = recv_fds(sock, len(header["add"])) if header["add"] else []
         except (EOFError, OSError, RuntimeError):   # the parent closed the pipe or died
             # Straight out: multiprocessing's exit path runs the threading module's shutdown,
             # which in a child forked from a thread other than the main one fails (exit code 1).
@@ -193,8 +212,20 @@ def fork_model(engine: Engine, n: int, torch_threads: int = 1, adapters: int = 2
     collector's reach first (gc.freeze), here and so in the children: a collection writes to
     every object it visits, and each page written after the fork stops being shared."""
     gc.collect()
-    gc.freeze()
+    gc.freeze()          # for good: objects alive at startup (modules, libraries) live as long
+    _allow_open_files(adapters)
     return [ModelProcess(engine, torch_threads, adapters, cache_share=1 / n) for _ in range(n)]
+
+
+def _allow_open_files(adapters: int, spare: int = 1024) -> None:
+    """The server holds one open descriptor per adapter it has shared: raise the soft limit on
+    open files (up to the hard one) so that `adapters` of them leave `spare` for connections."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = adapters + spare
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
 
 
 
@@ -225,7 +256,9 @@ class ModelProcess:
                        engine.min_bucket_rows,
                        None if engine.cache.max_bytes is None else int(engine.cache.max_bytes * cache_share),
                        engine.stack)
+        self._sock = _sock(self._conn)
         _PARENT_ENDS.add(self._conn)
+        _PARENT_ENDS.add(self._sock)
         self.process = ctx.Process(target=_child_main, args=(child, child_end, torch_threads),
                                    name="lpt-model", daemon=True)
         self.process.start()
@@ -247,12 +280,16 @@ class ModelProcess:
             try:
                 self._conn.send_bytes(message)
                 if fds:
-                    with _sock(self._conn) as s:
-                        sendfds(s, fds)
+                    send_fds(self._sock, fds)
                 header, arrays = unpack(self._conn.recv_bytes())
             except (EOFError, OSError) as e:
-                raise ModelProcessLost(f"the model process (pid {self.pid}) stopped: "
-                                       f"exit code {self._exit_code()}") from e
+                # Dead, or alive with half a message: either way this pipe cannot be used again.
+                if self.process.is_alive():
+                    self.process.kill()
+                    raise ModelProcessLost(f"the hand-off to the model process (pid {self.pid}) failed ({e!r}); "
+                                           "it was stopped") from e
+                self.process.join(1.0)
+                raise ModelProcessLost(self.gone or f"the model process (pid {self.pid}) stopped answering") from e
         self.child_adapters = header["held"]
         self.child_trims = header["trims"]
         if header["error"] is not None:
@@ -277,19 +314,20 @@ class ModelProcess:
         fds: list[int] = []
         used: set[int] = set()
         slots = []
+        new = {id(r.adapter): r.adapter for r in rows if not self._holds(r.adapter)}
+        # in shared memory before anything is recorded: a failure here leaves the mirror as it was
+        shared: dict[int, Shared] = {k: share(a, f"lpt-adapter-{a.config.task}") for k, a in new.items()}
         for r in rows:
             key = id(r.adapter)
-            held = self._held.get(key)
-            if held is None or held.adapter() is not r.adapter:     # new, or an old id reused
-                if held is not None:
-                    del self._held[key]
-                    self._pending_drop.append(held.slot)
-                held = _Held(weakref.ref(r.adapter), next(self._slots))
-                self._held[key] = held
-                shared: Shared = share(r.adapter, f"lpt-adapter-{r.adapter.config.task}")
-                add.append({"slot": held.slot, "config": r.adapter.config.to_json(), "size": shared.size,
-                            "layout": shared.layout})
-                fds.append(shared.fd)
+            if key in shared and not self._holds(r.adapter):     # new, or an old id reused
+                old = self._held.pop(key, None)
+                if old is not None:
+                    self._pending_drop.append(old.slot)
+                self._held[key] = _Held(weakref.ref(r.adapter), next(self._slots))
+                add.append({"slot": self._held[key].slot, "config": r.adapter.config.to_json(),
+                            "size": shared[key].size, "layout": shared[key].layout})
+                fds.append(shared[key].fd)
+            held = self._held[key]
             self._held.move_to_end(key)
             used.add(key)
             slots.append(held.slot)
@@ -304,21 +342,29 @@ class ModelProcess:
         drop, self._pending_drop = self._pending_drop, []
         return rows_message(encs, slots, add, drop), fds
 
-    def _exit_code(self) -> int | None:
-        self.process.join(1.0)
-        return self.process.exitcode
+    def _holds(self, adapter) -> bool:
+        held = self._held.get(id(adapter))
+        return held is not None and held.adapter() is adapter
 
     @property
     def alive(self) -> bool:
         return self.process.is_alive()
 
+    @property
+    def gone(self) -> str | None:
+        """Why the process is no longer there (None while it is)."""
+        if self.process.is_alive():
+            return None
+        return f"the model process (pid {self.pid}) exited with code {self.process.exitcode}"
+
     def close(self, timeout: float = 5.0) -> None:
         """Close the pipe (the child exits when it reads its end), then wait for it."""
-        _PARENT_ENDS.discard(self._conn)
-        try:
-            self._conn.close()
-        except OSError:
-            pass
+        for end in (self._conn, self._sock):
+            _PARENT_ENDS.discard(end)
+            try:
+                end.close()
+            except OSError:
+                pass
         self.process.join(timeout)
         if self.process.is_alive():
             self.process.kill()

@@ -161,6 +161,15 @@ class Runtime:
         self.load_seconds = time.perf_counter() - t0
         backbone = self.engine.backbone
         self.model_processes = await asyncio.to_thread(self._fork_model)
+        try:
+            await self._start_serving(store, backbone, t0)
+        except BaseException:           # a startup that fails after the fork stops the processes
+            for p in self.model_processes:
+                p.close()
+            raise
+
+    async def _start_serving(self, store, backbone, t0: float) -> None:
+        s = self.settings
         log.info("model %r loaded in %.1f s (%s, %s); %d engine worker(s) x %d torch thread(s)%s",
                  getattr(backbone, "model_id", s.model), self.load_seconds, getattr(backbone, "device", s.device),
                  getattr(backbone, "precision", s.dtype), self.plan.workers, self.plan.torch_threads,
@@ -307,7 +316,7 @@ class Runtime:
         if self.draining:
             return False, "the server is shutting down"
         if self.worker is None or not self.worker.alive:
-            return False, f"the engine worker is not running ({self.worker.error!r})" if self.worker else \
+            return False, f"the engine worker is not running ({self.worker.failure})" if self.worker else \
                 "the engine worker has not started"
         if self.batcher is None or not self.batcher.alive:
             return False, "the batcher is not running"

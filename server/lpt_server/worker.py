@@ -109,8 +109,19 @@ class EngineWorker:
             t.start()
 
     @property
+    def failure(self) -> str:
+        """Why the worker is not alive, in words."""
+        if self.error is not None:
+            return repr(self.error)
+        gone = [e.gone for e in self.engines if e is not self.engine and getattr(e, "gone", None)]
+        return "; ".join(gone) or "not started"
+
+    @property
     def alive(self) -> bool:
-        return bool(self._threads) and all(t.is_alive() for t in self._threads) and self.error is None
+        """Every thread running, and every engine of its own still there (a model process that
+        died is seen here at once, not at the next batch it would have run)."""
+        return (bool(self._threads) and all(t.is_alive() for t in self._threads) and self.error is None
+                and all(getattr(e, "alive", True) for e in self.engines if e is not self.engine))
 
     def stop(self, timeout: float | None = None) -> None:
         """Let each thread finish its current batch and exit (timeout: for all of them together)."""
@@ -126,7 +137,7 @@ class EngineWorker:
     async def run(self, items: list[Item]) -> None:
         """Run one batch on the thread; returns when every item's future is resolved."""
         if not self.alive:
-            raise WorkerDead(f"the engine worker is not running ({self.error!r})")
+            raise WorkerDead(f"the engine worker is not running ({self.failure})")
         loop = asyncio.get_running_loop()
         job = _Job(items, loop.create_future(), loop)
         self._jobs.put(job)

@@ -273,4 +273,4 @@ def test_a_server_whose_model_process_was_killed_exits_1(tmp_path, adapters):
         assert codes[-1] == 503 and set(codes) <= {200, 503}, codes
         assert server.proc.wait(30) == 1, server.tail()
     log = (tmp_path / "child.log").read_text()
-    assert "the model process" in log and "exit code -9" in log, log[-3000:]
+    assert "the engine worker is not running (the model process" in log and "exited with code -9" in log, log[-3000:]

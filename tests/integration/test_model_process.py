@@ -14,7 +14,7 @@ from tiny_server import adapter_file, running, upload
 from lpt import Engine, Row, load_adapter
 from lpt_server.batcher import Item
 from lpt_server.model_process import ModelProcess, ModelProcessLost, fork_model, pack, read_rows, rows_message, unpack
-from lpt_server.worker import IDLE_TRIM_S, EngineWorker, WorkerDead
+from lpt_server.worker import IDLE_TRIM_S, EngineWorker, WorkerDead, _Job
 
 pytestmark = pytest.mark.integration
 
@@ -142,6 +142,8 @@ def test_the_hand_off_carries_token_ids_and_no_text(tiny_bb):
 
 @pytest.mark.asyncio
 async def test_a_killed_model_process_stops_its_worker_and_fails_the_batch_with_503s(tiny_bb):
+    """Killed while a batch was on its way to it: the thread raises ModelProcessLost and stops,
+    the batch's rows get WorkerDead (503); the worker was already not alive."""
     p = ModelProcess(Engine(tiny_bb, cache_entries=0))
     worker = EngineWorker(None, per_thread=[p])
     worker.start()
@@ -150,17 +152,20 @@ async def test_a_killed_model_process_stops_its_worker_and_fails_the_batch_with_
     try:
         ok = Item(Row(a, "great movie"), 1, loop.create_future())
         await worker.run([ok])
-        assert ok.future.result().label in a.labels
+        assert ok.future.result().label in a.labels and worker.alive
         os.kill(p.pid, signal.SIGKILL)
         p.process.join(10)
+        assert not worker.alive                      # seen at once: /ready says 503 before any batch
+        with pytest.raises(WorkerDead):
+            await worker.run([Item(Row(a, "great movie"), 1, loop.create_future())])
         lost = Item(Row(a, "great movie"), 1, loop.create_future())
-        await asyncio.wait_for(worker.run([lost]), 10)
-    except WorkerDead:
-        pass
+        job = _Job([lost], loop.create_future(), loop)    # as run() queued it a moment before the death
+        worker._jobs.put(job)
+        with pytest.raises(WorkerDead):
+            await asyncio.wait_for(job.done, 10)
     finally:
         worker.stop(10)
-    assert not worker.alive
-    assert isinstance(worker.error, ModelProcessLost) and "exit code -9" in str(worker.error)
+    assert isinstance(worker.error, ModelProcessLost) and "exited with code -9" in str(worker.error)
     with pytest.raises(WorkerDead):
         lost.future.result()
 
@@ -208,6 +213,7 @@ async def test_a_server_whose_model_process_dies_says_503_and_not_ready(tmp_path
         p = app.state.runtime.model_processes[0]
         os.kill(p.pid, signal.SIGKILL)
         p.process.join(10)
+        assert (await client.get("/ready")).status_code == 503        # before any batch reaches it
         r = await client.post("/v1/classify", json={"inputs": "great", "task": "t"})
         assert r.status_code == 503 and r.json()["error"]["type"] == "unavailable", r.text
         assert (await client.get("/ready")).status_code == 503
@@ -262,4 +268,92 @@ def test_forking_the_model_keeps_the_collector_off_what_the_processes_share(tiny
     finally:
         for p in procs:
             p.close()
+        gc.unfreeze()
+
+
+def test_more_new_adapters_in_one_batch_than_one_message_can_pass_descriptors_for(tiny_bb):
+    """Linux passes at most 253 descriptors in one SCM_RIGHTS message: 260 adapters new to the
+    process in one batch still cross, and every row gets its own adapter's answer."""
+    ads = [load_adapter(adapter_file(tiny_bb, f"t{i}", seed=i), tiny_bb) for i in range(260)]
+    rows = [Row(a, "great movie w7") for a in ads]
+    p = ModelProcess(Engine(tiny_bb, cache_entries=0), adapters=300)
+    try:
+        assert_same(p.predict(rows), Engine(tiny_bb, cache_entries=0).predict(rows))
+        assert p.child_adapters == 260
+    finally:
+        p.close()
+
+
+def test_an_adapter_that_cannot_be_shared_fails_its_batch_and_leaves_the_next_one_whole(tiny_bb, proc, monkeypatch):
+    import lpt_server.model_process as mp
+
+    a, b = adapters(tiny_bb, 2)
+    real, calls = mp.share, []
+
+    def flaky(module, name="x"):
+        calls.append(name)
+        if len(calls) == 2:
+            raise OSError(24, "Too many open files")
+        return real(module, name)
+
+    monkeypatch.setattr(mp, "share", flaky)
+    rows = [Row(a, "great movie"), Row(b, "bad film")]
+    with pytest.raises(OSError):
+        proc.predict(rows)
+    assert_same(proc.predict(rows), Engine(tiny_bb, cache_entries=0).predict(rows))
+
+
+def test_a_model_process_leaves_signals_to_the_server_but_ends_on_sigterm(tiny_bb):
+    """It inherits the server's handlers at the fork; Ctrl-C is the server's to handle (it closes
+    the pipes), and multiprocessing's SIGTERM at the server's exit must end it."""
+    before = signal.signal(signal.SIGTERM, lambda *_: None)     # as uvicorn's: set flags, go on
+    try:
+        p = ModelProcess(Engine(tiny_bb, cache_entries=0))
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    try:
+        a, = adapters(tiny_bb, 1)
+        p.predict([Row(a, "great")])
+        os.kill(p.pid, signal.SIGINT)
+        p.process.join(0.5)
+        assert p.alive
+        os.kill(p.pid, signal.SIGTERM)
+        p.process.join(10)
+        assert p.process.exitcode == -signal.SIGTERM
+    finally:
+        p.close()
+
+
+@pytest.mark.asyncio
+async def test_a_startup_that_fails_after_the_fork_stops_the_model_processes(tmp_path, tiny_bb, monkeypatch):
+    import lpt_server.model_process as mp
+    from lpt_server.registry import Registry
+
+    forked, real = [], mp.fork_model
+    monkeypatch.setattr(mp, "fork_model", lambda *a, **k: forked.extend(real(*a, **k)) or forked)
+
+    def broken(self):
+        raise RuntimeError("the store scan broke")
+
+    monkeypatch.setattr(Registry, "scan", broken)
+    with pytest.raises(RuntimeError, match="scan broke"):
+        async with running(tmp_path, tiny_bb, workers=2):
+            pass
+    assert len(forked) == 2 and not any(p.alive for p in forked)
+
+
+def test_forking_the_model_makes_room_for_one_open_file_per_adapter(tiny_bb):
+    import gc
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(300, hard), hard))
+    try:
+        procs = fork_model(Engine(tiny_bb, cache_entries=0), 1, adapters=500)
+        for p in procs:
+            p.close()
+        now = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert now >= min(500 + 1024, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         gc.unfreeze()

@@ -10,7 +10,7 @@ import pytest
 from live_server import serving
 from tiny import make_backbone
 from tiny_server import Held, adapter_file, admin, running, tiny_app, upload
-from lpt import Engine
+from lpt import Engine, load_adapter
 from lpt_server import Settings, cli, create_app, docs
 from lpt_server.logging import JsonFormatter
 
@@ -65,7 +65,8 @@ async def test_probes_info_and_metrics(tmp_path, tiny_bb):
         assert 'lpt_requests_total{status="200",task="sent"} 2.0' in r.text
         assert "lpt_layer_cache_hits_total 1.0" in r.text
         held = float(re.search(r"^lpt_layer_cache_bytes (\S+)", r.text, re.M).group(1))
-        assert held == app.state.runtime.cache_stats().bytes > 0       # the one text's states
+        enc = load_adapter(adapter_file(tiny_bb, "sent"), tiny_bb).encoder.encode("great film")
+        assert held == len(enc.input_ids) * tiny_bb.hidden_size * 4 > 0     # the one text's states, float32
 
 
 @pytest.mark.asyncio
