@@ -1,6 +1,6 @@
 """The model in a process of its own: one per engine worker, forked once the model has loaded.
 
-    procs = [ModelProcess(engine, torch_threads=1, adapters=256) for _ in range(2)]
+    procs = fork_model(engine, 2, torch_threads=1, adapters=256)   # one per engine worker
     procs[0].predict(rows)       # what Engine.predict answers, computed in the child
     procs[0].close()
 
@@ -19,9 +19,10 @@ kept, the registry's own bound). Rows are tokenized in the parent (the server to
 batching; rows that come untokenized are encoded here with the adapter's template); the softmax
 and labels are read in the parent (`lpt.engine.predictions`).
 
-A child that dies (killed, out of memory) raises ModelProcessLost in the worker that fed it: the
-worker stops, /ready says 503 and the server exits for its supervisor to restart it, as for a
-worker thread that dies. A child whose parent dies sees its pipe close and exits.
+A child that dies (killed, out of memory) makes its worker not alive at once (`gone` says why):
+/ready says 503 and the server exits for its supervisor to restart it, as for a worker thread
+that dies; a batch already on its way raises ModelProcessLost in the worker thread, which stops.
+A child whose parent dies sees its pipe close and exits.
 """
 from __future__ import annotations
 

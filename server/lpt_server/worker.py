@@ -1,7 +1,7 @@
 """The engine workers: the only threads that call the engine.
 
     worker = EngineWorker(engine, on_batch=metrics.observe_batch, threads=2)
-    worker = EngineWorker(engine, per_thread=[ModelProcess(engine), ModelProcess(engine)])
+    worker = EngineWorker(engine, per_thread=fork_model(engine, 2))     # a model process per thread
     worker.start()
     await worker.run(items)        # the batcher's executor: resolves every item's future
 
