@@ -91,8 +91,9 @@ def default_engine(settings: Settings):
 
 
 def forks_model(settings: Settings) -> bool:
-    """Whether the engine workers run the model in processes of their own (model_process.py)."""
-    return settings.model_processes and settings.device.split(":")[0] == "cpu"
+    """Whether the engine workers run the model in processes of their own (model_process.py): on
+    a CPU, where the system shares memory through memfd (Linux)."""
+    return settings.model_processes and settings.device.split(":")[0] == "cpu" and hasattr(os, "memfd_create")
 
 
 def engine_for(backbone, settings: Settings):

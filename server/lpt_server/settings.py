@@ -66,7 +66,7 @@ class Settings(BaseSettings):
                          "one per core); shared out among the engine workers")
     workers: int = Field(0, ge=0, description="engine workers: batches run at once, each on threads/workers torch "
                          "threads (0: one per thread on a CPU, at most 8; one on a GPU)")
-    model_processes: bool = Field(True, description="on a CPU, each engine worker runs the model in a process "
+    model_processes: bool = Field(True, description="on a CPU (Linux), each engine worker runs the model in a process "
                                   "of its own, forked once the model has loaded (the weights are shared, not "
                                   "copied), so the request path's Python does not slow the model down; false: "
                                   "worker threads of the server's process")

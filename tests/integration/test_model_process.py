@@ -357,3 +357,17 @@ def test_forking_the_model_makes_room_for_one_open_file_per_adapter(tiny_bb):
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         gc.unfreeze()
+
+
+def test_model_processes_only_where_they_can_share_memory(monkeypatch):
+    """memfd is Linux's: elsewhere (macOS) the workers stay threads rather than fail each batch."""
+    import os as os_module
+
+    from lpt_server import Settings
+    from lpt_server.runtime import forks_model
+
+    assert forks_model(Settings(demo_adapters=False))
+    assert not forks_model(Settings(demo_adapters=False, model_processes=False))
+    assert not forks_model(Settings(demo_adapters=False, device="cuda"))
+    monkeypatch.delattr(os_module, "memfd_create")
+    assert not forks_model(Settings(demo_adapters=False))
