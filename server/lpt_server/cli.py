@@ -57,8 +57,8 @@ def settings_from_args(argv: Sequence[str]) -> Settings:
 
 
 def drain_seconds(settings: Settings) -> int:
-    """How long a SIGTERM'd server lets in-flight requests finish: the request timeout and 5 s."""
-    return int(settings.request_timeout_s) + 5
+    """How long a SIGTERM'd server lets in-flight requests finish (Settings.drain_seconds)."""
+    return settings.drain_seconds
 
 
 def stop_seconds(settings: Settings) -> int:

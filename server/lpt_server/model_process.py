@@ -26,8 +26,10 @@ A child whose parent dies sees its pipe close and exits.
 """
 from __future__ import annotations
 
+import atexit
 import gc
 import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -48,6 +50,8 @@ from lpt.engine import CacheStats, Engine, RowError, predictions
 from .shared_weights import Shared, mapped, share
 from .worker import IDLE_TRIM_S, EngineLost, release_free_memory
 
+
+log = logging.getLogger("lpt_server.model_process")
 
 _LEN = struct.Struct("<I")
 _DTYPES = {"int64": torch.int64, "float32": torch.float32, "uint8": torch.uint8}
@@ -150,10 +154,11 @@ _PARENT_ENDS: set = set()
 def _child_main(engine: Engine, conn, torch_threads: int) -> None:
     for end in list(_PARENT_ENDS):
         end.close()
-    # The server's handlers were inherited: Ctrl-C is the server's to handle (it closes the
-    # pipes), and a SIGTERM (multiprocessing's, at the server's exit) ends the process.
+    # The server's handlers were inherited. Ctrl-C and SIGTERM are the server's to handle, also
+    # when they reach the whole process group (a terminal, systemd): the server drains, then
+    # closes the pipes, and the process exits when its pipe closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(torch_threads)
     sock = _sock(conn)
     adapters: dict[int, LatePrompt] = {}
@@ -215,18 +220,34 @@ def fork_model(engine: Engine, n: int, torch_threads: int = 1, adapters: int = 2
     gc.collect()
     gc.freeze()          # for good: objects alive at startup (modules, libraries) live as long
     _allow_open_files(adapters)
-    return [ModelProcess(engine, torch_threads, adapters, cache_share=1 / n) for _ in range(n)]
+    procs = [ModelProcess(engine, torch_threads, adapters, cache_share=1 / n) for _ in range(n)]
+    _LIVE.update(procs)
+    return procs
+
+
+# Closed at the interpreter's exit, before multiprocessing's own exit hook, which would send
+# them a SIGTERM they ignore and wait for them without a bound (a server that exits without its
+# shutdown having run: a second Ctrl-C).
+_LIVE: "weakref.WeakSet[ModelProcess]" = weakref.WeakSet()
+atexit.register(lambda: [p.close() for p in list(_LIVE)])
+
+DESCRIPTORS_PER_ADAPTER = 2      # the memfd, and the duplicate its mapping keeps
 
 
 def _allow_open_files(adapters: int, spare: int = 1024) -> None:
-    """The server holds one open descriptor per adapter it has shared: raise the soft limit on
+    """The server holds two open descriptors per adapter it has shared: raise the soft limit on
     open files (up to the hard one) so that `adapters` of them leave `spare` for connections."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = adapters + spare
-    if soft != resource.RLIM_INFINITY and soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+    want = DESCRIPTORS_PER_ADAPTER * adapters + spare
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    limit = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    if limit < want:
+        log.warning("open files are limited to %d (ulimit -n): %d resident adapters need about %d; "
+                    "raise the limit or lower LPT_MAX_RESIDENT_ADAPTERS", limit, adapters, want)
 
 
 
@@ -360,6 +381,7 @@ class ModelProcess:
 
     def close(self, timeout: float = 5.0) -> None:
         """Close the pipe (the child exits when it reads its end), then wait for it."""
+        _LIVE.discard(self)
         for end in (self._conn, self._sock):
             _PARENT_ENDS.discard(end)
             try:

@@ -242,10 +242,16 @@ class Runtime:
                 task.cancel()
         if self.trainer is not None:
             await asyncio.to_thread(self.trainer.stop)
+        # Bounded by the drain: requests are answered (504) by then, and a batch stuck in the
+        # engine (a model process stopped, a hung kernel) must not keep the server from exiting.
+        deadline = time.monotonic() + self.settings.drain_seconds
         if self.batcher is not None:
-            await self.batcher.close(drain=True)
+            try:
+                await asyncio.wait_for(self.batcher.close(drain=True), self.settings.drain_seconds)
+            except asyncio.TimeoutError:
+                await self.batcher.close(drain=False)
         if self.worker is not None:
-            await asyncio.to_thread(self.worker.stop, 30)
+            await asyncio.to_thread(self.worker.stop, max(1.0, deadline - time.monotonic()))
         self.store_calls.close()
         if self.registry is not None:
             self.registry.store.close()

@@ -148,6 +148,11 @@ class Settings(BaseSettings):
         return ",".join(o if o == "*" else origin(o) for o in origins)
 
     @property
+    def drain_seconds(self) -> int:
+        """How long a stopping server lets in-flight requests finish: the request timeout and 5 s."""
+        return int(self.request_timeout_s) + 5
+
+    @property
     def cors_origin_list(self) -> list[str]:
         return self.cors_origins.split(",") if self.cors_origins else []
 

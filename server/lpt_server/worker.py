@@ -124,12 +124,17 @@ class EngineWorker:
                 and all(getattr(e, "alive", True) for e in self.engines if e is not self.engine))
 
     def stop(self, timeout: float | None = None) -> None:
-        """Let each thread finish its current batch and exit (timeout: for all of them together)."""
+        """Let each thread finish its current batch and exit (timeout: for all of them together),
+        then close the threads' own engines: a thread still stuck in one is released by that."""
         for _ in self._threads:
             self._jobs.put(None)
         deadline = None if timeout is None else time.monotonic() + timeout
         for t in self._threads:
             t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        stuck = [t.name for t in self._threads if t.is_alive()]
+        if stuck:
+            log.error("engine worker thread(s) %s still in a batch %g s into the stop: closing their "
+                      "engines", ", ".join(stuck), timeout)
         for e in self.engines:
             if e is not self.engine and hasattr(e, "close"):
                 e.close()

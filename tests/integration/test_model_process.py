@@ -5,6 +5,7 @@ import asyncio
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from tiny import WORDS, make_backbone
 from tiny_server import adapter_file, running, upload
 from lpt import Engine, Row, load_adapter
 from lpt_server.batcher import Item
-from lpt_server.model_process import ModelProcess, ModelProcessLost, fork_model, pack, read_rows, rows_message, unpack
+from lpt_server.model_process import DESCRIPTORS_PER_ADAPTER, ModelProcess, ModelProcessLost, fork_model, pack, read_rows, rows_message, unpack
 from lpt_server.worker import IDLE_TRIM_S, EngineWorker, WorkerDead, _Job
 
 pytestmark = pytest.mark.integration
@@ -303,9 +304,9 @@ def test_an_adapter_that_cannot_be_shared_fails_its_batch_and_leaves_the_next_on
     assert_same(proc.predict(rows), Engine(tiny_bb, cache_entries=0).predict(rows))
 
 
-def test_a_model_process_leaves_signals_to_the_server_but_ends_on_sigterm(tiny_bb):
-    """It inherits the server's handlers at the fork; Ctrl-C is the server's to handle (it closes
-    the pipes), and multiprocessing's SIGTERM at the server's exit must end it."""
+def test_a_model_process_leaves_signals_to_the_server_and_exits_when_its_pipe_closes(tiny_bb):
+    """It inherits the server's handlers at the fork. Ctrl-C and SIGTERM sent to the whole process
+    group (a terminal, systemd) are the server's to handle: it drains, then closes the pipes."""
     before = signal.signal(signal.SIGTERM, lambda *_: None)     # as uvicorn's: set flags, go on
     try:
         p = ModelProcess(Engine(tiny_bb, cache_entries=0))
@@ -314,14 +315,33 @@ def test_a_model_process_leaves_signals_to_the_server_but_ends_on_sigterm(tiny_b
     try:
         a, = adapters(tiny_bb, 1)
         p.predict([Row(a, "great")])
-        os.kill(p.pid, signal.SIGINT)
-        p.process.join(0.5)
-        assert p.alive
-        os.kill(p.pid, signal.SIGTERM)
-        p.process.join(10)
-        assert p.process.exitcode == -signal.SIGTERM
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            os.kill(p.pid, sig)
+            p.process.join(0.5)
+            assert p.alive, sig
+        assert p.predict([Row(a, "great")])[0].label in a.labels
     finally:
+        t0 = time.monotonic()
         p.close()
+    assert p.process.exitcode == 0 and time.monotonic() - t0 < 3
+
+
+def test_model_processes_left_open_are_closed_at_the_interpreter_s_exit(tmp_path):
+    """A server that exits without its shutdown (a second Ctrl-C) leaves its processes open:
+    multiprocessing's exit hook would wait on them for good, so they are closed before it runs."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "leave.py"
+    script.write_text("import sys; sys.path.insert(0, %r)\n" % str(Path(__file__).resolve().parents[1]) +
+                      "from tiny import make_backbone\nfrom lpt import Engine\n"
+                      "from lpt_server.model_process import fork_model\n"
+                      "procs = fork_model(Engine(make_backbone('bert', lm_head=False)), 2)\n"
+                      "print(' '.join(str(p.pid) for p in procs), flush=True)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for pid in map(int, out.stdout.split()):
+        assert not _running(pid)
 
 
 @pytest.mark.asyncio
@@ -353,7 +373,7 @@ def test_forking_the_model_makes_room_for_one_open_file_per_adapter(tiny_bb):
         for p in procs:
             p.close()
         now = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        assert now >= min(500 + 1024, hard)
+        assert now >= min(DESCRIPTORS_PER_ADAPTER * 500 + 1024, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         gc.unfreeze()
@@ -371,3 +391,43 @@ def test_model_processes_only_where_they_can_share_memory(monkeypatch):
     assert not forks_model(Settings(demo_adapters=False, device="cuda"))
     monkeypatch.delattr(os_module, "memfd_create")
     assert not forks_model(Settings(demo_adapters=False))
+
+
+@pytest.mark.asyncio
+async def test_a_server_whose_model_process_hangs_still_stops_within_its_drain(tmp_path, tiny_bb):
+    """A model process that stops answering (here: SIGSTOP) holds its batch for good: its
+    requests get 504, and stopping the server waits the drain (request timeout + 5 s), not
+    forever, then kills the process."""
+    stopped = []
+
+    async def scenario():
+        async with running(tmp_path, tiny_bb, request_timeout_s=1) as (app, client):
+            assert (await upload(client, "t", adapter_file(tiny_bb, "t"))).status_code == 201
+            assert (await client.post("/v1/classify", json={"inputs": "great", "task": "t"})).status_code == 200
+            p = app.state.runtime.model_processes[0]
+            os.kill(p.pid, signal.SIGSTOP)
+            stopped.append(p)
+            r = await client.post("/v1/classify", json={"inputs": "great", "task": "t"})
+            assert r.status_code == 504, r.text
+            t0 = time.monotonic()
+        return time.monotonic() - t0
+
+    try:
+        took = await asyncio.wait_for(scenario(), 60)
+        assert took < 1 + 5 + 5 + 3                 # the drain, then the process's 5 s to exit
+        assert not stopped[0].alive
+    finally:
+        for p in stopped:
+            if p.alive:
+                os.kill(p.pid, signal.SIGKILL)
+
+
+def test_a_shared_adapter_holds_as_many_descriptors_as_the_open_files_limit_allows_for(tiny_bb):
+    """The open-files budget counts what sharing really keeps open per adapter."""
+    from lpt_server.shared_weights import share
+
+    ads = adapters(tiny_bb, 10)
+    before = len(os.listdir("/proc/self/fd"))
+    for a in ads:
+        share(a)
+    assert len(os.listdir("/proc/self/fd")) - before == 10 * DESCRIPTORS_PER_ADAPTER
