@@ -220,9 +220,7 @@ def fork_model(engine: Engine, n: int, torch_threads: int = 1, adapters: int = 2
     gc.collect()
     gc.freeze()          # for good: objects alive at startup (modules, libraries) live as long
     _allow_open_files(adapters)
-    procs = [ModelProcess(engine, torch_threads, adapters, cache_share=1 / n) for _ in range(n)]
-    _LIVE.update(procs)
-    return procs
+    return [ModelProcess(engine, torch_threads, adapters, cache_share=1 / n) for _ in range(n)]
 
 
 # Closed at the interpreter's exit, before multiprocessing's own exit hook, which would send
@@ -248,7 +246,6 @@ def _allow_open_files(adapters: int, spare: int = 1024) -> None:
     if limit < want:
         log.warning("open files are limited to %d (ulimit -n): %d resident adapters need about %d; "
                     "raise the limit or lower LPT_MAX_RESIDENT_ADAPTERS", limit, adapters, want)
-
 
 
 @dataclass
@@ -285,6 +282,7 @@ class ModelProcess:
                                    name="lpt-model", daemon=True)
         self.process.start()
         child_end.close()
+        _LIVE.add(self)
 
     @property
     def pid(self) -> int | None:
