@@ -415,6 +415,7 @@ async def test_a_server_whose_model_process_hangs_still_stops_within_its_drain(t
     try:
         took = await asyncio.wait_for(scenario(), 60)
         assert took < 1 + 5 + 5 + 3                 # the drain, then the process's 5 s to exit
+        stopped[0].process.join(10)                 # killed (a stopped process left alone stays)
         assert not stopped[0].alive
     finally:
         for p in stopped:
