@@ -31,6 +31,7 @@ import gc
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import socket
@@ -368,12 +369,14 @@ class ModelProcess:
 
     @property
     def alive(self) -> bool:
-        return self.process.is_alive()
+        # Its sentinel, not waitpid: a child that something else in this process reaped (a
+        # child watcher that waits for any pid) would read as alive for good to waitpid.
+        return not multiprocessing.connection.wait([self.process.sentinel], 0)
 
     @property
     def gone(self) -> str | None:
         """Why the process is no longer there (None while it is)."""
-        if self.process.is_alive():
+        if self.alive:
             return None
         return f"the model process (pid {self.pid}) exited with code {self.process.exitcode}"
 

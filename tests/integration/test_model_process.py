@@ -432,3 +432,15 @@ def test_a_shared_adapter_holds_as_many_descriptors_as_the_open_files_limit_allo
     for a in ads:
         share(a)
     assert len(os.listdir("/proc/self/fd")) - before == 10 * DESCRIPTORS_PER_ADAPTER
+
+
+def test_a_model_process_reaped_by_someone_else_reads_as_gone(tiny_bb):
+    """A child watcher that waits for any pid (asyncio's kinds, a library's) can reap a model
+    process before multiprocessing does; waitpid then says nothing, and it must not read as alive."""
+    p = ModelProcess(Engine(tiny_bb, cache_entries=0))
+    try:
+        os.kill(p.pid, signal.SIGKILL)
+        os.waitpid(p.pid, 0)
+        assert not p.alive and p.gone is not None
+    finally:
+        p.close()
