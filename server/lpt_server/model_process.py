@@ -305,7 +305,7 @@ class ModelProcess:
                 header, arrays = unpack(self._conn.recv_bytes())
             except (EOFError, OSError) as e:
                 # Dead, or alive with half a message: either way this pipe cannot be used again.
-                if self.process.is_alive():
+                if self.alive:
                     self.process.kill()
                     raise ModelProcessLost(f"the hand-off to the model process (pid {self.pid}) failed ({e!r}); "
                                            "it was stopped") from e
@@ -390,6 +390,6 @@ class ModelProcess:
             except OSError:
                 pass
         self.process.join(timeout)
-        if self.process.is_alive():
+        if self.alive:
             self.process.kill()
             self.process.join(timeout)
