@@ -207,13 +207,14 @@ def test_serve_flags_override_env(monkeypatch, tmp_path):
 
 def test_default_engine_applies_threads_and_padding(tmp_path, tiny_bb, monkeypatch):
     """The real engine factory: the model from a local path, LPT_THREADS and LPT_MAX_PADDING
-    applied, oneDNN's kernel cache bounded."""
+    applied, the kernel caches bounded."""
     import torch
 
-    from lpt_server.runtime import KERNEL_CACHE_ENTRIES, default_engine
+    from lpt_server.runtime import KERNEL_CACHE_ENTRIES, KERNEL_CACHES, default_engine
 
-    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "")     # restored as it was after the test
-    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+    for name in KERNEL_CACHES:
+        monkeypatch.setenv(name, "")                   # restored as it was after the test
+        monkeypatch.delenv(name)
 
     tiny_bb.model.save_pretrained(tmp_path / "m")
     tiny_bb.tokenizer.save_pretrained(tmp_path / "m")
@@ -224,7 +225,7 @@ def test_default_engine_applies_threads_and_padding(tmp_path, tiny_bb, monkeypat
         assert torch.get_num_threads() == 1
         assert engine.max_padding == 2.5
         assert engine.backbone.fingerprint() == tiny_bb.fingerprint()
-        assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(KERNEL_CACHE_ENTRIES)
+        assert all(os.environ[name] == str(KERNEL_CACHE_ENTRIES) for name in KERNEL_CACHES)
     finally:
         torch.set_num_threads(before)
 
