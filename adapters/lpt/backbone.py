@@ -73,11 +73,11 @@ def _embed_gpt2(b: nn.Module, ids: torch.Tensor, types: torch.Tensor | None) -> 
     return b.drop(b.wte(ids) + b.wpe(pos)[None])
 
 
-# The packed blocks' row count is rounded up to a multiple of this, with padded positions where
-# the batch has enough. oneDNN compiles a kernel for each row count (GELU in float32, the matrix
-# products in bfloat16) and caches a bounded number: with every batch a new count, bfloat16 spent
-# ~25% of its time compiling; with a multiple of 16, a server meets a few dozen counts, the cached
-# kernels serve nearly every batch, and the rounding costs under 2% more rows (bench/memory.py).
+# The packed blocks' row count is rounded up to a multiple of this with zero rows. oneDNN compiles
+# a kernel for each row count (GELU in float32, the matrix products in bfloat16) and caches a
+# bounded number: with every batch a new count, bfloat16 spent ~25% of its time compiling; with a
+# multiple of 16, a server meets a few dozen counts, the cached kernels serve nearly every batch,
+# and the rounding costs under 2% more rows (bench/memory.py).
 PACK_ROWS = 16
 
 
@@ -85,39 +85,36 @@ PACK_ROWS = 16
 class Packing:
     """Where the real tokens of a right-padded batch [B, S] are, for blocks that run packed."""
 
-    index: torch.Tensor          # [N] long: the real tokens' positions in the flattened [B * S], then padding
+    index: torch.Tensor          # [N] long: the real tokens' positions in the flattened [B * S]
     shape: tuple[int, int]       # (B, S)
     bias: torch.Tensor           # [B, 1, 1, S] additive attention mask
+    rows: int                    # N rounded up to a multiple of PACK_ROWS: the packed tensors' rows
 
     @classmethod
     def of(cls, valid: torch.Tensor, bias: torch.Tensor, multiple: int = PACK_ROWS) -> "Packing":
-        """The real tokens, then as many padded positions as round their count up to `multiple`
-        (where there are that many). A padded position computes an unread value: the attention
-        mask keeps it out of every real token's."""
-        flat = valid.reshape(-1)
-        index = flat.nonzero().squeeze(1)
-        extra = min(-index.numel() % multiple, flat.numel() - index.numel())
-        if extra:
-            index = torch.cat([index, (~flat).nonzero().squeeze(1)[:extra]])
-        return cls(index, (valid.shape[0], valid.shape[1]), bias)
+        index = valid.reshape(-1).nonzero().squeeze(1)
+        return cls(index, (valid.shape[0], valid.shape[1]), bias, -(-index.numel() // multiple) * multiple)
 
     def pack(self, h: torch.Tensor) -> torch.Tensor:
-        """[B, S, c] -> [N, c], the real tokens (and the padded positions that round N)."""
-        return h.reshape(-1, h.shape[-1]).index_select(0, self.index)
+        """[B, S, c] -> [rows, c]: the real tokens, then zero rows (never read; nothing mixes rows
+        in a packed block but attention, which runs on the padded layout)."""
+        x = h.reshape(-1, h.shape[-1]).index_select(0, self.index)
+        return F.pad(x, (0, 0, 0, self.rows - x.shape[0])) if self.rows > x.shape[0] else x
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, c] -> [B, S, c], zeros at the padded positions."""
+        """[rows, c] -> [B, S, c], zeros at the padded positions."""
         b, s = self.shape
-        return x.new_zeros((b * s, x.shape[1])).index_copy(0, self.index, x).view(b, s, x.shape[1])
+        real = x[:self.index.numel()]
+        return x.new_zeros((b * s, x.shape[1])).index_copy(0, self.index, real).view(b, s, x.shape[1])
 
 
 def _post_norm_packed(x: torch.Tensor, p: Packing, qkv: tuple[nn.Linear, nn.Linear, nn.Linear], heads: int,
                       attn_out: nn.Linear, norm1: nn.Module, ffn: Callable[[torch.Tensor], torch.Tensor],
                       norm2: nn.Module) -> torch.Tensor:
     """A post-norm encoder block (self-attention scaled by 1/sqrt(head size), then the
-    feed-forward, each followed by add & norm) on packed tokens x [N, d]. The linear layers, ~80%
-    of the work, see only real tokens; attention runs on the padded layout under the mask. Eval
-    mode only (no dropout)."""
+    feed-forward, each followed by add & norm) on packed tokens x [rows, d]. The linear layers,
+    ~80% of the work, see only real tokens (and the zero rows that round their count); attention
+    runs on the padded layout under the mask. Eval mode only (no dropout)."""
     b, s = p.shape
     q, k, v = p.pad(torch.cat([lin(x) for lin in qkv], dim=1)).view(b, s, 3, heads, -1).permute(2, 0, 3, 1, 4)
     ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=p.bias)                   # [B, heads, S, dh]

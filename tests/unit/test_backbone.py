@@ -65,8 +65,8 @@ def test_split_forward_equals_model_forward(family, attn):
 @pytest.mark.parametrize("family", [f for f in FAMILIES if TABLE[f].packed_block is not None])
 def test_on_a_cpu_the_linear_layers_see_real_tokens_only_unless_the_model_trains(family):
     """The test above checks the packed blocks against the model's own forward; this one checks
-    that they are what runs, on the real tokens and the few padded positions that round their
-    count (and that training, which needs dropout, runs the model's blocks)."""
+    that they are what runs, on the real tokens and the few zero rows that round their count (and
+    that training, which needs dropout, runs the model's blocks)."""
     bb = make_backbone(family)
     tokens = _tokens(bb, random_texts(6, seed=4))
     inputs, block_calls = [], []
@@ -76,29 +76,28 @@ def test_on_a_cpu_the_linear_layers_see_real_tokens_only_unless_the_model_trains
     with torch.no_grad():
         h = bb.embed(tokens.input_ids, tokens.token_type_ids)
         bb.run_layers(h, tokens.valid, 0, bb.num_layers)
-        real, slots = int(tokens.valid.sum()), tokens.valid.numel()
-        assert inputs == [(min(-(-real // PACK_ROWS) * PACK_ROWS, slots), bb.hidden_size)] and not block_calls
+        real = int(tokens.valid.sum())
+        assert inputs == [(-(-real // PACK_ROWS) * PACK_ROWS, bb.hidden_size)] and not block_calls
         bb.model.train()
         bb.run_layers(h, tokens.valid, 0, bb.num_layers)
     assert inputs[1] == tuple(h.shape) and len(block_calls) == 1
 
 
-def test_packing_takes_every_real_token_then_padding_up_to_a_multiple_of_pack_rows():
+def test_packing_takes_every_real_token_then_zero_rows_up_to_a_multiple_of_pack_rows():
     assert PACK_ROWS == 16                                               # the numbers below
     valid = torch.zeros(4, 10, dtype=torch.bool)
     valid[0, :10], valid[1, :2], valid[2, :5] = True, True, True         # 17 real tokens of 40
     p = Packing.of(valid, bias=None)
-    real = valid.reshape(-1).nonzero().squeeze(1)
-    assert len(p.index) == 32
-    assert torch.equal(p.index[:17], real)                               # the real tokens, in order
-    extra = p.index[17:]
-    assert not valid.reshape(-1)[extra].any() and len(set(extra.tolist())) == len(extra)
     h = torch.randn(4, 10, 3)
-    assert torch.equal(p.pad(p.pack(h))[valid], h[valid])                # every real token where it was
-    assert len(Packing.of(valid, bias=None, multiple=1).index) == 17
-    full = torch.ones(2, 9, dtype=torch.bool)
-    full[1, 8] = False                                                   # 17 real of 18: all 18, not 32
-    assert torch.equal(Packing.of(full, bias=None).index.sort().values, torch.arange(18))
+    x = p.pack(h)
+    assert x.shape == (32, 3) and p.rows == 32
+    assert torch.equal(x[:17], h[valid]) and not x[17:].any()            # the real tokens in order, then zeros
+    back = p.pad(x + 1)
+    assert torch.equal(back[valid], h[valid] + 1) and not back[~valid].any()   # zero rows dropped, padding zero
+    assert p.pack(h).shape == (32, 3)
+    assert Packing.of(valid, bias=None, multiple=1).pack(h).shape == (17, 3)
+    full = torch.ones(1, 5, dtype=torch.bool)                            # no padding at all: still rounded
+    assert Packing.of(full, bias=None).pack(torch.randn(1, 5, 3)).shape == (16, 3)
 
 
 def test_a_model_with_relative_positions_runs_its_own_blocks():
