@@ -76,8 +76,8 @@ def _embed_gpt2(b: nn.Module, ids: torch.Tensor, types: torch.Tensor | None) -> 
 # The packed blocks' row count is rounded up to a multiple of this with zero rows. oneDNN compiles
 # a kernel for each row count (GELU in float32, the matrix products in bfloat16) and caches a
 # bounded number: with every batch a new count, bfloat16 spent ~25% of its time compiling; with a
-# multiple of 16, a server meets a few dozen counts, the cached kernels serve nearly every batch,
-# and the rounding costs under 2% more rows (bench/memory.py).
+# multiple of 16, a server meets a few dozen counts and the cached kernels serve nearly every
+# batch, for 7.5 more rows on average (under 2% of a batch of 16 tweets; bench/memory.py).
 PACK_ROWS = 16
 
 
