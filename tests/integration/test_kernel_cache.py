@@ -13,8 +13,8 @@ from lpt_server.runtime import KERNEL_CACHE_ENTRIES, KERNEL_CACHES, bound_kernel
 # A fresh process runs one op on 800 row counts, the way a server's batches would arrive with new
 # token counts, and prints how much its resident memory grew (MB) over the last 400, once a
 # bounded cache is full: GELU in float32 (oneDNN's own cache) or a bfloat16 matrix product
-# (torch's). Large buffers are mmapped (MALLOC_MMAP_THRESHOLD_) so
-# that the heap's own ups and downs, which vary from run to run, do not hide what the kernels hold.
+# (torch's). Large buffers are mmapped (MALLOC_MMAP_THRESHOLD_) so that the heap's own ups and
+# downs, which vary from run to run, do not hide what the kernels hold.
 SHAPES_CHILD = r"""
 import sys
 import torch
