@@ -48,12 +48,12 @@ EngineFactory = Callable[[Settings], Any]   # returns an lpt.Engine (or anything
 # oneDNN, which runs some of torch's CPU kernels (GELU in float32, matrix products in bfloat16),
 # compiles a kernel for each input shape, and two caches keep them: oneDNN's own and the one
 # torch's bfloat16 matrix products go through (ideep's, one per thread, read from
-# LRU_CACHE_CAPACITY), 1,024 each by default. Every batch a new token count, the kept kernels and the heap they pin grew a
-# server's memory without end: by ~100 MB over 3,200 requests in float32 and ~1 GB in bfloat16
-# (bench/memory.py). The engine rounds its row counts to a multiple of 16 (lpt.backbone.PACK_ROWS),
-# so a batch needs a handful of kernels and a server meets a few dozen row counts: 128 kernels
-# serve nearly every batch (16 made bfloat16 ~25% slower: it compiled most of them again). Each
-# cache reads its bound once, when it is made: before the first kernel.
+# LRU_CACHE_CAPACITY), 1,024 each by default. Every batch a new token count, the kept kernels and
+# the heap they pin grew a server's memory without end: by ~100 MB over 3,200 requests in float32
+# and ~1 GB in bfloat16 (bench/memory.py). The engine rounds its row counts to a multiple of 16
+# (lpt.backbone.PACK_ROWS), so a batch needs a handful of kernels and a server meets a few dozen
+# row counts: 128 kernels serve nearly every batch (16 made bfloat16 ~25% slower: it compiled
+# most of them again). Each cache reads its bound once, when it is made: before the first kernel.
 KERNEL_CACHE_ENTRIES = 128
 KERNEL_CACHES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
 
