@@ -148,8 +148,9 @@ def main(argv=None) -> int:
     ap.add_argument("--idle-s", type=float, default=3.0, help="idle time before the last reading")
     ap.add_argument("--engine-cpu", type=int, default=0, metavar="PAIRS",
                     help="also the engine's CPU per row with each setting, PAIRS alternating processes")
-    ap.add_argument("--json", type=Path, default=RESULTS / "memory.json")
+    ap.add_argument("--json", type=Path, default=None, help="default: memory.json (float32), memory-bf16.json")
     args = ap.parse_args(argv)
+    args.json = args.json or RESULTS / ("memory.json" if args.dtype == "float32" else "memory-bf16.json")
     adapters = make_adapters(args.model, args.tasks)
     texts = distinct_texts("tweets", args.blocks * args.requests)
     out = {"command": command_line(), "tasks": args.tasks, "dtype": args.dtype, "requests_per_block": args.requests,

@@ -17,8 +17,10 @@ text asked twice in one server's life), `concurrency` closed-loop clients, bound
 count and a time limit; the task of each request from a uniform mix (round robin) or a skewed
 mix (half to task 0, the rest Zipf 1/i over the others; N > 1 only). Each repeat starts each
 server afresh (one server up at a time; their order alternates), measures the time from launch
-to ready (/ready, /health) and to serving every task (lpt: + the uploads), runs both mixes, then
-reads the server's peak RSS (VmHWM summed over its process tree). Figures are medians over the
+to ready (/ready, /health) and to serving every task (lpt: + the uploads), runs both mixes, and
+reads the server's peak memory: its process tree's sampled every 0.5 s with each page once (what
+the table, the plot and the memory target use), and VmHWM summed over the tree (which counts a
+page forked processes share once per process). Figures are medians over the
 repeats with min-max; ratios are lpt / peer. Writes bench/results/peer.json and peer.png.
 """
 from __future__ import annotations
