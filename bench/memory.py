@@ -40,7 +40,7 @@ from tqdm import tqdm  # noqa: E402
 
 from lpt_server.runtime import KERNEL_CACHE_ENTRIES, KERNEL_CACHES  # noqa: E402
 
-LIBRARY_DEFAULTS = {name: "1024" for name in KERNEL_CACHES}
+LIBRARY_DEFAULTS = dict.fromkeys(KERNEL_CACHES, "1024")
 CONFIGS = {"library defaults (1,024 kernels)": LIBRARY_DEFAULTS, "lpt serve's bound": {}}
 
 
@@ -108,7 +108,7 @@ def engine_cpu_ms_per_row(pairs: int, dtype: str) -> dict:
     here = str(Path(__file__).resolve().parent)
     for _ in tqdm(range(pairs), desc="engine CPU pairs", file=sys.stderr):
         for name, entries in capacity.items():
-            env = {**lpt_env(), **{name: entries for name in KERNEL_CACHES}}
+            env = {**lpt_env(), **dict.fromkeys(KERNEL_CACHES, entries)}
             r = subprocess.run([sys.executable, "-c", ENGINE_CHILD, here, dtype], env=env, capture_output=True,
                                text=True)
             if r.returncode:

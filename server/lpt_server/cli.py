@@ -56,18 +56,13 @@ def settings_from_args(argv: Sequence[str]) -> Settings:
     return Settings(**vars(args))
 
 
-def drain_seconds(settings: Settings) -> int:
-    """How long a SIGTERM'd server lets in-flight requests finish (Settings.drain_seconds)."""
-    return settings.drain_seconds
-
-
 def stop_seconds(settings: Settings) -> int:
     """The most a SIGTERM'd server takes to exit: the drain, then a training job's child
     stopping (killed past CANCEL_GRACE_S). The grace periods of k8s/base/deployment.yaml and
     docker/compose.yaml cover it (tests check)."""
     from .train_jobs import CANCEL_GRACE_S
 
-    return drain_seconds(settings) + math.ceil(CANCEL_GRACE_S)
+    return settings.drain_seconds + math.ceil(CANCEL_GRACE_S)
 
 
 def serve(argv: Sequence[str]) -> int:
@@ -92,7 +87,7 @@ def serve(argv: Sequence[str]) -> int:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             http=protocol_class(settings.header_timeout_s),
                             log_level=settings.log_level, access_log=True, lifespan="on",
-                            timeout_graceful_shutdown=drain_seconds(settings))
+                            timeout_graceful_shutdown=settings.drain_seconds)
     server = uvicorn.Server(config)
 
     def on_signal(sig, frame):

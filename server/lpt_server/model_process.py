@@ -340,14 +340,15 @@ class ModelProcess:
         shared: dict[int, Shared] = {k: share(a, f"lpt-adapter-{a.config.task}") for k, a in new.items()}
         for r in rows:
             key = id(r.adapter)
-            if key in shared and not self._holds(r.adapter):     # new, or an old id reused
+            sh = shared.pop(key, None)                # new (or an old id reused): recorded once
+            if sh is not None:
                 old = self._held.pop(key, None)
                 if old is not None:
                     self._pending_drop.append(old.slot)
                 self._held[key] = _Held(weakref.ref(r.adapter), next(self._slots))
                 add.append({"slot": self._held[key].slot, "config": r.adapter.config.to_json(),
-                            "size": shared[key].size, "layout": shared[key].layout})
-                fds.append(shared[key].fd)
+                            "size": sh.size, "layout": sh.layout})
+                fds.append(sh.fd)
             held = self._held[key]
             self._held.move_to_end(key)
             used.add(key)

@@ -94,6 +94,7 @@ class EngineWorker:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.engine = engine
         self.engines = list(per_thread) if per_thread is not None else [engine] * threads
+        self._own = [e for e in self.engines if e is not engine]     # the threads' own (model processes)
         self.on_batch = on_batch
         self.threads = threads
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -113,7 +114,7 @@ class EngineWorker:
         """Why the worker is not alive, in words."""
         if self.error is not None:
             return repr(self.error)
-        gone = [e.gone for e in self.engines if e is not self.engine and getattr(e, "gone", None)]
+        gone = [e.gone for e in self._own if getattr(e, "gone", None)]
         return "; ".join(gone) or "not started"
 
     @property
@@ -121,7 +122,7 @@ class EngineWorker:
         """Every thread running, and every engine of its own still there (a model process that
         died is seen here at once, not at the next batch it would have run)."""
         return (bool(self._threads) and all(t.is_alive() for t in self._threads) and self.error is None
-                and all(getattr(e, "alive", True) for e in self.engines if e is not self.engine))
+                and all(getattr(e, "alive", True) for e in self._own))
 
     def stop(self, timeout: float | None = None) -> None:
         """Let each thread finish its current batch and exit (timeout: for all of them together),
@@ -135,8 +136,8 @@ class EngineWorker:
         if stuck:
             log.error("engine worker thread(s) %s still in a batch %g s into the stop: closing their "
                       "engines", ", ".join(stuck), timeout)
-        for e in self.engines:
-            if e is not self.engine and hasattr(e, "close"):
+        for e in self._own:
+            if hasattr(e, "close"):
                 e.close()
 
     async def run(self, items: list[Item]) -> None:

@@ -362,7 +362,7 @@ async def test_a_startup_that_fails_after_the_fork_stops_the_model_processes(tmp
     assert len(forked) == 2 and not any(p.alive for p in forked)
 
 
-def test_forking_the_model_makes_room_for_one_open_file_per_adapter(tiny_bb):
+def test_forking_the_model_makes_room_for_the_open_files_of_every_adapter(tiny_bb):
     import gc
     import resource
 
