@@ -22,7 +22,7 @@ from .batcher import BatcherClosed, QueueFull
 from .registry import UnknownAdapter
 from .runtime import NotStarted
 from .schemas import TOO_MANY
-from .store import InvalidName, StoreFull
+from .store_layout import InvalidName, StoreFull
 from .stores import StoreConflict, StoreUnavailable
 from .texts import InputTooLong
 from .train_form import FormError

@@ -40,7 +40,7 @@ from typing import Callable
 
 from lpt import AdapterConfig, AdapterError, AdapterFile, Backbone, LatePrompt, load_adapter, read_adapter, validate
 
-from .store import FileTooLarge, StoreError, check_name
+from .store_layout import FileTooLarge, StoreError, check_name
 from .stores import AdapterStore, StoreUnavailable
 
 log = logging.getLogger("lpt_server.registry")

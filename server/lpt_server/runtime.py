@@ -28,7 +28,7 @@ from .batcher import Batcher
 from .metrics import Metrics
 from .registry import Registry, seed_demo_adapters
 from .settings import Settings
-from .store import StoreError
+from .store_layout import StoreError
 from .store_calls import StoreCalls
 from .stores import AdapterStore, StoreUnavailable, open_store
 from .train_form import Runner

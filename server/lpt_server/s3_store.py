@@ -42,8 +42,9 @@ from typing import Callable, TypeVar
 
 from .aws_credentials import NoCredentials
 from .s3 import PreconditionFailed, S3Client, S3Config, S3Error, TooLarge, Unreachable
-from .store import (NAME_RE, POINTER, ROOT_MARKER, ROOT_MARKER_TEXT, SUFFIX, VERSION_FILE_RE, VERSION_RE, GRACE_S,
-                    FileTooLarge, Health, NameTaken, NotAStore, Stored, check_name)
+from .store import Health, Stored
+from .store_layout import (NAME_RE, POINTER, ROOT_MARKER, ROOT_MARKER_TEXT, SUFFIX, VERSION_FILE_RE, VERSION_RE,
+                           GRACE_S, FileTooLarge, NameTaken, NotAStore, check_name)
 from .stores import S3_SCHEME, StoreConflict, StoreUnavailable
 
 log = logging.getLogger("lpt_server.s3_store")

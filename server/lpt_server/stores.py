@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from .store import Health, Store, StoreError, Stored, StoreUnavailable
+from .store import Health, Store, Stored
+from .store_layout import StoreError, StoreUnavailable
 
 S3_SCHEME = "s3://"
 

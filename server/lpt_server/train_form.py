@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import upload
-from .store import check_name
+from .store_layout import check_name
 from .train_jobs import TrainJob
 from .train_workdirs import make_workdir
 

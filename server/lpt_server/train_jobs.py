@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .schemas import TrainJobView
-from .store import shown as quoted   # a long id is not echoed in full
+from .store_layout import shown as quoted   # a long id is not echoed in full
 from .train_workdirs import WORKDIR_PREFIX, sweep_workdirs
 
 log = logging.getLogger("lpt_server.train")

@@ -7,7 +7,7 @@ import pytest
 
 from aws_endpoints import Endpoint, sts_credentials
 from seaweed import ACCESS_KEY, SECRET_KEY
-from lpt_server.store import NotAStore
+from lpt_server.store_layout import NotAStore
 from lpt_server.stores import open_store
 
 pytestmark = pytest.mark.integration

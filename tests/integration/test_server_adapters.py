@@ -11,7 +11,8 @@ from safetensors.torch import save as st_save
 
 from tiny_server import HookedEngine, adapter_file, admin, running, upload
 from lpt import Engine, Row, load_adapter
-from lpt_server.store import MARKER, ROOT_MARKER, Store
+from lpt_server.store import Store
+from lpt_server.store_layout import MARKER, ROOT_MARKER
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 

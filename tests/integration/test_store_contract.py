@@ -8,7 +8,7 @@ import pytest
 
 from tiny_server import adapter_file
 from lpt_server.registry import Registry, UnknownAdapter
-from lpt_server.store import FileTooLarge, InvalidName
+from lpt_server.store_layout import FileTooLarge, InvalidName
 from lpt_server.stores import AdapterStore, StoreConflict, open_store
 
 pytestmark = pytest.mark.integration

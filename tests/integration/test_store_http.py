@@ -9,7 +9,8 @@ from store_files import age, failing_fsync, kill_volume, tree
 from tiny_server import adapter_file, admin, running, upload
 from lpt_server import runtime as runtime_module
 from lpt_server import store as store_module
-from lpt_server.store import GRACE_S, MARKER, NotAStore, Store
+from lpt_server.store import Store
+from lpt_server.store_layout import GRACE_S, MARKER, NotAStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 

@@ -17,7 +17,7 @@ from lpt_server.registry import Registry
 from lpt_server.aws_credentials import Credentials, NoCredentials
 from lpt_server.s3 import EMPTY_SHA256, S3Client, S3Config, sign
 from lpt_server.s3_store import FileCache, S3Store, parse_url
-from lpt_server.store import NotAStore
+from lpt_server.store_layout import NotAStore
 from lpt_server.stores import StoreConflict, StoreUnavailable
 from tiny import make_backbone
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from lpt_server.settings import Settings
-from lpt_server.store import (GRACE_S, MARKER, ROOT_MARKER, InvalidName, NameTaken, NotAStore, Store, StoreFull,
-                              StoreUnavailable, is_store_file)
+from lpt_server.store import Store
+from lpt_server.store_layout import (GRACE_S, MARKER, ROOT_MARKER, InvalidName, NameTaken, NotAStore, StoreFull,
+                                     StoreUnavailable, is_store_file)
 from store_files import age, failing_fsync, tree
 
 pytestmark = pytest.mark.unit

@@ -3,7 +3,8 @@ Desktop's bind mounts): a real exFAT filesystem, case-insensitive and case-prese
 Names stay case-sensitive: "SENTiment" must not open, replace or delete "sentiment"."""
 import pytest
 
-from lpt_server.store import NameTaken, Store
+from lpt_server.store import Store
+from lpt_server.store_layout import NameTaken
 from store_files import tree
 
 pytestmark = pytest.mark.unit

@@ -12,7 +12,7 @@ from tiny import make_backbone, save_backbone
 
 from lpt import cli as lpt_cli
 from lpt_server import train_form, upload
-from lpt_server.store import InvalidName
+from lpt_server.store_layout import InvalidName
 from lpt_server.train_form import FormError, Runner, TrainFormReader, prepare_job, safe_filename
 
 pytestmark = pytest.mark.unit

@@ -12,7 +12,7 @@ from ..body import stream_into
 from ..errors import NotFound
 from ..runtime import started
 from ..schemas import AdapterInfo, AdapterList, ErrorResponse
-from ..store import NAME_RE, check_name
+from ..store_layout import NAME_RE, check_name
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 

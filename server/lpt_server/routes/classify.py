@@ -25,7 +25,7 @@ from ..body import json_body_schema, parse_json
 from ..errors import ClientClosed, GatewayTimeout, NotFound, PayloadTooLarge, Unavailable, Unprocessable, status_of
 from ..runtime import Runtime, started
 from ..schemas import ClassifyRequest, ClassifyResponse, ErrorResponse, TaskClassifyRequest, is_blank
-from ..store import NAME_RE, InvalidName, shown
+from ..store_layout import NAME_RE, InvalidName, shown
 from ..texts import EncodedInputs, InputTooLong, encode_inputs
 
 # the answer's own headers (app.py exposes them to pages on other origins)
