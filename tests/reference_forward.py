@@ -21,6 +21,19 @@ import torch.nn.functional as F
 from lpt import Backbone, LatePrompt
 
 
+def transformers_backbone(name_or_path: str = "minilm") -> Backbone:
+    """The checkpoint through transformers' own model classes: what `Backbone.load` gives a
+    family that lpt.encoders does not write, and the reference that lpt's own modules answer to."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from lpt.backbone import _has_lm_head, _transformers_model, family, resolve_model_path
+
+    path = resolve_model_path(name_or_path)
+    config = AutoConfig.from_pretrained(path)
+    model = _transformers_model(path, _has_lm_head(config), family(config.model_type).causal, torch.float32)
+    return Backbone(model, AutoTokenizer.from_pretrained(path), model_id=name_or_path)
+
+
 def layer_states(bb: Backbone, input_ids: tuple[int, ...], token_type_ids: tuple[int, ...] | None,
                  k: int) -> torch.Tensor:
     """The model's own hidden states after layers [0, k) -> [T, d] (k < number of layers)."""

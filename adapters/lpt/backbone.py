@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .encoders import CheckpointError, build, post_norm_block
 from .quantize import INT8, Int8Linear, quantize_blocks
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -108,32 +109,19 @@ class Packing:
         return x.new_zeros((b * s, x.shape[1])).index_copy(0, self.index, real).view(b, s, x.shape[1])
 
 
-def _post_norm_packed(x: torch.Tensor, p: Packing, qkv: tuple[nn.Linear, nn.Linear, nn.Linear], heads: int,
-                      attn_out: nn.Linear, norm1: nn.Module, ffn: Callable[[torch.Tensor], torch.Tensor],
-                      norm2: nn.Module) -> torch.Tensor:
-    """A post-norm encoder block (self-attention scaled by 1/sqrt(head size), then the
-    feed-forward, each followed by add & norm) on packed tokens x [rows, d]. The linear layers,
-    ~80% of the work, see only real tokens (and the zero rows that round their count); attention
-    runs on the padded layout under the mask. Eval mode only (no dropout)."""
-    b, s = p.shape
-    q, k, v = p.pad(torch.cat([lin(x) for lin in qkv], dim=1)).view(b, s, 3, heads, -1).permute(2, 0, 3, 1, 4)
-    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=p.bias)                   # [B, heads, S, dh]
-    x = norm1(attn_out(p.pack(ctx.transpose(1, 2).reshape(b, s, -1))) + x)
-    return norm2(ffn(x) + x)
-
-
 def _bert_block_packed(block: nn.Module, x: torch.Tensor, p: Packing) -> torch.Tensor:
+    """A BERT-shaped block (transformers' or encoders.py's) on packed tokens; eval mode only."""
     att, mid, out = block.attention.self, block.intermediate, block.output
-    return _post_norm_packed(x, p, (att.query, att.key, att.value), att.num_attention_heads,
-                             block.attention.output.dense, block.attention.output.LayerNorm,
-                             lambda h: out.dense(mid.intermediate_act_fn(mid.dense(h))), out.LayerNorm)
+    return post_norm_block(x, p, p.bias, (att.query, att.key, att.value), att.num_attention_heads,
+                           block.attention.output.dense, block.attention.output.LayerNorm,
+                           lambda h: out.dense(mid.intermediate_act_fn(mid.dense(h))), out.LayerNorm)
 
 
 def _distilbert_block_packed(block: nn.Module, x: torch.Tensor, p: Packing) -> torch.Tensor:
     att, ffn = block.attention, block.ffn
-    return _post_norm_packed(x, p, (att.q_lin, att.k_lin, att.v_lin), att.n_heads, att.out_lin,
-                             block.sa_layer_norm, lambda h: ffn.lin2(ffn.activation(ffn.lin1(h))),
-                             block.output_layer_norm)
+    return post_norm_block(x, p, p.bias, (att.q_lin, att.k_lin, att.v_lin), att.n_heads, att.out_lin,
+                           block.sa_layer_norm, lambda h: ffn.lin2(ffn.activation(ffn.lin1(h))),
+                           block.output_layer_norm)
 
 
 def _run_blocks(blocks, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -236,6 +224,15 @@ def _has_lm_head(config) -> bool:
     return any(a.endswith(("ForMaskedLM", "LMHeadModel", "ForCausalLM")) for a in archs)
 
 
+def _transformers_model(path: str, lm_head: bool, causal: bool, dtype: torch.dtype) -> nn.Module:
+    """The model through transformers' own classes (and their ~110 MB of imports)."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    # no trained LM head in the checkpoint: do not invent a random one
+    auto = AutoModel if not lm_head else AutoModelForCausalLM if causal else AutoModelForMaskedLM
+    return auto.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+
+
 class Backbone(nn.Module):
     """A frozen model with its tokenizer, run stage by stage. Never trained."""
 
@@ -263,7 +260,7 @@ class Backbone(nn.Module):
     def load(cls, name_or_path: str = "minilm", device: str = "cpu", dtype: str = "float32") -> "Backbone":
         """Load any model id or local path; `minilm` is the embedded default. dtype: a DTYPES
         name, or "auto" (resolve_dtype)."""
-        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         dtype = resolve_dtype(dtype, device)
         if dtype not in DTYPES and dtype != INT8:
@@ -281,13 +278,13 @@ class Backbone(nn.Module):
         except (OSError, ValueError) as e:      # not found, no network, not a checkpoint, a family we lack
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelLoadError(f"cannot load model {name_or_path!r}: {first} ({MODEL_HINT})") from None
-        if not _has_lm_head(config):
-            auto = AutoModel  # no trained LM head in the checkpoint: do not invent a random one
-        elif spec.causal:
-            auto = AutoModelForCausalLM
-        else:
-            auto = AutoModelForMaskedLM
-        model = auto.from_pretrained(path, dtype=DTYPES.get(dtype, torch.float32), attn_implementation="sdpa")
+        lm_head, torch_dtype = _has_lm_head(config), DTYPES.get(dtype, torch.float32)
+        try:
+            model = build(config, path, lm_head, torch_dtype)
+        except CheckpointError as e:
+            raise ModelLoadError(f"cannot load model {name_or_path!r}: {e}") from None
+        if model is None:                       # a family, setting or hub id encoders.py does not load
+            model = _transformers_model(path, lm_head, spec.causal, torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model_id = "minilm" if name_or_path in MINILM_ALIASES else name_or_path
         bb = cls(model, tokenizer, model_id=model_id).to(device)

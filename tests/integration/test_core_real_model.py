@@ -5,7 +5,7 @@ import torch
 from lpt import Backbone, Engine, Row, load_adapter, new_adapter
 from lpt.adapter import adapter_bytes
 from lpt.forward import lower_pass, pad_tokens
-from reference_forward import reference_logits
+from reference_forward import reference_logits, transformers_backbone
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -19,17 +19,28 @@ def bb():
     return Backbone.load("minilm")
 
 
+@pytest.fixture(scope="module")
+def hf():
+    """The same checkpoint in transformers' model classes: the independent reference."""
+    return transformers_backbone("minilm")
+
+
+def test_the_server_runs_lpts_own_encoder_and_the_reference_is_transformers(bb, hf):
+    assert type(bb.model).__module__ == "lpt.encoders"
+    assert type(hf.model).__module__.startswith("transformers.")
+
+
 def test_embedded_model_loads_offline(bb):
     assert (bb.num_layers, bb.hidden_size, bb.has_lm_head) == (6, 384, False)
     assert bb.fingerprint()["vocab_size"] == 30522
 
 
-def test_split_forward_equals_model_forward(bb):
+def test_split_forward_equals_model_forward(bb, hf):
     encs = [bb.tokenizer(t) for t in TEXTS]
     tokens = pad_tokens([tuple(e["input_ids"]) for e in encs], [tuple(e["token_type_ids"]) for e in encs],
                         bb.tokenizer.pad_token_id, bb.device)
     with torch.no_grad():
-        ref = bb.base(input_ids=tokens.input_ids, attention_mask=tokens.valid.long(),
+        ref = hf.base(input_ids=tokens.input_ids, attention_mask=tokens.valid.long(),
                       token_type_ids=tokens.token_type_ids).last_hidden_state
         for k in (0, 3, 6):
             h = lower_pass(bb, tokens, {k})[k]
@@ -51,7 +62,7 @@ def test_mixed_batch_equals_rows_alone_and_survives_a_file_round_trip(bb):
         assert (got - alone).abs().max().item() < 1e-5
 
 
-def test_mixed_batch_equals_the_reference_forward(bb):
+def test_mixed_batch_equals_the_reference_forward(bb, hf):
     """Engine rows against an independent forward (tests/reference_forward.py): every generator,
     several k and L, cls/mean/last pooling, pairs, padding, one mixed batch."""
     specs = [(3, 5, "npg", "cls"), (0, 4, "npg", "mean"), (2, 3, "max", "last"), (5, 8, "avg", "cls"),
@@ -65,9 +76,9 @@ def test_mixed_batch_equals_the_reference_forward(bb):
             for i, a in enumerate(adapters) for j, t in enumerate(TEXTS[:3])]
     got = Engine(bb, max_padding=None).logits(rows)
     for row, lg in zip(rows, got):
-        ref = reference_logits(bb, row.adapter, row.text, row.text_pair)
+        ref = reference_logits(hf, row.adapter, row.text, row.text_pair)
         assert (lg - ref).abs().max().item() < 1e-5
-        no_prompt = reference_logits(bb, row.adapter, row.text, row.text_pair, with_prompt=False)
+        no_prompt = reference_logits(hf, row.adapter, row.text, row.text_pair, with_prompt=False)
         assert (ref - no_prompt).abs().max().item() > 1e-3     # the check above can see the prompt
 
 

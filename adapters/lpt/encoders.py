@@ -1,0 +1,458 @@
+"""The BERT-shaped encoder families in plain torch, built from a checkpoint's config and files.
+
+Importing transformers' model code costs a process ~110 MB and 1.6 s (about 1,500 modules:
+torch.distributed, torch._dynamo, sympy) for a stack of linear layers. These modules carry
+transformers' own attribute names (`bert.encoder.layer[i].attention.self.query`, ...), so a
+checkpoint's tensors load by their names, and everything else in lpt (the family table, the
+packed blocks, int8) serves either kind of model. `build` answers None for what is not written
+here (GPT-2, relative position embeddings, an activation not in ACTIVATIONS, a hub id): such a
+model loads through transformers.
+
+    model = build(config, folder, lm_head=True)     # config: transformers' AutoConfig object
+    model.base_model.encoder.layer[0](h, attention_mask=bias)
+
+Weights stay mapped from the checkpoint file (safetensors) until a dtype or device asks for a
+copy, as transformers does.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "swish": nn.SiLU,
+    "gelu_new": lambda: nn.GELU(approximate="tanh"), "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh"),
+}
+
+
+class Layout(Protocol):
+    """Where a block's tokens are: packed real tokens (backbone.Packing) or the padded batch itself."""
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor: ...
+    def pack(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class _Padded:
+    """The identity layout: the block's input is already [B, S, d]."""
+
+    @staticmethod
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @staticmethod
+    def pack(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def post_norm_block(x: torch.Tensor, layout: Layout, bias: torch.Tensor | None,
+                    qkv: tuple[nn.Linear, nn.Linear, nn.Linear], heads: int, attn_out: nn.Linear,
+                    norm1: nn.Module, ffn: Callable[[torch.Tensor], torch.Tensor], norm2: nn.Module,
+                    dropout: float = 0.0, attn_dropout: float = 0.0) -> torch.Tensor:
+    """A post-norm encoder block: self-attention scaled by 1/sqrt(head size), then the
+    feed-forward, each followed by (dropout,) add & norm. x is [rows, d] packed (layout: Packing;
+    the linear layers, ~80% of the work, see only real tokens) or [B, S, d] (layout: _Padded);
+    attention always runs on the padded layout under the additive mask `bias`. Dropout only
+    where asked (a model in training mode)."""
+    qkv_out = layout.pad(torch.cat([lin(x) for lin in qkv], dim=-1))                     # [B, S, 3d]
+    b, s = qkv_out.shape[:2]
+    q, k, v = qkv_out.view(b, s, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=attn_dropout)   # [B, heads, S, dh]
+    a = attn_out(layout.pack(ctx.transpose(1, 2).reshape(b, s, -1)))
+    x = norm1((F.dropout(a, dropout) if dropout else a) + x)
+    f = ffn(x)
+    return norm2((F.dropout(f, dropout) if dropout else f) + x)
+
+
+@dataclass
+class EncoderOutput:
+    last_hidden_state: torch.Tensor      # [B, T, d]
+
+
+# Every parameter is made on the meta device (no memory, no random init): the checkpoint's tensors
+# are assigned to it (load_tensors). Not `with torch.device("meta")`, which imports torch._dynamo
+# (~40 MB) as the random init of an embedding on the meta device does.
+def _linear(d_in: int, d_out: int) -> nn.Linear:
+    return nn.Linear(d_in, d_out, device="meta")
+
+
+def _embedding(n: int, d: int) -> nn.Embedding:
+    # from an empty tensor: a random init on the meta device would import torch._dynamo
+    return nn.Embedding.from_pretrained(torch.empty(n, d, device="meta"), freeze=False)
+
+
+def _norm(d: int, eps: float) -> nn.LayerNorm:
+    return nn.LayerNorm(d, eps=eps, device="meta")
+
+
+def _drop(module: nn.Module, p: float) -> float:
+    return p if module.training else 0.0
+
+
+# ---- BERT and its kin (RoBERTa, XLM-R, CamemBERT, ELECTRA) ----------------------------------------
+class BertEmbeddings(nn.Module):
+    def __init__(self, c, width: int, positions_from_pad: bool):
+        super().__init__()
+        self.word_embeddings = _embedding(c.vocab_size, width)
+        self.position_embeddings = _embedding(c.max_position_embeddings, width)
+        self.token_type_embeddings = _embedding(c.type_vocab_size, width)
+        self.LayerNorm = _norm(width, eps=c.layer_norm_eps)
+        self.dropout = c.hidden_dropout_prob
+        # RoBERTa counts positions from pad_token_id + 1, and pads sit at pad_token_id
+        self.padding_idx = c.pad_token_id if positions_from_pad else None
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if self.padding_idx is None:
+            pos = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+        else:
+            real = input_ids.ne(self.padding_idx).int()
+            pos = torch.cumsum(real, dim=1).mul_(real).long() + self.padding_idx
+        types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        h = self.word_embeddings(input_ids) + self.position_embeddings(pos) + self.token_type_embeddings(types)
+        return F.dropout(self.LayerNorm(h), _drop(self, self.dropout))
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        d = c.hidden_size
+        self.query, self.key, self.value = _linear(d, d), _linear(d, d), _linear(d, d)
+        self.num_attention_heads = c.num_attention_heads
+        self.dropout = c.attention_probs_dropout_prob
+
+
+class _DenseNorm(nn.Module):
+    def __init__(self, c, d_in: int):
+        super().__init__()
+        self.dense = _linear(d_in, c.hidden_size)
+        self.LayerNorm = _norm(c.hidden_size, eps=c.layer_norm_eps)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.self = BertSelfAttention(c)
+        self.output = _DenseNorm(c, c.hidden_size)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, c, act: nn.Module):
+        super().__init__()
+        self.dense = _linear(c.hidden_size, c.intermediate_size)
+        self.intermediate_act_fn = act
+
+
+class BertLayer(nn.Module):
+    def __init__(self, c, act: Callable[[], nn.Module]):
+        super().__init__()
+        self.attention = BertAttention(c)
+        self.intermediate = BertIntermediate(c, act())
+        self.output = _DenseNorm(c, c.intermediate_size)
+        self.dropout = c.hidden_dropout_prob
+
+    def forward(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """h [B, S, d], attention_mask additive [B, 1, S|1, S] or None."""
+        att, mid, out = self.attention.self, self.intermediate, self.output
+        return post_norm_block(h, _Padded, attention_mask, (att.query, att.key, att.value),
+                               att.num_attention_heads, self.attention.output.dense, self.attention.output.LayerNorm,
+                               lambda x: out.dense(mid.intermediate_act_fn(mid.dense(x))), out.LayerNorm,
+                               _drop(self, self.dropout), _drop(self, att.dropout))
+
+
+class _Encoder(nn.Module):
+    def __init__(self, layers: list[nn.Module]):
+        super().__init__()
+        self.layer = nn.ModuleList(layers)
+
+
+class _EncoderModel(nn.Module):
+    """What both base models share: transformers' accessors, and the plain forward's blocks."""
+
+    @property
+    def base_model(self) -> nn.Module:
+        return self
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def _blocks(self, h: torch.Tensor, attention_mask: torch.Tensor | None, blocks) -> EncoderOutput:
+        """h [B, T, d] through every block under attention_mask [B, T] (1 at real tokens)."""
+        bias = None
+        if attention_mask is not None:
+            zero = torch.zeros((), dtype=h.dtype, device=h.device)
+            bias = torch.where(attention_mask.bool()[:, None, None, :], zero, torch.finfo(h.dtype).min)
+        for block in blocks:
+            h = block(h, attention_mask=bias)
+        return EncoderOutput(h)
+
+
+class BertModel(_EncoderModel):
+    """BERT's encoder (and RoBERTa's, ELECTRA's: `positions_from_pad`, an embedding width of its
+    own projected to the hidden size). No pooler: nothing here reads it."""
+
+    def __init__(self, c, act: Callable[[], nn.Module], positions_from_pad: bool = False):
+        super().__init__()
+        self.config = c
+        width = getattr(c, "embedding_size", c.hidden_size)
+        self.embeddings = BertEmbeddings(c, width, positions_from_pad)
+        if width != c.hidden_size:
+            self.embeddings_project = _linear(width, c.hidden_size)
+        self.encoder = _Encoder([BertLayer(c, act) for _ in range(c.num_hidden_layers)])
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> EncoderOutput:
+        """The plain encoder: ids [B, T], attention_mask [B, T] (1 at real tokens)."""
+        h = self.embeddings(input_ids, token_type_ids)
+        if hasattr(self, "embeddings_project"):
+            h = self.embeddings_project(h)
+        return self._blocks(h, attention_mask, self.encoder.layer)
+
+
+class _Transform(nn.Module):
+    """dense -> activation -> LayerNorm (BERT's prediction transform, ELECTRA's generator)."""
+
+    def __init__(self, d_in: int, d_out: int, act: nn.Module, eps: float, act_name: str):
+        super().__init__()
+        self.dense = _linear(d_in, d_out)
+        setattr(self, act_name, act)
+        self.act_name = act_name
+        self.LayerNorm = _norm(d_out, eps=eps)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(getattr(self, self.act_name)(self.dense(h)))
+
+
+class _Decoder(nn.Module):
+    """A head holding its output projection onto the vocabulary as `decoder`. The checkpoint
+    may name the projection's bias `<head>.bias` (transformers ties the two)."""
+
+    def __init__(self, d: int, vocab: int):
+        super().__init__()
+        self.decoder = _linear(d, vocab)
+
+
+class _BertPredictions(_Decoder):
+    def __init__(self, c, act: Callable[[], nn.Module]):
+        super().__init__(c.hidden_size, c.vocab_size)
+        self.transform = _Transform(c.hidden_size, c.hidden_size, act(), c.layer_norm_eps, "transform_act_fn")
+
+
+class _BertHead(nn.Module):
+    def __init__(self, c, act):
+        super().__init__()
+        self.predictions = _BertPredictions(c, act)
+
+
+class _RobertaHead(_Decoder):
+    def __init__(self, c):
+        super().__init__(c.hidden_size, c.vocab_size)
+        self.dense = _linear(c.hidden_size, c.hidden_size)
+        self.layer_norm = _norm(c.hidden_size, eps=c.layer_norm_eps)
+
+
+# ---- DistilBERT -------------------------------------------------------------------------------------
+class DistilEmbeddings(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.word_embeddings = _embedding(c.vocab_size, c.dim)
+        self.position_embeddings = _embedding(c.max_position_embeddings, c.dim)
+        self.LayerNorm = _norm(c.dim, eps=1e-12)
+        self.dropout = c.dropout
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+        h = self.word_embeddings(input_ids) + self.position_embeddings(pos)
+        return F.dropout(self.LayerNorm(h), _drop(self, self.dropout))
+
+
+class DistilAttention(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.q_lin, self.k_lin, self.v_lin, self.out_lin = (_linear(c.dim, c.dim) for _ in range(4))
+        self.n_heads = c.n_heads
+        self.dropout = c.attention_dropout
+
+
+class DistilFFN(nn.Module):
+    def __init__(self, c, act: nn.Module):
+        super().__init__()
+        self.lin1 = _linear(c.dim, c.hidden_dim)
+        self.lin2 = _linear(c.hidden_dim, c.dim)
+        self.activation = act
+
+
+class DistilBlock(nn.Module):
+    def __init__(self, c, act: Callable[[], nn.Module]):
+        super().__init__()
+        self.attention = DistilAttention(c)
+        self.sa_layer_norm = _norm(c.dim, eps=1e-12)
+        self.ffn = DistilFFN(c, act())
+        self.output_layer_norm = _norm(c.dim, eps=1e-12)
+        self.dropout = c.dropout
+
+    def forward(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        att, ffn = self.attention, self.ffn
+        return post_norm_block(h, _Padded, attention_mask, (att.q_lin, att.k_lin, att.v_lin), att.n_heads,
+                               att.out_lin, self.sa_layer_norm, lambda x: ffn.lin2(ffn.activation(ffn.lin1(x))),
+                               self.output_layer_norm, _drop(self, self.dropout), _drop(self, att.dropout))
+
+
+class DistilModel(_EncoderModel):
+    def __init__(self, c, act: Callable[[], nn.Module]):
+        super().__init__()
+        self.config = c
+        self.embeddings = DistilEmbeddings(c)
+        self.transformer = _Encoder([DistilBlock(c, act) for _ in range(c.n_layers)])
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> EncoderOutput:
+        return self._blocks(self.embeddings(input_ids), attention_mask, self.transformer.layer)
+
+
+# ---- a model with its LM head -------------------------------------------------------------------------
+class MaskedLM(nn.Module):
+    """A base model under its checkpoint prefix (`bert`, `roberta`, ...) and the head modules
+    next to it, named as in the checkpoint; `ties`: (head parameter, the one it shares)."""
+
+    def __init__(self, c, prefix: str, base: nn.Module, heads: dict[str, nn.Module], ties: dict[str, str]):
+        super().__init__()
+        self.config = c
+        self.prefix = prefix
+        setattr(self, prefix, base)
+        for name, module in heads.items():
+            setattr(self, name, module)
+        self.ties = ties
+
+    @property
+    def base_model(self) -> nn.Module:
+        return getattr(self, self.prefix)
+
+
+def _activation(name) -> Callable[[], nn.Module] | None:
+    return ACTIVATIONS.get(name) if isinstance(name, str) else None
+
+
+def _bert_like(c, lm_head: bool, prefix: str, positions_from_pad: bool = False) -> nn.Module | None:
+    act = _activation(c.hidden_act)
+    if act is None or getattr(c, "position_embedding_type", "absolute") != "absolute":
+        return None
+    base = BertModel(c, act, positions_from_pad)
+    base.prefix = prefix          # what a checkpoint with a head calls the base model
+    if not lm_head:
+        return base
+    emb = f"{prefix}.embeddings.word_embeddings.weight"
+    if prefix == "bert":
+        return MaskedLM(c, prefix, base, {"cls": _BertHead(c, act)}, {"cls.predictions.decoder.weight": emb})
+    if prefix == "electra":
+        gen = _Transform(c.hidden_size, c.embedding_size, nn.GELU(), c.layer_norm_eps, "activation")
+        return MaskedLM(c, prefix, base, {"generator_predictions": gen,
+                                          "generator_lm_head": _linear(c.embedding_size, c.vocab_size)},
+                        {"generator_lm_head.weight": emb})
+    return MaskedLM(c, prefix, base, {"lm_head": _RobertaHead(c)}, {"lm_head.decoder.weight": emb})
+
+
+def _distilbert(c, lm_head: bool) -> nn.Module | None:
+    act = _activation(c.activation)
+    if act is None:
+        return None
+    base = DistilModel(c, act)
+    base.prefix = "distilbert"
+    if not lm_head:
+        return base
+    heads = {"vocab_transform": _linear(c.dim, c.dim), "activation": act(),
+             "vocab_layer_norm": _norm(c.dim, eps=1e-12), "vocab_projector": _linear(c.dim, c.vocab_size)}
+    return MaskedLM(c, "distilbert", base, heads,
+                    {"vocab_projector.weight": "distilbert.embeddings.word_embeddings.weight"})
+
+
+# model_type -> (config, with an LM head?) -> the model on the meta device, or None
+BUILDERS: dict[str, Callable[..., nn.Module | None]] = {
+    "bert": lambda c, lm: _bert_like(c, lm, "bert"),
+    "roberta": lambda c, lm: _bert_like(c, lm, "roberta", positions_from_pad=True),
+    "xlm-roberta": lambda c, lm: _bert_like(c, lm, "roberta", positions_from_pad=True),
+    "camembert": lambda c, lm: _bert_like(c, lm, "roberta", positions_from_pad=True),
+    "electra": lambda c, lm: _bert_like(c, lm, "electra"),
+    "distilbert": _distilbert,
+}
+
+
+# ---- the checkpoint's tensors ----------------------------------------------------------------------
+class CheckpointError(ValueError):
+    """A checkpoint whose tensors do not make the model its config describes."""
+
+
+def read_tensors(folder: Path) -> dict[str, torch.Tensor] | None:
+    """Every tensor of a local checkpoint by name, mapped from its files (safetensors, whole or
+    sharded; else pytorch_model.bin through the weights-only loader); None if it has neither."""
+    from safetensors import safe_open
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (folder / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    elif (folder / "pytorch_model.bin").is_file():
+        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True, mmap=True)
+    else:
+        return None
+    tensors = {}
+    for name in files:
+        with safe_open(folder / name, framework="pt") as f:
+            tensors.update({k: f.get_tensor(k) for k in f.keys()})
+    return tensors
+
+
+def _own_name(key: str, prefix: str, with_head: bool) -> str:
+    """A checkpoint key as this model names it: the base prefix added or dropped as the model
+    has a head or not, TF-era LayerNorm names (gamma, beta) as torch's."""
+    if key.endswith(".gamma"):
+        key = key[:-len("gamma")] + "weight"
+    elif key.endswith(".beta"):
+        key = key[:-len("beta")] + "bias"
+    if not with_head:
+        return key.removeprefix(prefix + ".")
+    return key
+
+
+def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
+    """The checkpoint's tensors as the model's parameters, by name (mapped, not copied, where
+    the dtype is the file's), the head's output weights tied to the word embeddings as the
+    config asks. Tensors nothing reads (a pooler, position-id buffers, another head) are
+    skipped. Raises CheckpointError naming what is missing."""
+    with_head = isinstance(model, MaskedLM)
+    prefix = model.prefix
+    wanted = {k for k, _ in model.named_parameters()}
+    found = {_own_name(key, prefix, with_head): t for key, t in tensors.items()}
+    for path, head in model.named_modules():
+        if isinstance(head, _Decoder) and f"{path}.decoder.bias" not in found and f"{path}.bias" in found:
+            found[f"{path}.decoder.bias"] = found[f"{path}.bias"]
+    ties = model.ties if with_head and getattr(model.config, "tie_word_embeddings", True) else {}
+    missing = sorted(wanted - set(found) - set(ties))
+    if missing:
+        raise CheckpointError(f"the checkpoint lacks {len(missing)} tensors the model needs, e.g. {missing[:3]}")
+    state = {k: (t if t.dtype == dtype else t.to(dtype)) for k, t in found.items() if k in wanted and k not in ties}
+    model.load_state_dict(state, strict=False, assign=True)
+    for dst, src in ties.items():
+        owner, _, leaf = dst.rpartition(".")
+        setattr(model.get_submodule(owner), leaf, model.get_parameter(src))
+    return model
+
+
+def build(config, folder: str | Path, lm_head: bool, dtype: torch.dtype) -> nn.Module | None:
+    """The model of `config` with the tensors of the checkpoint in `folder`, in eval mode; None
+    where this module does not write that model (transformers loads it instead)."""
+    folder = Path(folder)
+    builder = BUILDERS.get(config.model_type)
+    if builder is None or not folder.is_dir():
+        return None
+    model = builder(config, lm_head)
+    if model is None:
+        return None
+    tensors = read_tensors(folder)
+    if tensors is None:
+        return None
+    return load_tensors(model, tensors, dtype).eval()

@@ -1,0 +1,132 @@
+"""lpt's own encoder modules (encoders.py) against transformers' models, the independent
+reference: a tiny model of each family is saved as a checkpoint folder, `Backbone.load` builds it
+without transformers' model classes, and every stage must give what transformers' model gives."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from lpt import encoders
+from lpt.backbone import Backbone, ModelLoadError
+from lpt.forward import lower_pass
+from test_backbone import _tokens, distinct_norms
+from tiny import make_backbone, random_texts, save_backbone
+
+pytestmark = pytest.mark.unit
+NATIVE = sorted(encoders.BUILDERS)
+
+
+def twin(bb: Backbone, tmp_path) -> Backbone:
+    """`bb` (transformers' model) written to a folder and loaded back by Backbone.load."""
+    return Backbone.load(save_backbone(bb, tmp_path / "model"))
+
+
+def reference(bb: Backbone, tokens, head: bool = False) -> torch.Tensor:
+    kwargs = dict(input_ids=tokens.input_ids, attention_mask=tokens.valid.long())
+    if tokens.token_type_ids is not None:
+        kwargs["token_type_ids"] = tokens.token_type_ids
+    with torch.no_grad():
+        return bb.model(**kwargs).logits if head else bb.base(**kwargs).last_hidden_state
+
+
+def test_every_bert_shaped_family_of_the_table_is_written_here():
+    from lpt.backbone import FAMILIES
+    assert set(NATIVE) == {f for f, spec in FAMILIES.items() if spec.packed_block is not None}
+
+
+@pytest.mark.parametrize("family, lm_head", [(f, True) for f in NATIVE] + [("bert", False)])
+def test_a_loaded_model_is_lpts_own_and_answers_as_transformers_does(family, lm_head, tmp_path):
+    # init 0.2: attention far from uniform, so a wrong position, mask or scale shows
+    hf = distinct_norms(make_backbone(family, lm_head=lm_head, init_range=0.2))
+    own = twin(hf, tmp_path)
+    assert type(own.model).__module__ == "lpt.encoders" and own.has_lm_head == hf.has_lm_head
+    tokens = _tokens(hf, random_texts(6, seed=1), random_texts(6, seed=2))
+    assert not tokens.valid.all() and (tokens.token_type_ids is not None) == (family in ("bert", "electra"))
+    ref = reference(hf, tokens)
+    with torch.no_grad():
+        plain = own.base(input_ids=tokens.input_ids, attention_mask=tokens.valid.long(),
+                         **({} if tokens.token_type_ids is None else {"token_type_ids": tokens.token_type_ids}))
+        staged = {k: own.run_layers(lower_pass(own, tokens, {k})[k], tokens.valid, k, own.num_layers)
+                  for k in (0, 2, own.num_layers)}
+    assert (plain.last_hidden_state - ref)[tokens.valid].abs().max() < 1e-5       # padded blocks
+    for k, h in staged.items():                                                   # packed blocks
+        assert (h - ref)[tokens.valid].abs().max() < 1e-5, f"split at {k}"
+    assert ref[tokens.valid].std() > 0.1
+    if lm_head:
+        ids = torch.tensor([5, 7, 11, 40])
+        with torch.no_grad():
+            scores = own.label_scores(staged[own.num_layers][:, 1], ids)
+        assert (scores - reference(hf, tokens, head=True)[:, 1][:, ids]).abs().max() < 1e-4
+    assert own.fingerprint() == hf.fingerprint() and own.max_positions == hf.max_positions
+
+
+@pytest.mark.parametrize("family", NATIVE)
+def test_the_output_projection_is_the_word_embeddings_and_weights_stay_mapped(family, tmp_path):
+    own = twin(make_backbone(family), tmp_path)
+    emb = own.base.get_input_embeddings().weight
+    assert own.lm_output.weight is emb
+    file = tmp_path / "model" / "model.safetensors"
+    before = file.read_bytes()
+    with torch.no_grad():          # full fine-tuning writes to the parameters: the file must not change
+        for p in own.model.parameters():
+            p.add_(1.0)
+    assert file.read_bytes() == before
+
+
+def test_a_bfloat16_load_converts_every_tensor(tmp_path):
+    own = Backbone.load(save_backbone(make_backbone("roberta"), tmp_path / "m"), dtype="bfloat16")
+    assert {p.dtype for p in own.model.parameters()} == {torch.bfloat16}
+
+
+def test_training_mode_drops_out_and_eval_mode_does_not(tmp_path):
+    own = twin(make_backbone("bert"), tmp_path)
+    h = torch.randn(2, 5, own.hidden_size)
+    block = own.layers[0]
+    with torch.no_grad():
+        assert torch.equal(block(h), block(h))
+        block.train()
+        assert not torch.equal(block(h), block(h))
+
+
+def test_a_checkpoint_missing_a_tensor_is_refused_by_name(tmp_path):
+    folder = save_backbone(make_backbone("distilbert"), tmp_path / "m")
+    tensors = load_file(f"{folder}/model.safetensors")
+    key = next(k for k in tensors if "layer.1.ffn.lin2.weight" in k)
+    save_file({k: v for k, v in tensors.items() if k != key}, f"{folder}/model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match="transformer.layer.1.ffn.lin2.weight"):
+        Backbone.load(folder)
+
+
+def test_a_checkpoint_in_older_names_loads_the_same(tmp_path):
+    """A base model saved under its prefix (from a pre-training checkpoint), LayerNorm weights
+    named as TF-era checkpoints name them (gamma, beta)."""
+    hf = distinct_norms(make_backbone("bert", lm_head=False, init_range=0.2))
+    folder = save_backbone(hf, tmp_path / "m")
+    tensors = load_file(f"{folder}/model.safetensors")
+    renamed = {"bert." + k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+               for k, v in tensors.items()}
+    assert sum(k.endswith("gamma") for k in renamed) == 2 * hf.num_layers + 1
+    save_file(renamed, f"{folder}/model.safetensors", metadata={"format": "pt"})
+    own = Backbone.load(folder)
+    tokens = _tokens(hf, random_texts(4, seed=5))
+    with torch.no_grad():
+        got = own.run_layers(lower_pass(own, tokens, {0})[0], tokens.valid, 0, own.num_layers)
+    assert (got - reference(hf, tokens))[tokens.valid].abs().max() < 1e-5
+
+
+def test_what_encoders_does_not_write_loads_through_transformers(tmp_path):
+    gpt2 = Backbone.load(save_backbone(make_backbone("gpt2"), tmp_path / "gpt2"))
+    assert type(gpt2.model).__module__.startswith("transformers.")
+    bert = make_backbone("bert")
+    bert.config.hidden_act = "quick_gelu"
+    assert type(Backbone.load(save_backbone(bert, tmp_path / "act")).model).__module__.startswith("transformers.")
+
+
+def test_serving_the_embedded_model_imports_none_of_transformers_model_code():
+    code = ("import sys; from lpt import Backbone; bb = Backbone.load('minilm'); "
+            "print(type(bb.model).__module__, sorted(m for m in sys.modules if m.startswith(("
+            "'transformers.modeling_utils', 'transformers.models.bert.modeling', 'torch._dynamo', 'sympy'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["lpt.encoders", "[]"], out.stdout + out.stderr[-2000:]
