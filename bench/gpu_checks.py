@@ -22,6 +22,7 @@ import torch
 
 from lpt import Backbone, Engine, Row, load_adapter, new_adapter
 from lpt.adapter import adapter_bytes
+from lpt.backbone import transformers_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import make_adapters  # noqa: E402
@@ -61,8 +62,9 @@ def check_rows(adapters: list, texts: list[str], max_tokens: int) -> list[Row]:
     return rows
 
 
-def staged_vs_model(bb: Backbone, rows: list[Row]) -> float:
-    """The split forward without a prompt vs the model's own forward, on the real tokens."""
+def staged_vs_model(bb: Backbone, rows: list[Row], model: torch.nn.Module) -> float:
+    """The split forward without a prompt vs `model`'s own forward (transformers' classes on the
+    same checkpoint: lpt's encoder modules answer to it), on the real tokens."""
     encs = [r.encoded for r in rows]
     tokens = pad_tokens([e.input_ids for e in encs], [e.token_type_ids for e in encs], bb.pad_id, bb.device)
     k = bb.num_layers // 2
@@ -71,7 +73,7 @@ def staged_vs_model(bb: Backbone, rows: list[Row]) -> float:
     kwargs = {"input_ids": tokens.input_ids, "attention_mask": tokens.valid.long()}
     if tokens.token_type_ids is not None:
         kwargs["token_type_ids"] = tokens.token_type_ids
-    ref = bb.base(**kwargs).last_hidden_state
+    ref = model(**kwargs).last_hidden_state
     return error(h[tokens.valid], ref[tokens.valid])
 
 
@@ -90,8 +92,10 @@ def equivalences(kit: Path, plan, texts: list[str], load_model) -> list[dict]:
         alone = [Engine(bb, cache_entries=0).logits([r])[0] for r in rows]
         half = len(rows) // 2
         split = Engine(bb, cache_entries=0).logits(rows[:half]) + Engine(bb, cache_entries=0).logits(rows[half:])
+        reference = transformers_model(str(kit / "minilm"), False, False, bb.dtype).to(bb.device)
         with torch.inference_mode():
-            staged = staged_vs_model(bb, rows)
+            staged = staged_vs_model(bb, rows, reference)
+        del reference
         same, vs_cpu = TOLERANCE[dtype]
         alike = make_adapters(bb, 16, layer=bb.num_layers // 2)
         alike_rows = check_rows(alike, texts, plan.tokens_per_row)

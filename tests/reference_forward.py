@@ -26,11 +26,11 @@ def transformers_backbone(name_or_path: str = "minilm") -> Backbone:
     family that lpt.encoders does not write, and the reference that lpt's own modules answer to."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from lpt.backbone import _has_lm_head, _transformers_model, family, resolve_model_path
+    from lpt.backbone import _has_lm_head, transformers_model, family, resolve_model_path
 
     path = resolve_model_path(name_or_path)
     config = AutoConfig.from_pretrained(path)
-    model = _transformers_model(path, _has_lm_head(config), family(config.model_type).causal, torch.float32)
+    model = transformers_model(path, _has_lm_head(config), family(config.model_type).causal, torch.float32)
     return Backbone(model, AutoTokenizer.from_pretrained(path), model_id=name_or_path)
 
 

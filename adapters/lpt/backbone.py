@@ -224,7 +224,7 @@ def _has_lm_head(config) -> bool:
     return any(a.endswith(("ForMaskedLM", "LMHeadModel", "ForCausalLM")) for a in archs)
 
 
-def _transformers_model(path: str, lm_head: bool, causal: bool, dtype: torch.dtype) -> nn.Module:
+def transformers_model(path: str, lm_head: bool, causal: bool, dtype: torch.dtype) -> nn.Module:
     """The model through transformers' own classes (and their ~110 MB of imports)."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
@@ -284,7 +284,7 @@ class Backbone(nn.Module):
         except CheckpointError as e:
             raise ModelLoadError(f"cannot load model {name_or_path!r}: {e}") from None
         if model is None:                       # a family, setting or hub id encoders.py does not load
-            model = _transformers_model(path, lm_head, spec.causal, torch_dtype)
+            model = transformers_model(path, lm_head, spec.causal, torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model_id = "minilm" if name_or_path in MINILM_ALIASES else name_or_path
         bb = cls(model, tokenizer, model_id=model_id).to(device)

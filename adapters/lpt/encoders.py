@@ -59,9 +59,13 @@ def post_norm_block(x: torch.Tensor, layout: Layout, bias: torch.Tensor | None,
     the linear layers, ~80% of the work, see only real tokens) or [B, S, d] (layout: _Padded);
     attention always runs on the padded layout under the additive mask `bias`. Dropout only
     where asked (a model in training mode)."""
-    qkv_out = layout.pad(torch.cat([lin(x) for lin in qkv], dim=-1))                     # [B, S, 3d]
-    b, s = qkv_out.shape[:2]
-    q, k, v = qkv_out.view(b, s, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    if layout is _Padded:       # each projection viewed as [B, heads, S, dh] as it is: no copy
+        b, s = x.shape[:2]
+        q, k, v = (lin(x).view(b, s, heads, -1).transpose(1, 2) for lin in qkv)
+    else:                       # packed: one scatter to the padded layout serves all three
+        qkv_out = layout.pad(torch.cat([lin(x) for lin in qkv], dim=-1))                 # [B, S, 3d]
+        b, s = qkv_out.shape[:2]
+        q, k, v = qkv_out.view(b, s, 3, heads, -1).permute(2, 0, 3, 1, 4)
     ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=attn_dropout)   # [B, heads, S, dh]
     a = attn_out(layout.pack(ctx.transpose(1, 2).reshape(b, s, -1)))
     x = norm1((F.dropout(a, dropout) if dropout else a) + x)
