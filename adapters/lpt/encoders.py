@@ -5,8 +5,8 @@ torch.distributed, torch._dynamo, sympy) for a stack of linear layers. These mod
 transformers' own attribute names (`bert.encoder.layer[i].attention.self.query`, ...), so a
 checkpoint's tensors load by their names, and everything else in lpt (the family table, the
 packed blocks, int8) serves either kind of model. `build` answers None for what is not written
-here (GPT-2, relative position embeddings, an activation not in ACTIVATIONS, a hub id): such a
-model loads through transformers.
+here (GPT-2, relative or sinusoidal position embeddings, an activation not in ACTIVATIONS, a
+hub id): such a model loads through transformers.
 
     model = build(config, folder, lm_head=True)     # config: transformers' AutoConfig object
     model.base_model.encoder.layer[0](h, attention_mask=bias)
@@ -342,7 +342,8 @@ def _activation(name) -> Callable[[], nn.Module] | None:
 
 def _bert_like(c, lm_head: bool, prefix: str, positions_from_pad: bool = False) -> nn.Module | None:
     act = _activation(c.hidden_act)
-    if act is None or getattr(c, "position_embedding_type", "absolute") != "absolute":
+    if act is None or getattr(c, "position_embedding_type", "absolute") != "absolute" or \
+            (positions_from_pad and c.pad_token_id is None) or getattr(c, "is_decoder", False):
         return None
     base = BertModel(c, act, positions_from_pad)
     base.prefix = prefix          # what a checkpoint with a head calls the base model
@@ -361,7 +362,7 @@ def _bert_like(c, lm_head: bool, prefix: str, positions_from_pad: bool = False) 
 
 def _distilbert(c, lm_head: bool) -> nn.Module | None:
     act = _activation(c.activation)
-    if act is None:
+    if act is None or getattr(c, "sinusoidal_pos_embds", False):    # those positions: not written here
         return None
     base = DistilModel(c, act)
     base.prefix = "distilbert"

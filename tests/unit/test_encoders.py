@@ -119,9 +119,15 @@ def test_a_checkpoint_in_older_names_loads_the_same(tmp_path):
 def test_what_encoders_does_not_write_loads_through_transformers(tmp_path):
     gpt2 = Backbone.load(save_backbone(make_backbone("gpt2"), tmp_path / "gpt2"))
     assert type(gpt2.model).__module__.startswith("transformers.")
-    bert = make_backbone("bert")
-    bert.config.hidden_act = "quick_gelu"
-    assert type(Backbone.load(save_backbone(bert, tmp_path / "act")).model).__module__.startswith("transformers.")
+    for family, setting, value in (("bert", "hidden_act", "quick_gelu"), ("bert", "position_embedding_type", "relative_key"),
+                                   ("distilbert", "sinusoidal_pos_embds", True), ("roberta", "pad_token_id", None),
+                                   ("bert", "is_decoder", True)):
+        hf = make_backbone(family)
+        setattr(hf.config, setting, value)
+        folder = save_backbone(hf, tmp_path / setting)
+        assert encoders.build(hf.config, folder, True, torch.float32) is None, setting
+        if setting != "pad_token_id":     # (transformers itself needs RoBERTa's pad id)
+            assert type(Backbone.load(folder).model).__module__.startswith("transformers."), setting
 
 
 def test_serving_the_embedded_model_imports_none_of_transformers_model_code():
