@@ -283,7 +283,7 @@ class Backbone(nn.Module):
             model = build(config, path, lm_head, torch_dtype)
         except CheckpointError as e:
             raise ModelLoadError(f"cannot load model {name_or_path!r}: {e}") from None
-        if model is None:                       # a family, setting or hub id encoders.py does not load
+        if model is None:                       # a family or setting encoders.py does not write
             model = transformers_model(path, lm_head, spec.causal, torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model_id = "minilm" if name_or_path in MINILM_ALIASES else name_or_path

@@ -6,7 +6,7 @@ transformers' own attribute names (`bert.encoder.layer[i].attention.self.query`,
 checkpoint's tensors load by their names, and everything else in lpt (the family table, the
 packed blocks, int8) serves either kind of model. `build` answers None for what is not written
 here (GPT-2, relative or sinusoidal position embeddings, an activation not in ACTIVATIONS, a
-hub id): such a model loads through transformers.
+hub checkpoint without safetensors weights): such a model loads through transformers.
 
     model = build(config, folder, lm_head=True)     # config: transformers' AutoConfig object
     model.base_model.encoder.layer[0](h, attention_mask=bias)
@@ -390,16 +390,34 @@ class CheckpointError(ValueError):
     """A checkpoint whose tensors do not make the model its config describes."""
 
 
+# A checkpoint's weights in the files encoders.py reads (safetensors: whole or sharded)
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors")
+
+
+def checkpoint_folder(name_or_path: str) -> Path | None:
+    """Where a checkpoint's files are: a local folder itself; for a hub id, its snapshot in the
+    Hugging Face cache, with the config and safetensors weights fetched once (from the cache
+    alone when offline). None where that fails: transformers' loader then tries, and reports."""
+    if Path(name_or_path).is_dir():
+        return Path(name_or_path)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name_or_path, allow_patterns=["config.json", *WEIGHT_FILES]))
+    except Exception:       # the hub's errors are of many kinds; transformers names the problem next
+        return None
+
+
 def read_tensors(folder: Path) -> dict[str, torch.Tensor] | None:
     """Every tensor of a local checkpoint by name, mapped from its files (safetensors, whole or
     sharded; else pytorch_model.bin through the weights-only loader); None if it has neither."""
     from safetensors import safe_open
 
-    index = folder / "model.safetensors.index.json"
+    index = folder / WEIGHT_FILES[1]
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (folder / "model.safetensors").is_file():
-        files = ["model.safetensors"]
+    elif (folder / WEIGHT_FILES[0]).is_file():
+        files = [WEIGHT_FILES[0]]
     elif (folder / "pytorch_model.bin").is_file():
         return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True, mmap=True)
     else:
@@ -447,17 +465,18 @@ def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], dtype: torc
     return model
 
 
-def build(config, folder: str | Path, lm_head: bool, dtype: torch.dtype) -> nn.Module | None:
-    """The model of `config` with the tensors of the checkpoint in `folder`, in eval mode; None
-    where this module does not write that model (transformers loads it instead)."""
-    folder = Path(folder)
+def build(config, name_or_path: str | Path, lm_head: bool, dtype: torch.dtype) -> nn.Module | None:
+    """The model of `config` with the tensors of the checkpoint at `name_or_path` (a folder or a
+    hub id), in eval mode; None where this module does not write that model or finds no
+    safetensors weights (transformers loads it instead)."""
     builder = BUILDERS.get(config.model_type)
-    if builder is None or not folder.is_dir():
+    if builder is None:
         return None
     model = builder(config, lm_head)
     if model is None:
         return None
-    tensors = read_tensors(folder)
+    folder = checkpoint_folder(str(name_or_path))
+    tensors = read_tensors(folder) if folder is not None else None
     if tensors is None:
         return None
     return load_tensors(model, tensors, dtype).eval()

@@ -1,6 +1,7 @@
 """lpt's own encoder modules (encoders.py) against transformers' models, the independent
 reference: a tiny model of each family is saved as a checkpoint folder, `Backbone.load` builds it
 without transformers' model classes, and every stage must give what transformers' model gives."""
+import os
 import subprocess
 import sys
 
@@ -128,6 +129,21 @@ def test_what_encoders_does_not_write_loads_through_transformers(tmp_path):
         assert encoders.build(hf.config, folder, True, torch.float32) is None, setting
         if setting != "pad_token_id":     # (transformers itself needs RoBERTa's pad id)
             assert type(Backbone.load(folder).model).__module__.startswith("transformers."), setting
+
+
+def test_a_hub_id_loads_from_its_cached_snapshot_into_lpts_modules(tmp_path):
+    """A Hugging Face id resolves to its snapshot in the cache (offline here: the cache laid out
+    as the hub client writes it) and builds lpt's modules, as a local folder does."""
+    snapshot = tmp_path / "hub" / "models--lpt-test--tiny-bert" / "snapshots" / ("0" * 40)
+    hf = make_backbone("bert", init_range=0.2)
+    save_backbone(hf, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    code = ("import torch; from lpt import Backbone; bb = Backbone.load('lpt-test/tiny-bert'); "
+            "print(type(bb.model).__module__, bb.fingerprint()['weights_sha256'])")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.stdout.split() == ["lpt.encoders", hf.fingerprint()["weights_sha256"]], out.stdout + out.stderr[-2000:]
 
 
 def test_serving_the_embedded_model_imports_none_of_transformers_model_code():
