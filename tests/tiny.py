@@ -103,3 +103,9 @@ def save_backbone(bb: Backbone, path) -> str:
     bb.model.save_pretrained(path)
     bb.tokenizer.save_pretrained(path)
     return str(path)
+
+
+def own_twin(bb: Backbone, folder) -> Backbone:
+    """`bb` written to a folder and loaded back by `Backbone.load`: the same weights in lpt's own
+    modules (lpt/encoders.py) for the BERT-shaped families, as a server loads them."""
+    return Backbone.load(save_backbone(bb, folder))

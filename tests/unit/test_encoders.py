@@ -13,15 +13,14 @@ from lpt import encoders
 from lpt.backbone import Backbone, ModelLoadError
 from lpt.forward import lower_pass
 from test_backbone import _tokens, distinct_norms
-from tiny import make_backbone, random_texts, save_backbone
+from tiny import make_backbone, own_twin, random_texts, save_backbone
 
 pytestmark = pytest.mark.unit
 NATIVE = sorted(encoders.BUILDERS)
 
 
 def twin(bb: Backbone, tmp_path) -> Backbone:
-    """`bb` (transformers' model) written to a folder and loaded back by Backbone.load."""
-    return Backbone.load(save_backbone(bb, tmp_path / "model"))
+    return own_twin(bb, tmp_path / "model")
 
 
 def reference(bb: Backbone, tokens, head: bool = False) -> torch.Tensor:

@@ -8,7 +8,7 @@ from lpt import load_adapter, read_adapter
 from lpt.methods import build_method
 from lpt.training import (TrainConfig, accuracy, batch_loss, cache_splits, length_grouped_batches,
                           linear_warmup_decay, make_split, param_groups, train)
-from tiny import make_backbone
+from tiny import make_backbone, own_twin
 from training_helpers import toy_examples
 
 pytestmark = pytest.mark.unit
@@ -129,9 +129,14 @@ def test_trained_adapter_round_trips_through_the_file(tmp_path):
     assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("own", [False, True], ids=["transformers", "own-modules"])
 @pytest.mark.parametrize("method", ["probe", "finetune", "prompt-tuning", "static"])
-def test_every_method_trains_what_it_should(method):
+def test_every_method_trains_what_it_should(method, own, tmp_path):
+    """On transformers' modules and on lpt's own (the weights mapped from their file: fine-tuning
+    writes to private pages)."""
     bb = make_backbone("bert", lm_head=False)
+    if own:
+        bb = own_twin(bb, tmp_path / "model")
     backbone_before = [p.clone() for p in bb.model.parameters()]
     ex = toy_examples(16)
     result = train(bb, ex, ex, LABELS, TrainConfig(method=method, epochs=2, batch_size=8), task="toy",
