@@ -196,13 +196,13 @@ class _EncoderModel(nn.Module):
 
 
 class BertModel(_EncoderModel):
-    """BERT's encoder (and RoBERTa's, ELECTRA's: `positions_from_pad`, an embedding width of its
-    own projected to the hidden size). No pooler: nothing here reads it."""
+    """BERT's encoder (and RoBERTa's: `positions_from_pad`; ELECTRA's: an embedding `width` of
+    its own projected to the hidden size). No pooler: nothing here reads it."""
 
-    def __init__(self, c, act: Callable[[], nn.Module], positions_from_pad: bool = False):
+    def __init__(self, c, act: Callable[[], nn.Module], positions_from_pad: bool = False, width: int | None = None):
         super().__init__()
         self.config = c
-        width = getattr(c, "embedding_size", c.hidden_size)
+        width = width or c.hidden_size
         self.embeddings = BertEmbeddings(c, width, positions_from_pad)
         if width != c.hidden_size:
             self.embeddings_project = _linear(width, c.hidden_size)
@@ -345,7 +345,8 @@ def _bert_like(c, lm_head: bool, prefix: str, positions_from_pad: bool = False) 
     if act is None or getattr(c, "position_embedding_type", "absolute") != "absolute" or \
             (positions_from_pad and c.pad_token_id is None) or getattr(c, "is_decoder", False):
         return None
-    base = BertModel(c, act, positions_from_pad)
+    # only ELECTRA reads embedding_size (a stray one in another family's config means nothing)
+    base = BertModel(c, act, positions_from_pad, c.embedding_size if prefix == "electra" else None)
     base.prefix = prefix          # what a checkpoint with a head calls the base model
     if not lm_head:
         return base
@@ -409,24 +410,28 @@ def checkpoint_folder(name_or_path: str) -> Path | None:
 
 
 def read_tensors(folder: Path) -> dict[str, torch.Tensor] | None:
-    """Every tensor of a local checkpoint by name, mapped from its files (safetensors, whole or
-    sharded; else pytorch_model.bin through the weights-only loader); None if it has neither."""
-    from safetensors import safe_open
+    """Every tensor of a local checkpoint by name, mapped from its files, in transformers' order
+    of preference: model.safetensors, sharded safetensors, pytorch_model.bin (through the
+    weights-only loader). None if it has none of them or they cannot be read as such (a
+    missing shard, a pre-zip .bin): transformers' loader then tries."""
+    from safetensors import SafetensorError, safe_open
 
-    index = folder / WEIGHT_FILES[1]
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (folder / WEIGHT_FILES[0]).is_file():
-        files = [WEIGHT_FILES[0]]
-    elif (folder / "pytorch_model.bin").is_file():
-        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True, mmap=True)
-    else:
+    try:
+        if (folder / WEIGHT_FILES[0]).is_file():
+            files = [WEIGHT_FILES[0]]
+        elif (folder / WEIGHT_FILES[1]).is_file():
+            files = sorted(set(json.loads((folder / WEIGHT_FILES[1]).read_text())["weight_map"].values()))
+        elif (folder / "pytorch_model.bin").is_file():
+            return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True, mmap=True)
+        else:
+            return None
+        tensors = {}
+        for name in files:
+            with safe_open(folder / name, framework="pt") as f:
+                tensors.update({k: f.get_tensor(k) for k in f.keys()})
+        return tensors
+    except (OSError, RuntimeError, ValueError, KeyError, SafetensorError):
         return None
-    tensors = {}
-    for name in files:
-        with safe_open(folder / name, framework="pt") as f:
-            tensors.update({k: f.get_tensor(k) for k in f.keys()})
-    return tensors
 
 
 def _own_name(key: str, prefix: str, with_head: bool) -> str:
@@ -444,7 +449,7 @@ def _own_name(key: str, prefix: str, with_head: bool) -> str:
 def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
     """The checkpoint's tensors as the model's parameters, by name (mapped, not copied, where
     the dtype is the file's), the head's output weights tied to the word embeddings as the
-    config asks. Tensors nothing reads (a pooler, position-id buffers, another head) are
+    config asks (unless the checkpoint holds other values for them). Tensors nothing reads (a pooler, position-id buffers, another head) are
     skipped. Raises CheckpointError naming what is missing."""
     with_head = isinstance(model, MaskedLM)
     prefix = model.prefix
@@ -454,6 +459,9 @@ def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], dtype: torc
         if isinstance(head, _Decoder) and f"{path}.decoder.bias" not in found and f"{path}.bias" in found:
             found[f"{path}.decoder.bias"] = found[f"{path}.bias"]
     ties = model.ties if with_head and getattr(model.config, "tie_word_embeddings", True) else {}
+    # as transformers: a head weight of its own in the checkpoint that differs stays untied
+    ties = {dst: src for dst, src in ties.items()
+            if dst not in found or (src in found and torch.equal(found[dst], found[src]))}
     missing = sorted(wanted - set(found) - set(ties))
     if missing:
         raise CheckpointError(f"the checkpoint lacks {len(missing)} tensors the model needs, e.g. {missing[:3]}")

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from lpt import encoders
 from lpt.backbone import Backbone, ModelLoadError
 from lpt.forward import lower_pass
+from reference_forward import transformers_backbone
 from test_backbone import _tokens, distinct_norms
 from tiny import make_backbone, own_twin, random_texts, save_backbone
 
@@ -97,6 +98,55 @@ def test_a_checkpoint_missing_a_tensor_is_refused_by_name(tmp_path):
     save_file({k: v for k, v in tensors.items() if k != key}, f"{folder}/model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ModelLoadError, match="transformer.layer.1.ffn.lin2.weight"):
         Backbone.load(folder)
+
+
+HEADS = {"bert": "cls.predictions.decoder.weight", "roberta": "lm_head.decoder.weight",
+         "distilbert": "vocab_projector.weight", "electra": "generator_lm_head.weight"}
+
+
+@pytest.mark.parametrize("family", sorted(HEADS))
+def test_an_output_projection_of_its_own_in_the_checkpoint_stays_its_own(family, tmp_path):
+    """The config says tied (the default) but the file holds other values: transformers keeps
+    them, and so does lpt."""
+    folder = save_backbone(make_backbone(family, init_range=0.2), tmp_path / "m")
+    tensors = load_file(f"{folder}/model.safetensors")
+    emb = next(k for k in tensors if k.endswith("word_embeddings.weight"))
+    torch.manual_seed(0)
+    tensors[HEADS[family]] = tensors[emb] + 0.3 * torch.randn_like(tensors[emb])
+    save_file(tensors, f"{folder}/model.safetensors", metadata={"format": "pt"})
+    own, ref = Backbone.load(folder), transformers_backbone(folder)
+    assert type(own.model).__module__ == "lpt.encoders" and own.lm_output.weight is not own.base.get_input_embeddings().weight
+    tokens = _tokens(ref, random_texts(3, seed=3))
+    ids = torch.tensor([5, 7, 11, 40])
+    with torch.no_grad():
+        h = own.run_layers(lower_pass(own, tokens, {0})[0], tokens.valid, 0, own.num_layers)
+        scores = own.label_scores(h[:, 1], ids)
+    assert (scores - reference(ref, tokens, head=True)[:, 1][:, ids]).abs().max() < 1e-4
+
+
+def test_the_weight_files_are_read_in_transformers_order_and_unreadable_ones_left_to_it(tmp_path):
+    """Saved twice into one folder, one file after shards: transformers reads model.safetensors
+    (the shards' index stays behind, its shards gone), and so does lpt. A checkpoint lpt cannot
+    read loads through transformers."""
+    folder = tmp_path / "m"
+    make_backbone("bert", seed=1).model.save_pretrained(folder, max_shard_size="20KB")
+    assert (folder / "model.safetensors.index.json").is_file()
+    hf = make_backbone("bert", seed=0)
+    save_backbone(hf, folder)
+    own = Backbone.load(str(folder))
+    assert type(own.model).__module__ == "lpt.encoders" and own.fingerprint() == hf.fingerprint()
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    assert encoders.read_tensors(folder) is None
+
+
+def test_a_stray_embedding_size_means_nothing_outside_electra(tmp_path):
+    hf = make_backbone("roberta", init_range=0.2)
+    hf.config.embedding_size = 16                 # transformers' RoBERTa never reads it
+    own = Backbone.load(save_backbone(hf, tmp_path / "m"))
+    tokens = _tokens(hf, random_texts(3, seed=4))
+    with torch.no_grad():
+        got = own.run_layers(lower_pass(own, tokens, {0})[0], tokens.valid, 0, own.num_layers)
+    assert (got - reference(hf, tokens))[tokens.valid].abs().max() < 1e-5
 
 
 def test_a_checkpoint_in_older_names_loads_the_same(tmp_path):
