@@ -23,7 +23,7 @@ from lpt import Backbone, LatePrompt
 
 def transformers_backbone(name_or_path: str = "minilm") -> Backbone:
     """The checkpoint through transformers' own model classes: what `Backbone.load` gives a
-    family that lpt.encoders does not write, and the reference that lpt's own modules answer to."""
+    family that lpt.models does not write, and the reference that lpt's own modules answer to."""
     from transformers import AutoConfig, AutoTokenizer
 
     from lpt.backbone import _has_lm_head, transformers_model, family, resolve_model_path

@@ -107,5 +107,5 @@ def save_backbone(bb: Backbone, path) -> str:
 
 def own_twin(bb: Backbone, folder) -> Backbone:
     """`bb` written to a folder and loaded back by `Backbone.load`: the same weights in lpt's own
-    modules (lpt/encoders.py) for the BERT-shaped families, as a server loads them."""
+    modules (lpt/models.py) for every family, as a server loads them."""
     return Backbone.load(save_backbone(bb, folder))

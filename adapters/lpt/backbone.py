@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoders import CheckpointError, build, post_norm_block
+from .models import CheckpointError, build, post_norm_block
 from .quantize import INT8, Int8Linear, quantize_blocks
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -110,7 +110,7 @@ class Packing:
 
 
 def _bert_block_packed(block: nn.Module, x: torch.Tensor, p: Packing) -> torch.Tensor:
-    """A BERT-shaped block (transformers' or encoders.py's) on packed tokens; eval mode only."""
+    """A BERT-shaped block (transformers' or models.py's) on packed tokens; eval mode only."""
     att, mid, out = block.attention.self, block.intermediate, block.output
     return post_norm_block(x, p, p.bias, (att.query, att.key, att.value), att.num_attention_heads,
                            block.attention.output.dense, block.attention.output.LayerNorm,
@@ -283,7 +283,7 @@ class Backbone(nn.Module):
             model = build(config, path, lm_head, torch_dtype)
         except CheckpointError as e:
             raise ModelLoadError(f"cannot load model {name_or_path!r}: {e}") from None
-        if model is None:                       # a family or setting encoders.py does not write
+        if model is None:                       # a family or setting models.py does not write
             model = transformers_model(path, lm_head, spec.causal, torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model_id = "minilm" if name_or_path in MINILM_ALIASES else name_or_path

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .models import Conv1D as OwnConv1D
+
 INT8 = "int8"
 QMAX = 127                 # symmetric: -127..127 (activations; weights where the CPU allows)
 
@@ -29,7 +31,7 @@ def _weight(module: nn.Module) -> torch.Tensor | None:
     """The [out, in] weight of a linear layer (nn.Linear, or GPT-2's Conv1D stored [in, out])."""
     if isinstance(module, nn.Linear):
         return module.weight
-    if isinstance(module, Conv1D):
+    if isinstance(module, (Conv1D, OwnConv1D)):
         return module.weight.t()
     return None
 
@@ -49,7 +51,7 @@ class Int8Linear(nn.Module):
 
     @classmethod
     def of(cls, module: nn.Module, weight_max: int = QMAX) -> "Int8Linear | None":
-        """An nn.Linear, or transformers' Conv1D (GPT-2: the same product, weight stored [in, out]),
+        """An nn.Linear, or a Conv1D (GPT-2's, transformers' or lpt's: the same product, weight stored [in, out]),
         as an Int8Linear; None for any other module."""
         weight = _weight(module)
         return None if weight is None else cls(weight, module.bias, weight_max)

@@ -26,7 +26,7 @@ def hf():
 
 
 def test_the_server_runs_lpts_own_encoder_and_the_reference_is_transformers(bb, hf):
-    assert type(bb.model).__module__ == "lpt.encoders"
+    assert type(bb.model).__module__ == "lpt.models"
     assert type(hf.model).__module__.startswith("transformers.")
 
 

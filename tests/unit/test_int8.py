@@ -12,7 +12,7 @@ from lpt import Engine, Row, new_adapter
 from lpt.backbone import FAMILIES, Backbone, ModelLoadError
 from lpt.quantize import INT8, Int8Linear, weight_range
 from reference_forward import reference_logits
-from tiny import make_backbone, random_texts, save_backbone
+from tiny import make_backbone, own_twin, random_texts, save_backbone
 
 pytestmark = pytest.mark.unit
 
@@ -58,13 +58,16 @@ def test_gpt2s_conv1d_is_the_same_product():
     assert Int8Linear.of(nn.LayerNorm(4)) is None
 
 
+@pytest.mark.parametrize("own", [False, True], ids=["transformers", "own-modules"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_every_linear_layer_of_the_blocks_and_nothing_else_turns_int8(family):
+def test_every_linear_layer_of_the_blocks_and_nothing_else_turns_int8(family, own, tmp_path):
     float_bb, bb = make_backbone(family), make_backbone(family)
+    if own:                      # as a server loads it: lpt's own modules (GPT-2: its own Conv1D)
+        bb = own_twin(bb, tmp_path / "model")
     assert bb.to_int8() is bb and bb.precision == INT8 and bb.dtype == torch.float32
     per_block = {"gpt2": 4}.get(family, 6)        # q, k, v, out, up, down (GPT-2: c_attn, c_proj, c_fc, c_proj)
     assert sum(isinstance(m, Int8Linear) for m in bb.layers.modules()) == per_block * bb.num_layers
-    assert not any(isinstance(m, (nn.Linear, quantize.Conv1D)) for m in bb.layers.modules())
+    assert not any(isinstance(m, (nn.Linear, quantize.Conv1D, quantize.OwnConv1D)) for m in bb.layers.modules())
     outside = [m for name, m in bb.model.named_modules() if not name.startswith(_blocks_path(bb))]
     assert not any(isinstance(m, Int8Linear) for m in outside)
     assert bb.fingerprint() == float_bb.fingerprint()      # adapters trained on the float model still load

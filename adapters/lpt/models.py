@@ -1,14 +1,15 @@
-"""The BERT-shaped encoder families in plain torch, built from a checkpoint's config and files.
+"""Every model family lpt supports, in plain torch, built from a checkpoint's config and files.
 
 Importing transformers' model code costs a process ~110 MB and 1.6 s (about 1,500 modules:
 torch.distributed, torch._dynamo, sympy) for a stack of linear layers. These modules carry
-transformers' own attribute names (`bert.encoder.layer[i].attention.self.query`, ...), so a
-checkpoint's tensors load by their names, and everything else in lpt (the family table, the
-packed blocks, int8) serves either kind of model. `build` answers None for what is not written
-here (GPT-2, relative or sinusoidal position embeddings, an activation not in ACTIVATIONS, a
-hub checkpoint without safetensors weights): such a model loads through transformers.
+transformers' own attribute names (`bert.encoder.layer[i].attention.self.query`, `h[i].attn.c_attn`,
+...), so a checkpoint's tensors load by their names, and everything else in lpt (the family
+table, the packed blocks, int8, training) serves either kind of model. `build` answers None for
+what is not written here (relative or sinusoidal position embeddings, an activation not in
+ACTIVATIONS, GPT-2's attention variants, a hub checkpoint without safetensors weights): such a
+model loads through transformers.
 
-    model = build(config, folder, lm_head=True)     # config: transformers' AutoConfig object
+    model = build(config, folder, lm_head=True, dtype=torch.float32)   # config: transformers' AutoConfig
     model.base_model.encoder.layer[0](h, attention_mask=bias)
 
 Weights stay mapped from the checkpoint file (safetensors) until a dtype or device asks for a
@@ -317,8 +318,91 @@ class DistilModel(_EncoderModel):
         return self._blocks(self.embeddings(input_ids), attention_mask, self.transformer.layer)
 
 
+# ---- GPT-2 ------------------------------------------------------------------------------------------
+class Conv1D(nn.Module):
+    """GPT-2's linear layer (transformers' Conv1D): y = x W + b, W stored [in, out] as in the checkpoint."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(d_in, d_out, device="meta"))
+        self.bias = nn.Parameter(torch.empty(d_out, device="meta"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(*x.shape[:-1], -1)
+
+
+class GPT2Attention(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.c_attn = Conv1D(c.n_embd, 3 * c.n_embd)
+        self.c_proj = Conv1D(c.n_embd, c.n_embd)
+        self.n_head = c.n_head
+        self.scale = None if c.scale_attn_weights else 1.0      # None: SDPA's 1/sqrt(head size)
+        self.attn_dropout, self.resid_dropout = c.attn_pdrop, c.resid_pdrop
+
+    def forward(self, h: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        b, s, d = h.shape
+        q, k, v = (t.view(b, s, self.n_head, -1).transpose(1, 2) for t in self.c_attn(h).split(d, dim=2))
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=_drop(self, self.attn_dropout),
+                                             scale=self.scale)
+        return F.dropout(self.c_proj(ctx.transpose(1, 2).reshape(b, s, d)), _drop(self, self.resid_dropout))
+
+
+class GPT2MLP(nn.Module):
+    def __init__(self, c, act: nn.Module):
+        super().__init__()
+        inner = c.n_inner or 4 * c.n_embd
+        self.c_fc, self.c_proj, self.act = Conv1D(c.n_embd, inner), Conv1D(inner, c.n_embd), act
+        self.dropout = c.resid_pdrop
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.dropout(self.c_proj(self.act(self.c_fc(h))), _drop(self, self.dropout))
+
+
+class GPT2Block(nn.Module):
+    """A pre-norm decoder block: x + attention(norm(x)), then x + MLP(norm(x))."""
+
+    def __init__(self, c, act: Callable[[], nn.Module]):
+        super().__init__()
+        self.ln_1 = _norm(c.n_embd, c.layer_norm_epsilon)
+        self.attn = GPT2Attention(c)
+        self.ln_2 = _norm(c.n_embd, c.layer_norm_epsilon)
+        self.mlp = GPT2MLP(c, act())
+
+    def forward(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """h [B, S, d]; attention_mask additive [B, 1, S, S] (causal, from Backbone.attention_bias)."""
+        h = h + self.attn(self.ln_1(h), attention_mask)
+        return h + self.mlp(self.ln_2(h))
+
+
+class GPT2Model(_EncoderModel):
+    def __init__(self, c, act: Callable[[], nn.Module]):
+        super().__init__()
+        self.config = c
+        self.wte = _embedding(c.vocab_size, c.n_embd)
+        self.wpe = _embedding(c.n_positions, c.n_embd)
+        self.drop = nn.Dropout(c.embd_pdrop)
+        self.h = nn.ModuleList(GPT2Block(c, act) for _ in range(c.n_layer))
+        self.ln_f = _norm(c.n_embd, c.layer_norm_epsilon)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.wte
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> EncoderOutput:
+        """The plain decoder, causal (and right-padded keys masked), with its final norm."""
+        s = input_ids.shape[1]
+        h = self.drop(self.wte(input_ids) + self.wpe(torch.arange(s, device=input_ids.device))[None])
+        keys = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        allowed = keys[:, None, None, :] & torch.ones(s, s, dtype=torch.bool, device=h.device).tril()
+        zero = torch.zeros((), dtype=h.dtype, device=h.device)
+        bias = torch.where(allowed, zero, torch.finfo(h.dtype).min)
+        for block in self.h:
+            h = block(h, attention_mask=bias)
+        return EncoderOutput(self.ln_f(h))
+
+
 # ---- a model with its LM head -------------------------------------------------------------------------
-class MaskedLM(nn.Module):
+class WithLMHead(nn.Module):
     """A base model under its checkpoint prefix (`bert`, `roberta`, ...) and the head modules
     next to it, named as in the checkpoint; `ties`: (head parameter, the one it shares)."""
 
@@ -352,13 +436,13 @@ def _bert_like(c, lm_head: bool, prefix: str, positions_from_pad: bool = False) 
         return base
     emb = f"{prefix}.embeddings.word_embeddings.weight"
     if prefix == "bert":
-        return MaskedLM(c, prefix, base, {"cls": _BertHead(c, act)}, {"cls.predictions.decoder.weight": emb})
+        return WithLMHead(c, prefix, base, {"cls": _BertHead(c, act)}, {"cls.predictions.decoder.weight": emb})
     if prefix == "electra":
         gen = _Transform(c.hidden_size, c.embedding_size, nn.GELU(), c.layer_norm_eps, "activation")
-        return MaskedLM(c, prefix, base, {"generator_predictions": gen,
+        return WithLMHead(c, prefix, base, {"generator_predictions": gen,
                                           "generator_lm_head": _linear(c.embedding_size, c.vocab_size)},
                         {"generator_lm_head.weight": emb})
-    return MaskedLM(c, prefix, base, {"lm_head": _RobertaHead(c)}, {"lm_head.decoder.weight": emb})
+    return WithLMHead(c, prefix, base, {"lm_head": _RobertaHead(c)}, {"lm_head.decoder.weight": emb})
 
 
 def _distilbert(c, lm_head: bool) -> nn.Module | None:
@@ -371,8 +455,20 @@ def _distilbert(c, lm_head: bool) -> nn.Module | None:
         return base
     heads = {"vocab_transform": _linear(c.dim, c.dim), "activation": act(),
              "vocab_layer_norm": _norm(c.dim, eps=1e-12), "vocab_projector": _linear(c.dim, c.vocab_size)}
-    return MaskedLM(c, "distilbert", base, heads,
+    return WithLMHead(c, "distilbert", base, heads,
                     {"vocab_projector.weight": "distilbert.embeddings.word_embeddings.weight"})
+
+
+def _gpt2(c, lm_head: bool) -> nn.Module | None:
+    act = _activation(c.activation_function)
+    if act is None or c.scale_attn_by_inverse_layer_idx or c.reorder_and_upcast_attn or c.add_cross_attention:
+        return None
+    base = GPT2Model(c, act)
+    base.prefix = "transformer"
+    if not lm_head:
+        return base
+    head = nn.Linear(c.n_embd, c.vocab_size, bias=False, device="meta")
+    return WithLMHead(c, "transformer", base, {"lm_head": head}, {"lm_head.weight": "transformer.wte.weight"})
 
 
 # model_type -> (config, with an LM head?) -> the model on the meta device, or None
@@ -383,6 +479,7 @@ BUILDERS: dict[str, Callable[..., nn.Module | None]] = {
     "camembert": lambda c, lm: _bert_like(c, lm, "roberta", positions_from_pad=True),
     "electra": lambda c, lm: _bert_like(c, lm, "electra"),
     "distilbert": _distilbert,
+    "gpt2": _gpt2,
 }
 
 
@@ -391,7 +488,7 @@ class CheckpointError(ValueError):
     """A checkpoint whose tensors do not make the model its config describes."""
 
 
-# A checkpoint's weights in the files encoders.py reads (safetensors: whole or sharded)
+# A checkpoint's weights in the files read here (safetensors: whole or sharded)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors")
 
 
@@ -451,7 +548,7 @@ def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], dtype: torc
     the dtype is the file's), the head's output weights tied to the word embeddings as the
     config asks (unless the checkpoint holds other values for them). Tensors nothing reads (a pooler, position-id buffers, another head) are
     skipped. Raises CheckpointError naming what is missing."""
-    with_head = isinstance(model, MaskedLM)
+    with_head = isinstance(model, WithLMHead)
     prefix = model.prefix
     wanted = {k for k, _ in model.named_parameters()}
     found = {_own_name(key, prefix, with_head): t for key, t in tensors.items()}

@@ -1,4 +1,4 @@
-"""lpt's own encoder modules (encoders.py) against transformers' models, the independent
+"""lpt's own model modules (lpt/models.py) against transformers' models, the independent
 reference: a tiny model of each family is saved as a checkpoint folder, `Backbone.load` builds it
 without transformers' model classes, and every stage must give what transformers' model gives."""
 import os
@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lpt import encoders
+from lpt import models
 from lpt.backbone import Backbone, ModelLoadError
 from lpt.forward import lower_pass
 from reference_forward import transformers_backbone
@@ -17,7 +17,7 @@ from test_backbone import _tokens, distinct_norms
 from tiny import make_backbone, own_twin, random_texts, save_backbone
 
 pytestmark = pytest.mark.unit
-NATIVE = sorted(encoders.BUILDERS)
+NATIVE = sorted(models.BUILDERS)
 
 
 def twin(bb: Backbone, tmp_path) -> Backbone:
@@ -32,9 +32,9 @@ def reference(bb: Backbone, tokens, head: bool = False) -> torch.Tensor:
         return bb.model(**kwargs).logits if head else bb.base(**kwargs).last_hidden_state
 
 
-def test_every_bert_shaped_family_of_the_table_is_written_here():
+def test_every_family_of_the_table_is_written_here():
     from lpt.backbone import FAMILIES
-    assert set(NATIVE) == {f for f, spec in FAMILIES.items() if spec.packed_block is not None}
+    assert set(NATIVE) == set(FAMILIES)
 
 
 @pytest.mark.parametrize("family, lm_head", [(f, True) for f in NATIVE] + [("bert", False)])
@@ -42,14 +42,14 @@ def test_a_loaded_model_is_lpts_own_and_answers_as_transformers_does(family, lm_
     # init 0.2: attention far from uniform, so a wrong position, mask or scale shows
     hf = distinct_norms(make_backbone(family, lm_head=lm_head, init_range=0.2))
     own = twin(hf, tmp_path)
-    assert type(own.model).__module__ == "lpt.encoders" and own.has_lm_head == hf.has_lm_head
-    tokens = _tokens(hf, random_texts(6, seed=1), random_texts(6, seed=2))
+    assert type(own.model).__module__ == "lpt.models" and own.has_lm_head == hf.has_lm_head
+    tokens = _tokens(hf, random_texts(6, seed=1), None if hf.causal else random_texts(6, seed=2))
     assert not tokens.valid.all() and (tokens.token_type_ids is not None) == (family in ("bert", "electra"))
     ref = reference(hf, tokens)
     with torch.no_grad():
         plain = own.base(input_ids=tokens.input_ids, attention_mask=tokens.valid.long(),
                          **({} if tokens.token_type_ids is None else {"token_type_ids": tokens.token_type_ids}))
-        staged = {k: own.run_layers(lower_pass(own, tokens, {k})[k], tokens.valid, k, own.num_layers)
+        staged = {k: own.final_norm(own.run_layers(lower_pass(own, tokens, {k})[k], tokens.valid, k, own.num_layers))
                   for k in (0, 2, own.num_layers)}
     assert (plain.last_hidden_state - ref)[tokens.valid].abs().max() < 1e-5       # padded blocks
     for k, h in staged.items():                                                   # packed blocks
@@ -101,7 +101,7 @@ def test_a_checkpoint_missing_a_tensor_is_refused_by_name(tmp_path):
 
 
 HEADS = {"bert": "cls.predictions.decoder.weight", "roberta": "lm_head.decoder.weight",
-         "distilbert": "vocab_projector.weight", "electra": "generator_lm_head.weight"}
+         "distilbert": "vocab_projector.weight", "electra": "generator_lm_head.weight", "gpt2": "lm_head.weight"}
 
 
 @pytest.mark.parametrize("family", sorted(HEADS))
@@ -110,16 +110,16 @@ def test_an_output_projection_of_its_own_in_the_checkpoint_stays_its_own(family,
     them, and so does lpt."""
     folder = save_backbone(make_backbone(family, init_range=0.2), tmp_path / "m")
     tensors = load_file(f"{folder}/model.safetensors")
-    emb = next(k for k in tensors if k.endswith("word_embeddings.weight"))
+    emb = next(k for k in tensors if k.endswith(("word_embeddings.weight", "wte.weight")))
     torch.manual_seed(0)
     tensors[HEADS[family]] = tensors[emb] + 0.3 * torch.randn_like(tensors[emb])
     save_file(tensors, f"{folder}/model.safetensors", metadata={"format": "pt"})
     own, ref = Backbone.load(folder), transformers_backbone(folder)
-    assert type(own.model).__module__ == "lpt.encoders" and own.lm_output.weight is not own.base.get_input_embeddings().weight
+    assert type(own.model).__module__ == "lpt.models" and own.lm_output.weight is not own.base.get_input_embeddings().weight
     tokens = _tokens(ref, random_texts(3, seed=3))
     ids = torch.tensor([5, 7, 11, 40])
     with torch.no_grad():
-        h = own.run_layers(lower_pass(own, tokens, {0})[0], tokens.valid, 0, own.num_layers)
+        h = own.final_norm(own.run_layers(lower_pass(own, tokens, {0})[0], tokens.valid, 0, own.num_layers))
         scores = own.label_scores(h[:, 1], ids)
     assert (scores - reference(ref, tokens, head=True)[:, 1][:, ids]).abs().max() < 1e-4
 
@@ -134,9 +134,9 @@ def test_the_weight_files_are_read_in_transformers_order_and_unreadable_ones_lef
     hf = make_backbone("bert", seed=0)
     save_backbone(hf, folder)
     own = Backbone.load(str(folder))
-    assert type(own.model).__module__ == "lpt.encoders" and own.fingerprint() == hf.fingerprint()
+    assert type(own.model).__module__ == "lpt.models" and own.fingerprint() == hf.fingerprint()
     (folder / "model.safetensors").write_bytes(b"not a safetensors file")
-    assert encoders.read_tensors(folder) is None
+    assert models.read_tensors(folder) is None
 
 
 def test_a_stray_embedding_size_means_nothing_outside_electra(tmp_path):
@@ -166,16 +166,15 @@ def test_a_checkpoint_in_older_names_loads_the_same(tmp_path):
     assert (got - reference(hf, tokens))[tokens.valid].abs().max() < 1e-5
 
 
-def test_what_encoders_does_not_write_loads_through_transformers(tmp_path):
-    gpt2 = Backbone.load(save_backbone(make_backbone("gpt2"), tmp_path / "gpt2"))
-    assert type(gpt2.model).__module__.startswith("transformers.")
+def test_what_lpt_does_not_write_loads_through_transformers(tmp_path):
     for family, setting, value in (("bert", "hidden_act", "quick_gelu"), ("bert", "position_embedding_type", "relative_key"),
                                    ("distilbert", "sinusoidal_pos_embds", True), ("roberta", "pad_token_id", None),
-                                   ("bert", "is_decoder", True)):
+                                   ("bert", "is_decoder", True), ("gpt2", "scale_attn_by_inverse_layer_idx", True),
+                                   ("gpt2", "reorder_and_upcast_attn", True)):
         hf = make_backbone(family)
         setattr(hf.config, setting, value)
         folder = save_backbone(hf, tmp_path / setting)
-        assert encoders.build(hf.config, folder, True, torch.float32) is None, setting
+        assert models.build(hf.config, folder, True, torch.float32) is None, setting
         if setting != "pad_token_id":     # (transformers itself needs RoBERTa's pad id)
             assert type(Backbone.load(folder).model).__module__.startswith("transformers."), setting
 
@@ -192,7 +191,7 @@ def test_a_hub_id_loads_from_its_cached_snapshot_into_lpts_modules(tmp_path):
             "print(type(bb.model).__module__, bb.fingerprint()['weights_sha256'])")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
-    assert out.stdout.split() == ["lpt.encoders", hf.fingerprint()["weights_sha256"]], out.stdout + out.stderr[-2000:]
+    assert out.stdout.split() == ["lpt.models", hf.fingerprint()["weights_sha256"]], out.stdout + out.stderr[-2000:]
 
 
 def test_serving_the_embedded_model_imports_none_of_transformers_model_code():
@@ -200,4 +199,4 @@ def test_serving_the_embedded_model_imports_none_of_transformers_model_code():
             "print(type(bb.model).__module__, sorted(m for m in sys.modules if m.startswith(("
             "'transformers.modeling_utils', 'transformers.models.bert.modeling', 'torch._dynamo', 'sympy'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert out.stdout.split() == ["lpt.encoders", "[]"], out.stdout + out.stderr[-2000:]
+    assert out.stdout.split() == ["lpt.models", "[]"], out.stdout + out.stderr[-2000:]
