@@ -17,9 +17,11 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 
-from .models import CheckpointError, build, post_norm_block
+from .models import (additive_mask, bert_parts, build, distilbert_parts, embed_bert,
+                     embed_distilbert, embed_gpt2, post_norm_block)
 from .quantize import INT8, Int8Linear, quantize_blocks
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -53,25 +55,6 @@ def resolve_dtype(dtype: str, device: str | torch.device = "cpu") -> str:
 
 
 MINILM_ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2")
-
-
-def _embed_bert(b: nn.Module, ids: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
-    return b.embeddings(input_ids=ids, token_type_ids=types)
-
-
-def _embed_electra(b: nn.Module, ids: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
-    h = _embed_bert(b, ids, types)
-    project = getattr(b, "embeddings_project", None)   # only where the embedding size != hidden
-    return project(h) if project is not None else h
-
-
-def _embed_distilbert(b: nn.Module, ids: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
-    return b.embeddings(ids)                             # no token types
-
-
-def _embed_gpt2(b: nn.Module, ids: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
-    pos = torch.arange(ids.shape[1], device=ids.device)
-    return b.drop(b.wte(ids) + b.wpe(pos)[None])
 
 
 # The packed blocks' row count is rounded up to a multiple of this with zero rows. oneDNN compiles
@@ -111,17 +94,11 @@ class Packing:
 
 def _bert_block_packed(block: nn.Module, x: torch.Tensor, p: Packing) -> torch.Tensor:
     """A BERT-shaped block (transformers' or models.py's) on packed tokens; eval mode only."""
-    att, mid, out = block.attention.self, block.intermediate, block.output
-    return post_norm_block(x, p, p.bias, (att.query, att.key, att.value), att.num_attention_heads,
-                           block.attention.output.dense, block.attention.output.LayerNorm,
-                           lambda h: out.dense(mid.intermediate_act_fn(mid.dense(h))), out.LayerNorm)
+    return post_norm_block(x, p, p.bias, bert_parts(block))
 
 
 def _distilbert_block_packed(block: nn.Module, x: torch.Tensor, p: Packing) -> torch.Tensor:
-    att, ffn = block.attention, block.ffn
-    return post_norm_block(x, p, p.bias, (att.q_lin, att.k_lin, att.v_lin), att.n_heads, att.out_lin,
-                           block.sa_layer_norm, lambda h: ffn.lin2(ffn.activation(ffn.lin1(h))),
-                           block.output_layer_norm)
+    return post_norm_block(x, p, p.bias, distilbert_parts(block))
 
 
 def _run_blocks(blocks, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -164,28 +141,28 @@ class FamilySpec:
 
 
 _ROBERTA = FamilySpec(
-    layers=lambda b: b.encoder.layer, embed=_embed_bert,
+    layers=lambda b: b.encoder.layer, embed=embed_bert,
     lm_transform=lambda m: _Seq(m.lm_head.dense, nn.GELU(), m.lm_head.layer_norm),
     lm_output=lambda m: m.lm_head.decoder, reserved_positions=2, packed_block=_bert_block_packed)
 
 FAMILIES: dict[str, FamilySpec] = {   # keyed by the Hugging Face config's model_type
     "bert": FamilySpec(
-        layers=lambda b: b.encoder.layer, embed=_embed_bert,
+        layers=lambda b: b.encoder.layer, embed=embed_bert,
         lm_transform=lambda m: m.cls.predictions.transform, lm_output=lambda m: m.cls.predictions.decoder,
         packed_block=_bert_block_packed),
     "roberta": _ROBERTA,
     "xlm-roberta": _ROBERTA,
     "camembert": _ROBERTA,
     "distilbert": FamilySpec(
-        layers=lambda b: b.transformer.layer, embed=_embed_distilbert,
+        layers=lambda b: b.transformer.layer, embed=embed_distilbert,
         lm_transform=lambda m: _Seq(m.vocab_transform, m.activation, m.vocab_layer_norm),
         lm_output=lambda m: m.vocab_projector, packed_block=_distilbert_block_packed),
     "electra": FamilySpec(
-        layers=lambda b: b.encoder.layer, embed=_embed_electra,
+        layers=lambda b: b.encoder.layer, embed=embed_bert,
         lm_transform=lambda m: m.generator_predictions, lm_output=lambda m: m.generator_lm_head,
         packed_block=_bert_block_packed),
     "gpt2": FamilySpec(
-        layers=lambda b: b.h, embed=_embed_gpt2, lm_transform=lambda m: nn.Identity(),
+        layers=lambda b: b.h, embed=embed_gpt2, lm_transform=lambda m: nn.Identity(),
         lm_output=lambda m: m.lm_head, final_norm=lambda b: b.ln_f, causal=True,
         pad_fallback="eos_token_id"),   # GPT-2 has no pad token; padded positions are masked anyway
 }
@@ -281,10 +258,11 @@ class Backbone(nn.Module):
         lm_head, torch_dtype = _has_lm_head(config), DTYPES.get(dtype, torch.float32)
         try:
             model = build(config, path, lm_head, torch_dtype)
-        except CheckpointError as e:
-            raise ModelLoadError(f"cannot load model {name_or_path!r}: {e}") from None
-        if model is None:                       # a family or setting models.py does not write
-            model = transformers_model(path, lm_head, spec.causal, torch_dtype)
+            if model is None:                   # a setting models.py does not write, weights it cannot read
+                model = transformers_model(path, lm_head, spec.causal, torch_dtype)
+        except (OSError, ValueError, RuntimeError, SafetensorError) as e:   # files not what the config says
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelLoadError(f"cannot load model {name_or_path!r}: {first}") from None
         tokenizer = AutoTokenizer.from_pretrained(path)
         model_id = "minilm" if name_or_path in MINILM_ALIASES else name_or_path
         bb = cls(model, tokenizer, model_id=model_id).to(device)
@@ -356,14 +334,7 @@ class Backbone(nn.Module):
         whose keys are all masked (an empty prompt slot) stays finite instead of NaN, and so
         that every family and attention backend gets the same thing.
         """
-        dtype = self.dtype
-        allowed = key_valid[:, None, None, :]                              # [B, 1, 1, S]
-        if self.causal:
-            s = key_valid.shape[1]
-            tril = torch.ones(s, s, dtype=torch.bool, device=key_valid.device).tril()
-            allowed = allowed & tril[None, None]                           # [B, 1, S, S]
-        zero = torch.zeros((), dtype=dtype, device=key_valid.device)
-        return torch.where(allowed, zero, torch.finfo(dtype).min)
+        return additive_mask(key_valid, self.dtype, self.causal)
 
     def run_layers(self, h: torch.Tensor, valid: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Run blocks [start, stop) on h [B, S, d] whose real positions are valid [B, S] (bool;

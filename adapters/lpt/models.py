@@ -6,8 +6,9 @@ transformers' own attribute names (`bert.encoder.layer[i].attention.self.query`,
 ...), so a checkpoint's tensors load by their names, and everything else in lpt (the family
 table, the packed blocks, int8, training) serves either kind of model. `build` answers None for
 what is not written here (relative or sinusoidal position embeddings, an activation not in
-ACTIVATIONS, GPT-2's attention variants, a hub checkpoint without safetensors weights): such a
-model loads through transformers.
+ACTIVATIONS, a BERT decoder config, RoBERTa without a pad id, GPT-2's attention variants) and
+for weights it cannot read (none in a local folder, a hub snapshot without safetensors files, a
+broken file): such a model loads through transformers.
 
     model = build(config, folder, lm_head=True, dtype=torch.float32)   # config: transformers' AutoConfig
     model.base_model.encoder.layer[0](h, attention_mask=bias)
@@ -20,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -51,32 +52,87 @@ class _Padded:
         return x
 
 
-def post_norm_block(x: torch.Tensor, layout: Layout, bias: torch.Tensor | None,
-                    qkv: tuple[nn.Linear, nn.Linear, nn.Linear], heads: int, attn_out: nn.Linear,
-                    norm1: nn.Module, ffn: Callable[[torch.Tensor], torch.Tensor], norm2: nn.Module,
+def post_norm_block(x: torch.Tensor, layout: Layout, bias: torch.Tensor | None, parts: "BlockParts",
                     dropout: float = 0.0, attn_dropout: float = 0.0) -> torch.Tensor:
     """A post-norm encoder block: self-attention scaled by 1/sqrt(head size), then the
     feed-forward, each followed by (dropout,) add & norm. x is [rows, d] packed (layout: Packing;
     the linear layers, ~80% of the work, see only real tokens) or [B, S, d] (layout: _Padded);
     attention always runs on the padded layout under the additive mask `bias`. Dropout only
     where asked (a model in training mode)."""
+    heads = parts.heads
     if layout is _Padded:       # each projection viewed as [B, heads, S, dh] as it is: no copy
         b, s = x.shape[:2]
-        q, k, v = (lin(x).view(b, s, heads, -1).transpose(1, 2) for lin in qkv)
+        q, k, v = (lin(x).view(b, s, heads, -1).transpose(1, 2) for lin in parts.qkv)
     else:                       # packed: one scatter to the padded layout serves all three
-        qkv_out = layout.pad(torch.cat([lin(x) for lin in qkv], dim=-1))                 # [B, S, 3d]
+        qkv_out = layout.pad(torch.cat([lin(x) for lin in parts.qkv], dim=-1))           # [B, S, 3d]
         b, s = qkv_out.shape[:2]
         q, k, v = qkv_out.view(b, s, 3, heads, -1).permute(2, 0, 3, 1, 4)
     ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=attn_dropout)   # [B, heads, S, dh]
-    a = attn_out(layout.pack(ctx.transpose(1, 2).reshape(b, s, -1)))
-    x = norm1((F.dropout(a, dropout) if dropout else a) + x)
-    f = ffn(x)
-    return norm2((F.dropout(f, dropout) if dropout else f) + x)
+    a = parts.attn_out(layout.pack(ctx.transpose(1, 2).reshape(b, s, -1)))
+    x = parts.norm1((F.dropout(a, dropout) if dropout else a) + x)
+    f = parts.ffn(x)
+    return parts.norm2((F.dropout(f, dropout) if dropout else f) + x)
 
 
 @dataclass
 class EncoderOutput:
     last_hidden_state: torch.Tensor      # [B, T, d]
+
+
+def additive_mask(key_valid: torch.Tensor, dtype: torch.dtype, causal: bool = False) -> torch.Tensor:
+    """key_valid [B, S] bool -> additive attention mask [B, 1, S|1, S]: 0 where a query may
+    attend, the dtype's minimum (never -inf) where not, so that a query whose keys are all
+    masked (an empty prompt slot) stays finite instead of NaN; causal: each query also sees
+    only the keys up to its own position."""
+    allowed = key_valid[:, None, None, :]                              # [B, 1, 1, S]
+    if causal:
+        s = key_valid.shape[1]
+        allowed = allowed & torch.ones(s, s, dtype=torch.bool, device=key_valid.device).tril()[None, None]
+    return torch.where(allowed, torch.zeros((), dtype=dtype, device=key_valid.device), torch.finfo(dtype).min)
+
+
+class BlockParts(NamedTuple):
+    """What a post-norm block is made of, wherever its modules live (transformers' or ours)."""
+
+    qkv: tuple[nn.Module, nn.Module, nn.Module]
+    heads: int
+    attn_out: nn.Module
+    norm1: nn.Module
+    ffn: Callable[[torch.Tensor], torch.Tensor]
+    norm2: nn.Module
+
+
+def bert_parts(block: nn.Module) -> BlockParts:
+    """A BERT-shaped block's parts (BERT, RoBERTa, XLM-R, CamemBERT, ELECTRA)."""
+    att, mid, out = block.attention.self, block.intermediate, block.output
+    return BlockParts((att.query, att.key, att.value), att.num_attention_heads, block.attention.output.dense,
+                      block.attention.output.LayerNorm, lambda h: out.dense(mid.intermediate_act_fn(mid.dense(h))),
+                      out.LayerNorm)
+
+
+def distilbert_parts(block: nn.Module) -> BlockParts:
+    att, ffn = block.attention, block.ffn
+    return BlockParts((att.q_lin, att.k_lin, att.v_lin), att.n_heads, att.out_lin, block.sa_layer_norm,
+                      lambda h: ffn.lin2(ffn.activation(ffn.lin1(h))), block.output_layer_norm)
+
+
+# ---- the embedding step of each family: (base model, ids [B, T], token types or None) -> [B, T, d],
+# real tokens at positions 0..T-1; on transformers' modules or ours alike
+def embed_bert(b: nn.Module, ids: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
+    h = b.embeddings(input_ids=ids, token_type_ids=types)
+    project = getattr(b, "embeddings_project", None)   # ELECTRA, where the embedding size != hidden
+    return project(h) if project is not None else h
+
+
+def embed_distilbert(b: nn.Module, ids: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
+    return b.embeddings(ids)                             # no token types
+
+
+def embed_gpt2(b: nn.Module, ids: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
+    pos = torch.arange(ids.shape[1], device=ids.device)
+    h = b.wte(ids) + b.wpe(pos)[None]
+    # token types (a GPT-2 fine-tune with a BERT tokenizer gives them) index the word embeddings
+    return b.drop(h + b.wte(types) if types is not None else h)
 
 
 # Every parameter is made on the meta device (no memory, no random init): the checkpoint's tensors
@@ -162,11 +218,8 @@ class BertLayer(nn.Module):
 
     def forward(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """h [B, S, d], attention_mask additive [B, 1, S|1, S] or None."""
-        att, mid, out = self.attention.self, self.intermediate, self.output
-        return post_norm_block(h, _Padded, attention_mask, (att.query, att.key, att.value),
-                               att.num_attention_heads, self.attention.output.dense, self.attention.output.LayerNorm,
-                               lambda x: out.dense(mid.intermediate_act_fn(mid.dense(x))), out.LayerNorm,
-                               _drop(self, self.dropout), _drop(self, att.dropout))
+        return post_norm_block(h, _Padded, attention_mask, bert_parts(self), _drop(self, self.dropout),
+                               _drop(self, self.attention.self.dropout))
 
 
 class _Encoder(nn.Module):
@@ -175,8 +228,8 @@ class _Encoder(nn.Module):
         self.layer = nn.ModuleList(layers)
 
 
-class _EncoderModel(nn.Module):
-    """What both base models share: transformers' accessors, and the plain forward's blocks."""
+class _BaseModel(nn.Module):
+    """What the base models share: transformers' accessors, and the plain forward's blocks."""
 
     @property
     def base_model(self) -> nn.Module:
@@ -185,18 +238,20 @@ class _EncoderModel(nn.Module):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embeddings.word_embeddings
 
-    def _blocks(self, h: torch.Tensor, attention_mask: torch.Tensor | None, blocks) -> EncoderOutput:
+    def _blocks(self, h: torch.Tensor, attention_mask: torch.Tensor | None, blocks,
+                causal: bool = False) -> torch.Tensor:
         """h [B, T, d] through every block under attention_mask [B, T] (1 at real tokens)."""
         bias = None
-        if attention_mask is not None:
-            zero = torch.zeros((), dtype=h.dtype, device=h.device)
-            bias = torch.where(attention_mask.bool()[:, None, None, :], zero, torch.finfo(h.dtype).min)
+        if attention_mask is not None or causal:
+            keys = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if attention_mask is None \
+                else attention_mask.bool()
+            bias = additive_mask(keys, h.dtype, causal)
         for block in blocks:
             h = block(h, attention_mask=bias)
-        return EncoderOutput(h)
+        return h
 
 
-class BertModel(_EncoderModel):
+class BertModel(_BaseModel):
     """BERT's encoder (and RoBERTa's: `positions_from_pad`; ELECTRA's: an embedding `width` of
     its own projected to the hidden size). No pooler: nothing here reads it."""
 
@@ -212,10 +267,8 @@ class BertModel(_EncoderModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> EncoderOutput:
         """The plain encoder: ids [B, T], attention_mask [B, T] (1 at real tokens)."""
-        h = self.embeddings(input_ids, token_type_ids)
-        if hasattr(self, "embeddings_project"):
-            h = self.embeddings_project(h)
-        return self._blocks(h, attention_mask, self.encoder.layer)
+        return EncoderOutput(self._blocks(embed_bert(self, input_ids, token_type_ids), attention_mask,
+                                          self.encoder.layer))
 
 
 class _Transform(nn.Module):
@@ -301,13 +354,11 @@ class DistilBlock(nn.Module):
         self.dropout = c.dropout
 
     def forward(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        att, ffn = self.attention, self.ffn
-        return post_norm_block(h, _Padded, attention_mask, (att.q_lin, att.k_lin, att.v_lin), att.n_heads,
-                               att.out_lin, self.sa_layer_norm, lambda x: ffn.lin2(ffn.activation(ffn.lin1(x))),
-                               self.output_layer_norm, _drop(self, self.dropout), _drop(self, att.dropout))
+        return post_norm_block(h, _Padded, attention_mask, distilbert_parts(self), _drop(self, self.dropout),
+                               _drop(self, self.attention.dropout))
 
 
-class DistilModel(_EncoderModel):
+class DistilModel(_BaseModel):
     def __init__(self, c, act: Callable[[], nn.Module]):
         super().__init__()
         self.config = c
@@ -315,7 +366,8 @@ class DistilModel(_EncoderModel):
         self.transformer = _Encoder([DistilBlock(c, act) for _ in range(c.n_layers)])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> EncoderOutput:
-        return self._blocks(self.embeddings(input_ids), attention_mask, self.transformer.layer)
+        return EncoderOutput(self._blocks(embed_distilbert(self, input_ids, None), attention_mask,
+                                          self.transformer.layer))
 
 
 # ---- GPT-2 ------------------------------------------------------------------------------------------
@@ -375,7 +427,7 @@ class GPT2Block(nn.Module):
         return h + self.mlp(self.ln_2(h))
 
 
-class GPT2Model(_EncoderModel):
+class GPT2Model(_BaseModel):
     def __init__(self, c, act: Callable[[], nn.Module]):
         super().__init__()
         self.config = c
@@ -388,16 +440,10 @@ class GPT2Model(_EncoderModel):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.wte
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> EncoderOutput:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> EncoderOutput:
         """The plain decoder, causal (and right-padded keys masked), with its final norm."""
-        s = input_ids.shape[1]
-        h = self.drop(self.wte(input_ids) + self.wpe(torch.arange(s, device=input_ids.device))[None])
-        keys = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        allowed = keys[:, None, None, :] & torch.ones(s, s, dtype=torch.bool, device=h.device).tril()
-        zero = torch.zeros((), dtype=h.dtype, device=h.device)
-        bias = torch.where(allowed, zero, torch.finfo(h.dtype).min)
-        for block in self.h:
-            h = block(h, attention_mask=bias)
+        h = self._blocks(embed_gpt2(self, input_ids, token_type_ids), attention_mask, self.h, causal=True)
         return EncoderOutput(self.ln_f(h))
 
 
@@ -494,15 +540,19 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "model-*-of
 
 def checkpoint_folder(name_or_path: str) -> Path | None:
     """Where a checkpoint's files are: a local folder itself; for a hub id, its snapshot in the
-    Hugging Face cache, with the config and safetensors weights fetched once (from the cache
-    alone when offline). None where that fails: transformers' loader then tries, and reports."""
+    Hugging Face cache, with the config and the safetensors weights fetched once (one file, or
+    the shards where there is no single file; from the cache alone when offline). None where
+    that fails: transformers' loader then tries, and says why."""
     if Path(name_or_path).is_dir():
         return Path(name_or_path)
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(name_or_path, allow_patterns=["config.json", *WEIGHT_FILES]))
-    except Exception:       # the hub's errors are of many kinds; transformers names the problem next
+        folder = Path(snapshot_download(name_or_path, allow_patterns=["config.json", WEIGHT_FILES[0]]))
+        if not (folder / WEIGHT_FILES[0]).is_file():
+            folder = Path(snapshot_download(name_or_path, allow_patterns=list(WEIGHT_FILES[1:])))
+        return folder
+    except Exception:       # the hub's errors are of many kinds (HTTP, offline, no such file)
         return None
 
 
@@ -531,27 +581,36 @@ def read_tensors(folder: Path) -> dict[str, torch.Tensor] | None:
         return None
 
 
-def _own_name(key: str, prefix: str, with_head: bool) -> str:
-    """A checkpoint key as this model names it: the base prefix added or dropped as the model
-    has a head or not, TF-era LayerNorm names (gamma, beta) as torch's."""
+def _own_name(key: str) -> str:
+    """TF-era LayerNorm names (gamma, beta) as torch's."""
     if key.endswith(".gamma"):
-        key = key[:-len("gamma")] + "weight"
-    elif key.endswith(".beta"):
-        key = key[:-len("beta")] + "bias"
-    if not with_head:
-        return key.removeprefix(prefix + ".")
+        return key[:-len("gamma")] + "weight"
+    if key.endswith(".beta"):
+        return key[:-len("beta")] + "bias"
     return key
+
+
+def _named_as_model(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors under this model's names. Like transformers, the base model's
+    prefix (`bert.`, `transformer.`, ...) is dropped for a model without a head and added for one
+    with a head where the checkpoint's base keys lack it (the hub's own GPT-2 files do)."""
+    found = {_own_name(k): t for k, t in tensors.items()}
+    if not isinstance(model, WithLMHead):
+        return {k.removeprefix(model.prefix + "."): t for k, t in found.items()}
+    heads = {name for name, _ in model.named_children() if name != model.prefix}
+    return {k if k.split(".", 1)[0] in heads | {model.prefix} else f"{model.prefix}.{k}": t
+            for k, t in found.items()}
 
 
 def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
     """The checkpoint's tensors as the model's parameters, by name (mapped, not copied, where
     the dtype is the file's), the head's output weights tied to the word embeddings as the
-    config asks (unless the checkpoint holds other values for them). Tensors nothing reads (a pooler, position-id buffers, another head) are
-    skipped. Raises CheckpointError naming what is missing."""
+    config asks (unless the checkpoint holds other values for them). Tensors nothing reads (a
+    pooler, position-id buffers, another head) are skipped. Raises CheckpointError naming a
+    tensor that is missing or of another shape than the config makes it."""
     with_head = isinstance(model, WithLMHead)
-    prefix = model.prefix
-    wanted = {k for k, _ in model.named_parameters()}
-    found = {_own_name(key, prefix, with_head): t for key, t in tensors.items()}
+    params = dict(model.named_parameters())
+    found = _named_as_model(model, tensors)
     for path, head in model.named_modules():
         if isinstance(head, _Decoder) and f"{path}.decoder.bias" not in found and f"{path}.bias" in found:
             found[f"{path}.decoder.bias"] = found[f"{path}.bias"]
@@ -559,11 +618,16 @@ def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], dtype: torc
     # as transformers: a head weight of its own in the checkpoint that differs stays untied
     ties = {dst: src for dst, src in ties.items()
             if dst not in found or (src in found and torch.equal(found[dst], found[src]))}
-    missing = sorted(wanted - set(found) - set(ties))
+    missing = sorted(set(params) - set(found) - set(ties))
     if missing:
         raise CheckpointError(f"the checkpoint lacks {len(missing)} tensors the model needs, e.g. {missing[:3]}")
-    state = {k: (t if t.dtype == dtype else t.to(dtype)) for k, t in found.items() if k in wanted and k not in ties}
-    model.load_state_dict(state, strict=False, assign=True)
+    state = {k: t for k, t in found.items() if k in params and k not in ties}
+    wrong = [f"{k} is {list(t.shape)}, the config makes it {list(params[k].shape)}"
+             for k, t in state.items() if t.shape != params[k].shape]
+    if wrong:
+        raise CheckpointError(f"the checkpoint does not match its config: {'; '.join(wrong[:3])}")
+    model.load_state_dict({k: (t if t.dtype == dtype else t.to(dtype)) for k, t in state.items()},
+                          strict=False, assign=True)
     for dst, src in ties.items():
         owner, _, leaf = dst.rpartition(".")
         setattr(model.get_submodule(owner), leaf, model.get_parameter(src))
@@ -572,8 +636,8 @@ def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], dtype: torc
 
 def build(config, name_or_path: str | Path, lm_head: bool, dtype: torch.dtype) -> nn.Module | None:
     """The model of `config` with the tensors of the checkpoint at `name_or_path` (a folder or a
-    hub id), in eval mode; None where this module does not write that model or finds no
-    safetensors weights (transformers loads it instead)."""
+    hub id), in eval mode; None where this module does not write that model or cannot read its
+    weights (transformers loads it instead)."""
     builder = BUILDERS.get(config.model_type)
     if builder is None:
         return None

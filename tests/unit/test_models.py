@@ -1,6 +1,7 @@
 """lpt's own model modules (lpt/models.py) against transformers' models, the independent
 reference: a tiny model of each family is saved as a checkpoint folder, `Backbone.load` builds it
 without transformers' model classes, and every stage must give what transformers' model gives."""
+import json
 import os
 import subprocess
 import sys
@@ -69,11 +70,23 @@ def test_the_output_projection_is_the_word_embeddings_and_weights_stay_mapped(fa
     emb = own.base.get_input_embeddings().weight
     assert own.lm_output.weight is emb
     file = tmp_path / "model" / "model.safetensors"
+    assert all(_mapped_from(p, file) for p in own.model.parameters())     # not copied
     before = file.read_bytes()
     with torch.no_grad():          # full fine-tuning writes to the parameters: the file must not change
         for p in own.model.parameters():
             p.add_(1.0)
     assert file.read_bytes() == before
+
+
+def _mapped_from(t: torch.Tensor, file) -> bool:
+    """Whether t's memory lies in a mapping of `file` (/proc/self/maps)."""
+    at = t.data_ptr()
+    for line in open("/proc/self/maps"):
+        span, *_, path = line.split(maxsplit=5)
+        lo, hi = (int(x, 16) for x in span.split("-"))
+        if path.strip() == str(file) and lo <= at < hi:
+            return True
+    return False
 
 
 def test_a_bfloat16_load_converts_every_tensor(tmp_path):
@@ -137,6 +150,62 @@ def test_the_weight_files_are_read_in_transformers_order_and_unreadable_ones_lef
     assert type(own.model).__module__ == "lpt.models" and own.fingerprint() == hf.fingerprint()
     (folder / "model.safetensors").write_bytes(b"not a safetensors file")
     assert models.read_tensors(folder) is None
+    with pytest.raises(ModelLoadError, match="cannot load model .*m'"):     # transformers cannot either: one line
+        Backbone.load(str(folder))
+
+
+def test_a_sharded_checkpoint_loads_the_same(tmp_path):
+    hf = make_backbone("roberta", init_range=0.2)
+    folder = save_backbone(hf, tmp_path / "m")
+    hf.model.save_pretrained(folder, max_shard_size="20KB")
+    (tmp_path / "m" / "model.safetensors").unlink()
+    assert len(list((tmp_path / "m").glob("model-*-of-*.safetensors"))) > 1
+    own = Backbone.load(folder)
+    assert type(own.model).__module__ == "lpt.models" and own.fingerprint() == hf.fingerprint()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_a_checkpoint_with_a_head_and_unprefixed_base_keys_loads_the_same(family, tmp_path):
+    """The hub's own GPT-2 files name the base model's tensors `h.0...`, `wte.weight`, under a
+    config for GPT2LMHeadModel; transformers adds the prefix, and so does lpt."""
+    hf = make_backbone(family, init_range=0.2)
+    folder = save_backbone(hf, tmp_path / "m")
+    prefix = hf.model.base_model_prefix + "."
+    tensors = load_file(f"{folder}/model.safetensors")
+    assert sum(k.startswith(prefix) for k in tensors) > 10
+    save_file({k.removeprefix(prefix): v for k, v in tensors.items()}, f"{folder}/model.safetensors",
+              metadata={"format": "pt"})
+    own = Backbone.load(folder)
+    assert own.fingerprint() == hf.fingerprint() and own.has_lm_head
+    tokens = _tokens(hf, random_texts(3, seed=6))
+    ids = torch.tensor([5, 7, 11])
+    with torch.no_grad():
+        h = own.final_norm(own.run_layers(lower_pass(own, tokens, {0})[0], tokens.valid, 0, own.num_layers))
+        scores = own.label_scores(h[:, 1], ids)
+    assert (scores - reference(hf, tokens, head=True)[:, 1][:, ids]).abs().max() < 1e-4
+
+
+def test_a_checkpoint_unlike_its_config_is_refused_naming_the_tensor(tmp_path):
+    hf = make_backbone("bert")
+    folder = save_backbone(hf, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "intermediate_size": 48}))
+    with pytest.raises(ModelLoadError, match=r"intermediate.dense.weight is \[64, 32\], the config makes it \[48, 32\]"):
+        Backbone.load(folder)
+
+
+@pytest.mark.parametrize("own", [False, True], ids=["transformers", "own-modules"])
+def test_gpt2_adds_token_types_as_transformers_does(own, tmp_path):
+    """Some GPT-2 fine-tunes ship a BERT tokenizer, which gives token types: transformers adds
+    their word embeddings, and so does lpt's embedding step (on either kind of module)."""
+    hf = make_backbone("gpt2", init_range=0.2)
+    bb = own_twin(hf, tmp_path / "m") if own else hf
+    ids, types = torch.tensor([[5, 9, 12, 7]]), torch.tensor([[0, 0, 1, 1]])
+    with torch.no_grad():
+        ref = hf.base(input_ids=ids, token_type_ids=types).last_hidden_state
+        got = bb.final_norm(bb.run_layers(bb.embed(ids, types), None, 0, bb.num_layers))
+        without = bb.final_norm(bb.run_layers(bb.embed(ids, None), None, 0, bb.num_layers))
+    assert (got - ref).abs().max() < 1e-5 and (without - ref).abs().max() > 1e-2
 
 
 def test_a_stray_embedding_size_means_nothing_outside_electra(tmp_path):
