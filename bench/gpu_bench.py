@@ -20,11 +20,15 @@ useful work of both) against PEAK_TFLOPS, the H200's dense bfloat16 peak, for ev
 from __future__ import annotations
 
 import argparse
+import atexit
+import functools
 import json
 import platform
 import signal
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,16 +75,24 @@ SMOKE = Plan("cpu", ("float32", "bfloat16", "float16"), (4, 8), 4, 16, 1, "bert-
 # ---- the models --------------------------------------------------------------------------------
 def load_model(name: str, kit: Path, plan: Plan, dtype: str) -> Backbone:
     """minilm: the kit's real weights; a RANDOM_BERTS name: random weights from a config
-    (seeded), with the kit's tokenizer (the same uncased BERT vocabulary)."""
-    path = str(kit / "minilm")
+    (seeded), with the kit's tokenizer (the same uncased BERT vocabulary), written once as a
+    checkpoint folder and loaded from it as a server loads a user's model (lpt's own modules)."""
     if name == "minilm":
-        return Backbone.load(path, device=plan.device, dtype=dtype)
+        return Backbone.load(str(kit / "minilm"), device=plan.device, dtype=dtype)
+    return Backbone.load(random_bert_folder(name, str(kit / "minilm")), device=plan.device, dtype=dtype)
+
+
+@functools.cache
+def random_bert_folder(name: str, tokenizer_path: str) -> str:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=30522, max_position_embeddings=512, **RANDOM_BERTS[name])
-    model = BertModel(config, add_pooling_layer=False).to(dtype=getattr(torch, dtype))
-    return Backbone(model, AutoTokenizer.from_pretrained(path), model_id=name).to(plan.device)
+    folder = Path(tempfile.mkdtemp(prefix=f"lpt-{name}-"))
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(folder)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return str(folder)
 
 
 def forward_flops(config, rows: int, tokens: int) -> float:
