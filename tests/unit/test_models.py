@@ -264,7 +264,11 @@ def test_a_hub_id_loads_from_its_cached_snapshot_into_lpts_modules(tmp_path):
 
 
 def test_serving_the_embedded_model_imports_none_of_transformers_model_code():
-    code = ("import sys; from lpt import Backbone; bb = Backbone.load('minilm'); "
+    """What `lpt serve` imports and runs to load its model: the app, the server's engine for the
+    embedded model (as its settings make it), and nothing of transformers' model code."""
+    code = ("import sys; from lpt_server import create_app; from lpt_server.cli import main; "
+            "from lpt_server.runtime import default_engine; from lpt_server.settings import Settings; "
+            "engine = default_engine(Settings(model='minilm')); bb = engine.backbone; "
             "print(type(bb.model).__module__, sorted(m for m in sys.modules if m.startswith(("
             "'transformers.modeling_utils', 'transformers.models.bert.modeling', 'torch._dynamo', 'sympy'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
