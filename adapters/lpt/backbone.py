@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
 
-from .models import (additive_mask, bert_parts, build, distilbert_parts, embed_bert,
-                     embed_distilbert, embed_gpt2, post_norm_block)
+from .checkpoint import build
+from .models import additive_mask, bert_parts, distilbert_parts, embed_bert, embed_distilbert, embed_gpt2, post_norm_block
 from .quantize import INT8, Int8Linear, quantize_blocks
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -258,7 +258,7 @@ class Backbone(nn.Module):
         lm_head, torch_dtype = _has_lm_head(config), DTYPES.get(dtype, torch.float32)
         try:
             model = build(config, path, lm_head, torch_dtype)
-            if model is None:                   # a setting models.py does not write, weights it cannot read
+            if model is None:                   # a setting models.py does not write, weights checkpoint.py cannot read
                 model = transformers_model(path, lm_head, spec.causal, torch_dtype)
         except (OSError, ValueError, RuntimeError, SafetensorError) as e:   # files not what the config says
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

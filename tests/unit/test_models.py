@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lpt import models
+from lpt import checkpoint, models
 from lpt.backbone import Backbone, ModelLoadError
 from lpt.forward import lower_pass
 from reference_forward import transformers_backbone
@@ -149,7 +149,7 @@ def test_the_weight_files_are_read_in_transformers_order_and_unreadable_ones_lef
     own = Backbone.load(str(folder))
     assert type(own.model).__module__ == "lpt.models" and own.fingerprint() == hf.fingerprint()
     (folder / "model.safetensors").write_bytes(b"not a safetensors file")
-    assert models.read_tensors(folder) is None
+    assert checkpoint.read_tensors(folder) is None
     with pytest.raises(ModelLoadError, match="cannot load model .*m'"):     # transformers cannot either: one line
         Backbone.load(str(folder))
 
@@ -243,7 +243,7 @@ def test_what_lpt_does_not_write_loads_through_transformers(tmp_path):
         hf = make_backbone(family)
         setattr(hf.config, setting, value)
         folder = save_backbone(hf, tmp_path / setting)
-        assert models.build(hf.config, folder, True, torch.float32) is None, setting
+        assert checkpoint.build(hf.config, folder, True, torch.float32) is None, setting
         if setting != "pad_token_id":     # (transformers itself needs RoBERTa's pad id)
             assert type(Backbone.load(folder).model).__module__.startswith("transformers."), setting
 
