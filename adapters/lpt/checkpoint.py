@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models import BUILDERS, WithLMHead, Decoder
+from .models import BUILDERS, Decoder, WithLMHead
 
 
 class CheckpointError(ValueError):
@@ -124,8 +124,8 @@ def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], dtype: torc
 
 def build(config, name_or_path: str | Path, lm_head: bool, dtype: torch.dtype) -> nn.Module | None:
     """The model of `config` with the tensors of the checkpoint at `name_or_path` (a folder or a
-    hub id), in eval mode; None where this module does not write that model or cannot read its
-    weights (transformers loads it instead)."""
+    hub id), in eval mode; None where models.py does not write that model or its weights cannot
+    be read here (transformers loads it instead)."""
     builder = BUILDERS.get(config.model_type)
     if builder is None:
         return None
