@@ -307,6 +307,11 @@ class Backbone(nn.Module):
             str(self.dtype).removeprefix("torch.")
 
     @property
+    def modules_from(self) -> str:
+        """Whose modules run the model: "lpt" (models.py) or "transformers" (what models.py does not write)."""
+        return "lpt" if type(self.model).__module__ == "lpt.models" else "transformers"
+
+    @property
     def causal(self) -> bool:
         return self.spec.causal
 

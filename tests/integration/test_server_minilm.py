@@ -51,4 +51,4 @@ async def test_minilm_mixed_tasks_equal_the_engine(tmp_path):
         typed = [row[0]["scores"] for row in typed.json()["results"]]
         assert typed[0] == pytest.approx(typed[1], abs=1e-6)
         info = (await c.get("/info")).json()["model"]
-        assert (info["id"], info["layers"], info["hidden_size"]) == ("minilm", 6, 384)
+        assert (info["id"], info["layers"], info["hidden_size"], info["modules"]) == ("minilm", 6, 384, "lpt")

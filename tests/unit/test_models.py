@@ -245,7 +245,9 @@ def test_what_lpt_does_not_write_loads_through_transformers(tmp_path):
         folder = save_backbone(hf, tmp_path / setting)
         assert checkpoint.build(hf.config, folder, True, torch.float32) is None, setting
         if setting != "pad_token_id":     # (transformers itself needs RoBERTa's pad id)
-            assert type(Backbone.load(folder).model).__module__.startswith("transformers."), setting
+            loaded = Backbone.load(folder)
+            assert type(loaded.model).__module__.startswith("transformers."), setting
+            assert loaded.modules_from == "transformers"      # what /info says
 
 
 def test_a_hub_id_loads_from_its_cached_snapshot_into_lpts_modules(tmp_path):

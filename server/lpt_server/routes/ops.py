@@ -52,6 +52,7 @@ def info(request: Request):
                   "layers": bb.num_layers if bb is not None else None,
                   "hidden_size": bb.hidden_size if bb is not None else None,
                   "has_lm_head": bb.has_lm_head if bb is not None else None,
+                  "modules": bb.modules_from if bb is not None else None,
                   "device": rt.settings.device,
                   "dtype": bb.precision if bb is not None else rt.settings.dtype,
                   "load_seconds": rt.load_seconds},
