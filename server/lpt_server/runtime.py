@@ -176,9 +176,10 @@ class Runtime:
 
     async def _start_serving(self, store, backbone, t0: float) -> None:
         s = self.settings
-        log.info("model %r loaded in %.1f s (%s, %s); %d engine worker(s) x %d torch thread(s)%s",
+        log.info("model %r loaded in %.1f s (%s, %s, %s modules); %d engine worker(s) x %d torch thread(s)%s",
                  getattr(backbone, "model_id", s.model), self.load_seconds, getattr(backbone, "device", s.device),
-                 getattr(backbone, "precision", s.dtype), self.plan.workers, self.plan.torch_threads,
+                 getattr(backbone, "precision", s.dtype), getattr(backbone, "modules_from", "its own"),
+                 self.plan.workers, self.plan.torch_threads,
                  f", each in a model process (pids {', '.join(str(p.pid) for p in self.model_processes)})"
                  if self.model_processes else "")
         await asyncio.to_thread(sweep_store, store)

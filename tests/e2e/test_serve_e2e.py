@@ -96,7 +96,8 @@ def test_a_json_log_is_one_object_per_line_and_names_each_request(replicas):
     assert httpx.get(f"{a.url}/v1/adapters", headers={"X-Request-ID": "e2e-log-check"}).status_code == 200
     lines = [ln for ln in a.tail(10**8).splitlines() if ln.strip()]
     records = [json.loads(ln) for ln in lines]                  # every line is one JSON object
-    assert any(r["logger"] == "lpt_server" and "loaded in" in r["message"] for r in records)
+    assert any(r["logger"] == "lpt_server" and "loaded in" in r["message"] and "lpt modules" in r["message"]
+               for r in records)
     assert any(r.get("request_id") == "e2e-log-check" and "GET /v1/adapters" in r["message"] for r in records)
 
 
