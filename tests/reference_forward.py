@@ -63,6 +63,8 @@ def upper(bb: Backbone, x: torch.Tensor, k: int) -> torch.Tensor:
     if bb.config.model_type == "gpt2":
         allowed = allowed.tril()
     mask = torch.zeros(s, s).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
+    if bb.config.model_type == "mpnet":     # its relative position bias, by transformers' own code
+        mask = mask + bb.base.encoder.compute_position_bias(x[None])
     blocks = bb.base.h if bb.config.model_type == "gpt2" else \
         bb.base.transformer.layer if bb.config.model_type == "distilbert" else bb.base.encoder.layer
     x = x[None]
@@ -77,7 +79,7 @@ def vocab_logits(bb: Backbone, x: torch.Tensor) -> torch.Tensor:
     m, kind = bb.model, bb.config.model_type
     if kind == "bert":
         return m.cls(x)
-    if kind == "roberta":
+    if kind in ("roberta", "mpnet"):
         return m.lm_head(x)
     if kind == "distilbert":
         return m.vocab_projector(m.vocab_layer_norm(m.activation(m.vocab_transform(x))))

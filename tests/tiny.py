@@ -7,8 +7,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (BertConfig, BertForMaskedLM, BertModel, CamembertConfig, CamembertForMaskedLM,
                           DistilBertConfig, DistilBertForMaskedLM, ElectraConfig, ElectraForMaskedLM, GPT2Config,
-                          GPT2LMHeadModel, PreTrainedTokenizerFast, RobertaConfig, RobertaForMaskedLM,
-                          XLMRobertaConfig, XLMRobertaForMaskedLM)
+                          GPT2LMHeadModel, MPNetConfig, MPNetForMaskedLM, PreTrainedTokenizerFast, RobertaConfig,
+                          RobertaForMaskedLM, XLMRobertaConfig, XLMRobertaForMaskedLM)
 
 from lpt import Backbone
 
@@ -23,10 +23,12 @@ SPECIALS = {
 }
 SPECIALS["electra"] = SPECIALS["bert"]
 SPECIALS["distilbert"] = SPECIALS["bert"][:7] + (False,)
-# RoBERTa's architecture under other names and weights: the same tiny shape, their own classes
+# RoBERTa's architecture under other names and weights, and MPNet (RoBERTa's tokens and positions,
+# a relative position bias): the same tiny shape, their own classes
 ROBERTA_LIKE = {"roberta": (RobertaConfig, RobertaForMaskedLM),
                 "xlm-roberta": (XLMRobertaConfig, XLMRobertaForMaskedLM),
-                "camembert": (CamembertConfig, CamembertForMaskedLM)}
+                "camembert": (CamembertConfig, CamembertForMaskedLM),
+                "mpnet": (MPNetConfig, MPNetForMaskedLM)}
 for _name in ROBERTA_LIKE:
     SPECIALS[_name] = SPECIALS["roberta"]
 
@@ -81,7 +83,7 @@ def make_model(family: str, vocab_size: int, lm_head: bool = True, layers: int =
         cls = GPT2LMHeadModel
     else:
         raise ValueError(family)
-    cfg._attn_implementation = attn
+    cfg._attn_implementation = "eager" if family == "mpnet" else attn     # MPNet has no SDPA path
     return cls(cfg).eval()
 
 

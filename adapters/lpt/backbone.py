@@ -21,7 +21,8 @@ from safetensors import SafetensorError
 from torch import nn
 
 from .checkpoint import build
-from .models import additive_mask, bert_parts, distilbert_parts, embed_bert, embed_distilbert, embed_gpt2, post_norm_block
+from .models import (additive_mask, bert_parts, distilbert_parts, embed_bert, embed_distilbert, embed_gpt2, embed_mpnet,
+                     mpnet_parts, mpnet_position_bias, post_norm_block)
 from .quantize import INT8, Int8Linear, quantize_blocks
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -97,6 +98,10 @@ def _bert_block_packed(block: nn.Module, x: torch.Tensor, p: Packing) -> torch.T
     return post_norm_block(x, p, p.bias, bert_parts(block))
 
 
+def _mpnet_block_packed(block: nn.Module, x: torch.Tensor, p: Packing) -> torch.Tensor:
+    return post_norm_block(x, p, p.bias, mpnet_parts(block))
+
+
 def _distilbert_block_packed(block: nn.Module, x: torch.Tensor, p: Packing) -> torch.Tensor:
     return post_norm_block(x, p, p.bias, distilbert_parts(block))
 
@@ -138,6 +143,8 @@ class FamilySpec:
     pad_fallback: str | None = None                # tokenizer attribute whose id pads if there is no pad token
     packed_block: Callable[[nn.Module, torch.Tensor, Packing], torch.Tensor] | None = None
     # ^ (block, real tokens [N, d], packing) -> [N, d]: the block without padding (faster on CPU)
+    position_bias: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
+    # ^ (base, each row's positions [B, S]) -> [B, heads, S, S] added to every block's attention (MPNet)
 
 
 _ROBERTA = FamilySpec(
@@ -153,6 +160,11 @@ FAMILIES: dict[str, FamilySpec] = {   # keyed by the Hugging Face config's model
     "roberta": _ROBERTA,
     "xlm-roberta": _ROBERTA,
     "camembert": _ROBERTA,
+    "mpnet": FamilySpec(
+        layers=lambda b: b.encoder.layer, embed=embed_mpnet,
+        lm_transform=lambda m: _Seq(m.lm_head.dense, nn.GELU(), m.lm_head.layer_norm),
+        lm_output=lambda m: m.lm_head.decoder, reserved_positions=2, packed_block=_mpnet_block_packed,
+        position_bias=mpnet_position_bias),
     "distilbert": FamilySpec(
         layers=lambda b: b.transformer.layer, embed=embed_distilbert,
         lm_transform=lambda m: _Seq(m.vocab_transform, m.activation, m.vocab_layer_norm),
@@ -207,7 +219,7 @@ def transformers_model(path: str, lm_head: bool, causal: bool, dtype: torch.dtyp
 
     # no trained LM head in the checkpoint: do not invent a random one
     auto = AutoModel if not lm_head else AutoModelForCausalLM if causal else AutoModelForMaskedLM
-    return auto.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    return auto.from_pretrained(path, dtype=dtype)       # its default attention: SDPA where the family has it
 
 
 class Backbone(nn.Module):
@@ -354,11 +366,14 @@ class Backbone(nn.Module):
         if not len(blocks):
             return h
         packed = self.packed_block if h.device.type == "cpu" and not self.model.training else None
-        if valid is None and not self.causal and packed is None:
+        position_bias = self.spec.position_bias
+        if valid is None and not self.causal and packed is None and position_bias is None:
             return _run_blocks(blocks, h, None)   # nothing to mask: SDPA may take its fastest kernel
         if valid is None:
             valid = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
         bias = self.attention_bias(valid)
+        if position_bias is not None:       # each row's positions count its real tokens and prompt slots only
+            bias = bias + position_bias(self.base, valid.long().cumsum(1) - 1)
         if packed is None:
             return _run_blocks(blocks, h, bias)
         p = Packing.of(valid, bias)

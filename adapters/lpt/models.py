@@ -1,4 +1,5 @@
-"""Every model family lpt supports, in plain torch (checkpoint.py builds one from a checkpoint).
+"""Every model family lpt supports (BERT, RoBERTa, XLM-R, CamemBERT, ELECTRA, DistilBERT, MPNet,
+GPT-2), in plain torch (checkpoint.py builds one from a checkpoint).
 
 Importing transformers' model code costs a process ~110 MB and 1.6 s (about 1,500 modules:
 torch.distributed, torch._dynamo, sympy) for a stack of linear layers. These modules carry
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Protocol
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -110,6 +113,31 @@ def distilbert_parts(block: nn.Module) -> BlockParts:
                       lambda h: ffn.lin2(ffn.activation(ffn.lin1(h))), block.output_layer_norm)
 
 
+def mpnet_parts(block: nn.Module) -> BlockParts:
+    att, mid, out = block.attention.attn, block.intermediate, block.output
+    return BlockParts((att.q, att.k, att.v), att.num_attention_heads, att.o, block.attention.LayerNorm,
+                      lambda h: out.dense(mid.intermediate_act_fn(mid.dense(h))), out.LayerNorm)
+
+
+def relative_buckets(relative: torch.Tensor, buckets: int = 32, max_distance: int = 128) -> torch.Tensor:
+    """Key position minus query position -> MPNet's (T5's) bucket: exact up to 8 either way, then
+    logarithmic up to max_distance; the two directions in halves of the buckets."""
+    n = -relative
+    half = buckets // 2
+    exact = half // 2
+    far = exact + (torch.log(n.abs().float().clamp(min=1) / exact) / math.log(max_distance / exact)
+                   * (half - exact)).long()
+    return (n < 0).long() * half + torch.where(n.abs() < exact, n.abs(), far.clamp(max=half - 1))
+
+
+def mpnet_position_bias(b: nn.Module, positions: torch.Tensor) -> torch.Tensor:
+    """positions [B, S] (each row's own, from 0) -> the relative position bias [B, heads, S, S]
+    that MPNet adds to every block's attention scores. Each row's own positions, so that a row's
+    bias does not depend on the prompt slots other rows of its batch need."""
+    relative = positions[:, None, :] - positions[:, :, None]            # [B, query, key]
+    return b.encoder.relative_attention_bias(relative_buckets(relative)).permute(0, 3, 1, 2)
+
+
 # ---- the embedding step of each family: (base model, ids [B, T], token types or None) -> [B, T, d],
 # real tokens at positions 0..T-1; on transformers' modules or ours alike
 def embed_bert(b: nn.Module, ids: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
@@ -120,6 +148,10 @@ def embed_bert(b: nn.Module, ids: torch.Tensor, types: torch.Tensor | None) -> t
 
 def embed_distilbert(b: nn.Module, ids: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
     return b.embeddings(ids)                             # no token types
+
+
+def embed_mpnet(b: nn.Module, ids: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
+    return b.embeddings(input_ids=ids)                   # no token types
 
 
 def embed_gpt2(b: nn.Module, ids: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
@@ -151,15 +183,16 @@ def _drop(module: nn.Module, p: float) -> float:
 
 # ---- BERT and its kin (RoBERTa, XLM-R, CamemBERT, ELECTRA) ----------------------------------------
 class BertEmbeddings(nn.Module):
-    def __init__(self, c, width: int, positions_from_pad: bool):
+    def __init__(self, c, width: int, padding_idx: int | None, token_types: bool = True):
         super().__init__()
         self.word_embeddings = _embedding(c.vocab_size, width)
         self.position_embeddings = _embedding(c.max_position_embeddings, width)
-        self.token_type_embeddings = _embedding(c.type_vocab_size, width)
+        if token_types:
+            self.token_type_embeddings = _embedding(c.type_vocab_size, width)
         self.LayerNorm = _norm(width, eps=c.layer_norm_eps)
         self.dropout = c.hidden_dropout_prob
-        # RoBERTa counts positions from pad_token_id + 1, and pads sit at pad_token_id
-        self.padding_idx = c.pad_token_id if positions_from_pad else None
+        # RoBERTa and MPNet count positions from the pad id + 1, and pads sit at the pad id
+        self.padding_idx = padding_idx
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         if self.padding_idx is None:
@@ -167,8 +200,9 @@ class BertEmbeddings(nn.Module):
         else:
             real = input_ids.ne(self.padding_idx).int()
             pos = torch.cumsum(real, dim=1).mul_(real).long() + self.padding_idx
-        types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
-        h = self.word_embeddings(input_ids) + self.position_embeddings(pos) + self.token_type_embeddings(types)
+        h = self.word_embeddings(input_ids) + self.position_embeddings(pos)
+        if hasattr(self, "token_type_embeddings"):
+            h = h + self.token_type_embeddings(torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
         return F.dropout(self.LayerNorm(h), _drop(self, self.dropout))
 
 
@@ -178,7 +212,6 @@ class BertSelfAttention(nn.Module):
         d = c.hidden_size
         self.query, self.key, self.value = _linear(d, d), _linear(d, d), _linear(d, d)
         self.num_attention_heads = c.num_attention_heads
-        self.dropout = c.attention_probs_dropout_prob
 
 
 class _DenseNorm(nn.Module):
@@ -203,17 +236,20 @@ class BertIntermediate(nn.Module):
 
 
 class BertLayer(nn.Module):
-    def __init__(self, c, act: Callable[[], nn.Module]):
+    parts = staticmethod(bert_parts)
+
+    def __init__(self, c, act: Callable[[], nn.Module], attention: nn.Module | None = None):
         super().__init__()
-        self.attention = BertAttention(c)
+        self.attention = attention if attention is not None else BertAttention(c)
         self.intermediate = BertIntermediate(c, act())
         self.output = _DenseNorm(c, c.intermediate_size)
-        self.dropout = c.hidden_dropout_prob
+        self.dropout, self.attn_dropout = c.hidden_dropout_prob, c.attention_probs_dropout_prob
 
     def forward(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """h [B, S, d], attention_mask additive [B, 1, S|1, S] or None."""
-        return post_norm_block(h, _Padded, attention_mask, bert_parts(self), _drop(self, self.dropout),
-                               _drop(self, self.attention.self.dropout))
+        """h [B, S, d], attention_mask additive [B, 1, S|1, S] or None (MPNet: [B, heads, S, S],
+        the relative position bias added)."""
+        return post_norm_block(h, _Padded, attention_mask, self.parts(self), _drop(self, self.dropout),
+                               _drop(self, self.attn_dropout))
 
 
 class _Encoder(nn.Module):
@@ -232,14 +268,17 @@ class _BaseModel(nn.Module):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embeddings.word_embeddings
 
-    def _blocks(self, h: torch.Tensor, attention_mask: torch.Tensor | None, blocks,
-                causal: bool = False) -> torch.Tensor:
-        """h [B, T, d] through every block under attention_mask [B, T] (1 at real tokens)."""
+    def _blocks(self, h: torch.Tensor, attention_mask: torch.Tensor | None, blocks, causal: bool = False,
+                position_bias: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """h [B, T, d] through every block under attention_mask [B, T] (1 at real tokens), causal
+        or not, a relative position bias added where the family has one."""
         bias = None
-        if attention_mask is not None or causal:
+        if attention_mask is not None or causal or position_bias is not None:
             keys = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if attention_mask is None \
                 else attention_mask.bool()
             bias = additive_mask(keys, h.dtype, causal)
+            if position_bias is not None:
+                bias = bias + position_bias(self, keys.long().cumsum(1) - 1)
         for block in blocks:
             h = block(h, attention_mask=bias)
         return h
@@ -253,7 +292,7 @@ class BertModel(_BaseModel):
         super().__init__()
         self.config = c
         width = width or c.hidden_size
-        self.embeddings = BertEmbeddings(c, width, positions_from_pad)
+        self.embeddings = BertEmbeddings(c, width, c.pad_token_id if positions_from_pad else None)
         if width != c.hidden_size:
             self.embeddings_project = _linear(width, c.hidden_size)
         self.encoder = _Encoder([BertLayer(c, act) for _ in range(c.num_hidden_layers)])
@@ -362,6 +401,49 @@ class DistilModel(_BaseModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> EncoderOutput:
         return EncoderOutput(self._blocks(embed_distilbert(self, input_ids, None), attention_mask,
                                           self.transformer.layer))
+
+
+# ---- MPNet -------------------------------------------------------------------------------------------
+class MPNetSelfAttention(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        d = c.hidden_size
+        self.q, self.k, self.v, self.o = (_linear(d, d) for _ in range(4))
+        self.num_attention_heads = c.num_attention_heads
+
+
+class MPNetAttention(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.attn = MPNetSelfAttention(c)
+        self.LayerNorm = _norm(c.hidden_size, eps=c.layer_norm_eps)
+
+
+class MPNetLayer(BertLayer):
+    """BERT's block with its attention under other names."""
+
+    parts = staticmethod(mpnet_parts)
+
+    def __init__(self, c, act: Callable[[], nn.Module]):
+        super().__init__(c, act, MPNetAttention(c))
+
+
+class _MPNetEncoder(_Encoder):
+    def __init__(self, c, layers: list[nn.Module]):
+        super().__init__(layers)
+        self.relative_attention_bias = _embedding(c.relative_attention_num_buckets, c.num_attention_heads)
+
+
+class MPNetModel(_BaseModel):
+    def __init__(self, c, act: Callable[[], nn.Module]):
+        super().__init__()
+        self.config = c
+        self.embeddings = BertEmbeddings(c, c.hidden_size, padding_idx=1, token_types=False)   # 1: as MPNet's own
+        self.encoder = _MPNetEncoder(c, [MPNetLayer(c, act) for _ in range(c.num_hidden_layers)])
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> EncoderOutput:
+        return EncoderOutput(self._blocks(embed_mpnet(self, input_ids, None), attention_mask, self.encoder.layer,
+                                          position_bias=mpnet_position_bias))
 
 
 # ---- GPT-2 ------------------------------------------------------------------------------------------
@@ -511,6 +593,18 @@ def _gpt2(c, lm_head: bool) -> nn.Module | None:
     return WithLMHead(c, "transformer", base, {"lm_head": head}, {"lm_head.weight": "transformer.wte.weight"})
 
 
+def _mpnet(c, lm_head: bool) -> nn.Module | None:
+    act = _activation(c.hidden_act)
+    if act is None:
+        return None
+    base = MPNetModel(c, act)
+    base.prefix = "mpnet"
+    if not lm_head:
+        return base
+    return WithLMHead(c, "mpnet", base, {"lm_head": _RobertaHead(c)},
+                      {"lm_head.decoder.weight": "mpnet.embeddings.word_embeddings.weight"})
+
+
 # model_type -> (config, with an LM head?) -> the model on the meta device, or None
 BUILDERS: dict[str, Callable[..., nn.Module | None]] = {
     "bert": lambda c, lm: _bert_like(c, lm, "bert"),
@@ -519,5 +613,6 @@ BUILDERS: dict[str, Callable[..., nn.Module | None]] = {
     "camembert": lambda c, lm: _bert_like(c, lm, "roberta", positions_from_pad=True),
     "electra": lambda c, lm: _bert_like(c, lm, "electra"),
     "distilbert": _distilbert,
+    "mpnet": _mpnet,
     "gpt2": _gpt2,
 }

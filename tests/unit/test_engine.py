@@ -47,7 +47,7 @@ def _assert_rows_equal_alone(engine, rows):
     return mixed
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "electra"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "electra", "mpnet"])
 def test_mixed_batch_rows_equal_rows_alone(family):
     bb = make_backbone(family)
     adapters = _adapters(bb, MIXED)

@@ -114,7 +114,8 @@ def test_a_checkpoint_missing_a_tensor_is_refused_by_name(tmp_path):
 
 
 HEADS = {"bert": "cls.predictions.decoder.weight", "roberta": "lm_head.decoder.weight",
-         "distilbert": "vocab_projector.weight", "electra": "generator_lm_head.weight", "gpt2": "lm_head.weight"}
+         "distilbert": "vocab_projector.weight", "electra": "generator_lm_head.weight", "gpt2": "lm_head.weight",
+         "mpnet": "lm_head.decoder.weight"}
 
 
 @pytest.mark.parametrize("family", sorted(HEADS))

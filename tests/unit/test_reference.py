@@ -44,7 +44,8 @@ NO_LM_HEAD = [s for s in ENCODER if s[3] != "mlm"]
 
 
 @pytest.mark.parametrize("family,lm_head", [("bert", True), ("bert", False), ("roberta", True),
-                                            ("distilbert", True), ("electra", True), ("gpt2", True)])
+                                            ("distilbert", True), ("electra", True), ("gpt2", True),
+                                            ("mpnet", True)])
 def test_mixed_engine_batch_equals_the_reference_forward(family, lm_head):
     bb = backbone(family, lm_head)
     specs = DECODER if bb.causal else ENCODER if lm_head else NO_LM_HEAD
