@@ -136,4 +136,14 @@ def build(config, name_or_path: str | Path, lm_head: bool, dtype: torch.dtype) -
     tensors = read_tensors(folder) if folder is not None else None
     if tensors is None:
         return None
+    if isinstance(model, WithLMHead) and not _holds_head(model, tensors):
+        model = builder(config, False)        # no trained LM head in the checkpoint: none is invented
     return load_tensors(model, tensors, dtype).eval()
+
+
+def _holds_head(model: WithLMHead, tensors: dict[str, torch.Tensor]) -> bool:
+    """Whether the checkpoint holds the LM head's own tensors (any of them; those tied to the
+    word embeddings aside). A config may name a masked-LM architecture over a checkpoint of the
+    base model alone, as sentence-transformers' models do."""
+    own = {k for k, _ in model.named_parameters() if not k.startswith(model.prefix + ".")} - set(model.ties)
+    return not own or bool(own & set(_named_as_model(model, tensors)))

@@ -186,6 +186,24 @@ def test_a_checkpoint_with_a_head_and_unprefixed_base_keys_loads_the_same(family
     assert (scores - reference(hf, tokens, head=True)[:, 1][:, ids]).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("family", ["bert", "mpnet"])
+def test_a_masked_lm_config_over_a_base_checkpoint_loads_the_base_and_invents_no_head(family, tmp_path):
+    """sentence-transformers' models (all-mpnet-base-v2 among them) name a masked-LM architecture
+    over the base model's weights alone: lpt serves the base, with no LM head, rather than refuse."""
+    hf = make_backbone(family, init_range=0.2)
+    folder = save_backbone(hf, tmp_path / "m")
+    prefix = hf.model.base_model_prefix + "."
+    tensors = load_file(f"{folder}/model.safetensors")
+    save_file({k: v for k, v in tensors.items() if k.startswith(prefix)}, f"{folder}/model.safetensors",
+              metadata={"format": "pt"})
+    own = Backbone.load(folder)
+    assert own.modules_from == "lpt" and not own.has_lm_head and own.fingerprint() == hf.fingerprint()
+    tokens = _tokens(hf, random_texts(3, seed=7))
+    with torch.no_grad():
+        got = own.run_layers(lower_pass(own, tokens, {0})[0], tokens.valid, 0, own.num_layers)
+    assert (got - reference(hf, tokens))[tokens.valid].abs().max() < 1e-5
+
+
 def test_a_checkpoint_unlike_its_config_is_refused_naming_the_tensor(tmp_path):
     hf = make_backbone("bert")
     folder = save_backbone(hf, tmp_path / "m")
