@@ -11,7 +11,7 @@ Families differ only in where these pieces live and in a few constants; `FamilyS
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -21,8 +21,8 @@ from safetensors import SafetensorError
 from torch import nn
 
 from .checkpoint import build
-from .models import (additive_mask, bert_parts, distilbert_parts, embed_bert, embed_distilbert, embed_gpt2, embed_mpnet,
-                     mpnet_parts, mpnet_position_bias, post_norm_block)
+from .blocks import (BlockParts, bert_parts, block_bias, distilbert_parts, embed_bert, embed_distilbert, embed_gpt2,
+                     embed_mpnet, mpnet_parts, mpnet_position_bias, post_norm_block)
 from .quantize import INT8, Int8Linear, quantize_blocks
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -72,7 +72,7 @@ class Packing:
 
     index: torch.Tensor          # [N] long: the real tokens' positions in the flattened [B * S]
     shape: tuple[int, int]       # (B, S)
-    bias: torch.Tensor           # [B, 1, 1, S] additive attention mask
+    bias: torch.Tensor           # [B, 1|heads, 1|S, S] additive attention bias (attention_bias)
     rows: int                    # N rounded up to a multiple of PACK_ROWS: the packed tensors' rows
 
     @classmethod
@@ -93,17 +93,9 @@ class Packing:
         return x.new_zeros((b * s, x.shape[1])).index_copy(0, self.index, real).view(b, s, x.shape[1])
 
 
-def _bert_block_packed(block: nn.Module, x: torch.Tensor, p: Packing) -> torch.Tensor:
-    """A BERT-shaped block (transformers' or models.py's) on packed tokens; eval mode only."""
-    return post_norm_block(x, p, p.bias, bert_parts(block))
-
-
-def _mpnet_block_packed(block: nn.Module, x: torch.Tensor, p: Packing) -> torch.Tensor:
-    return post_norm_block(x, p, p.bias, mpnet_parts(block))
-
-
-def _distilbert_block_packed(block: nn.Module, x: torch.Tensor, p: Packing) -> torch.Tensor:
-    return post_norm_block(x, p, p.bias, distilbert_parts(block))
+def _packed(parts: Callable[[nn.Module], BlockParts]) -> Callable[[nn.Module, torch.Tensor, Packing], torch.Tensor]:
+    """A family's post-norm block (transformers' modules or models.py's) on packed tokens; eval mode only."""
+    return lambda block, x, p: post_norm_block(x, p, p.bias, parts(block))
 
 
 def _run_blocks(blocks, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -150,29 +142,26 @@ class FamilySpec:
 _ROBERTA = FamilySpec(
     layers=lambda b: b.encoder.layer, embed=embed_bert,
     lm_transform=lambda m: _Seq(m.lm_head.dense, nn.GELU(), m.lm_head.layer_norm),
-    lm_output=lambda m: m.lm_head.decoder, reserved_positions=2, packed_block=_bert_block_packed)
+    lm_output=lambda m: m.lm_head.decoder, reserved_positions=2, packed_block=_packed(bert_parts))
 
 FAMILIES: dict[str, FamilySpec] = {   # keyed by the Hugging Face config's model_type
     "bert": FamilySpec(
         layers=lambda b: b.encoder.layer, embed=embed_bert,
         lm_transform=lambda m: m.cls.predictions.transform, lm_output=lambda m: m.cls.predictions.decoder,
-        packed_block=_bert_block_packed),
+        packed_block=_packed(bert_parts)),
     "roberta": _ROBERTA,
     "xlm-roberta": _ROBERTA,
     "camembert": _ROBERTA,
-    "mpnet": FamilySpec(
-        layers=lambda b: b.encoder.layer, embed=embed_mpnet,
-        lm_transform=lambda m: _Seq(m.lm_head.dense, nn.GELU(), m.lm_head.layer_norm),
-        lm_output=lambda m: m.lm_head.decoder, reserved_positions=2, packed_block=_mpnet_block_packed,
-        position_bias=mpnet_position_bias),
+    # RoBERTa's positions and LM head, its own block names and a relative position bias
+    "mpnet": replace(_ROBERTA, embed=embed_mpnet, packed_block=_packed(mpnet_parts), position_bias=mpnet_position_bias),
     "distilbert": FamilySpec(
         layers=lambda b: b.transformer.layer, embed=embed_distilbert,
         lm_transform=lambda m: _Seq(m.vocab_transform, m.activation, m.vocab_layer_norm),
-        lm_output=lambda m: m.vocab_projector, packed_block=_distilbert_block_packed),
+        lm_output=lambda m: m.vocab_projector, packed_block=_packed(distilbert_parts)),
     "electra": FamilySpec(
         layers=lambda b: b.encoder.layer, embed=embed_bert,
         lm_transform=lambda m: m.generator_predictions, lm_output=lambda m: m.generator_lm_head,
-        packed_block=_bert_block_packed),
+        packed_block=_packed(bert_parts)),
     "gpt2": FamilySpec(
         layers=lambda b: b.h, embed=embed_gpt2, lm_transform=lambda m: nn.Identity(),
         lm_output=lambda m: m.lm_head, final_norm=lambda b: b.ln_f, causal=True,
@@ -345,13 +334,14 @@ class Backbone(nn.Module):
         return self.spec.embed(self.base, input_ids, token_type_ids)
 
     def attention_bias(self, key_valid: torch.Tensor) -> torch.Tensor:
-        """key_valid [B, S] bool -> additive mask [B, 1, S|1, S].
+        """key_valid [B, S] bool -> what every block adds to its attention scores: the additive
+        mask [B, 1, S|1, S], plus the family's relative position bias ([B, heads, S, S], MPNet).
 
         Built by hand as a float mask (0 or the dtype's minimum, never -inf) so that a query
         whose keys are all masked (an empty prompt slot) stays finite instead of NaN, and so
-        that every family and attention backend gets the same thing.
+        that every family and attention backend gets the same thing (blocks.block_bias).
         """
-        return additive_mask(key_valid, self.dtype, self.causal)
+        return block_bias(self.base, key_valid, self.dtype, self.causal, self.spec.position_bias)
 
     def run_layers(self, h: torch.Tensor, valid: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Run blocks [start, stop) on h [B, S, d] whose real positions are valid [B, S] (bool;
@@ -366,14 +356,11 @@ class Backbone(nn.Module):
         if not len(blocks):
             return h
         packed = self.packed_block if h.device.type == "cpu" and not self.model.training else None
-        position_bias = self.spec.position_bias
-        if valid is None and not self.causal and packed is None and position_bias is None:
+        if valid is None and not self.causal and packed is None and self.spec.position_bias is None:
             return _run_blocks(blocks, h, None)   # nothing to mask: SDPA may take its fastest kernel
         if valid is None:
             valid = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
         bias = self.attention_bias(valid)
-        if position_bias is not None:       # each row's positions count its real tokens and prompt slots only
-            bias = bias + position_bias(self.base, valid.long().cumsum(1) - 1)
         if packed is None:
             return _run_blocks(blocks, h, bias)
         p = Packing.of(valid, bias)

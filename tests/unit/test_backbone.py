@@ -35,12 +35,13 @@ def distinct_norms(bb):
     return bb
 
 
-def _reference(bb, tokens):
+def reference(bb, tokens, head: bool = False) -> torch.Tensor:
+    """The model's own forward on the batch: last hidden states, or the LM head's logits."""
     kwargs = dict(input_ids=tokens.input_ids, attention_mask=tokens.valid.long())
     if tokens.token_type_ids is not None:
         kwargs["token_type_ids"] = tokens.token_type_ids
     with torch.no_grad():
-        return bb.base(**kwargs).last_hidden_state
+        return bb.model(**kwargs).logits if head else bb.base(**kwargs).last_hidden_state
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -51,7 +52,7 @@ def test_split_forward_equals_model_forward(family, attn):
     pairs = random_texts(6, seed=2) if family != "gpt2" else None
     tokens = _tokens(bb, texts, pairs)
     assert not tokens.valid.all(), "the batch must contain padding"
-    ref = _reference(bb, tokens)
+    ref = reference(bb, tokens)
     with torch.no_grad():
         whole = bb.final_norm(lower_pass(bb, tokens, {bb.num_layers})[bb.num_layers])
         for k in range(bb.num_layers + 1):
@@ -112,8 +113,7 @@ def test_label_scores_equal_full_lm_logits(family):
     tokens = _tokens(bb, random_texts(3, seed=3))
     with torch.no_grad():
         h = bb.final_norm(lower_pass(bb, tokens, {bb.num_layers})[bb.num_layers])
-        kwargs = dict(input_ids=tokens.input_ids, attention_mask=tokens.valid.long())
-        full = bb.model(**kwargs).logits                     # [B, T, V]
+        full = reference(bb, tokens, head=True)              # [B, T, V]
         ids = torch.tensor([5, 7, 11])
         ours = bb.label_scores(h[:, 1], ids)
     assert (ours - full[:, 1][:, ids]).abs().max().item() < 1e-5

@@ -14,7 +14,7 @@ from lpt import checkpoint, models
 from lpt.backbone import Backbone, ModelLoadError
 from lpt.forward import lower_pass
 from reference_forward import transformers_backbone
-from test_backbone import _tokens, distinct_norms
+from test_backbone import _tokens, distinct_norms, reference
 from tiny import make_backbone, own_twin, random_texts, save_backbone
 
 pytestmark = pytest.mark.unit
@@ -23,14 +23,6 @@ NATIVE = sorted(models.BUILDERS)
 
 def twin(bb: Backbone, tmp_path) -> Backbone:
     return own_twin(bb, tmp_path / "model")
-
-
-def reference(bb: Backbone, tokens, head: bool = False) -> torch.Tensor:
-    kwargs = dict(input_ids=tokens.input_ids, attention_mask=tokens.valid.long())
-    if tokens.token_type_ids is not None:
-        kwargs["token_type_ids"] = tokens.token_type_ids
-    with torch.no_grad():
-        return bb.model(**kwargs).logits if head else bb.base(**kwargs).last_hidden_state
 
 
 def test_every_family_of_the_table_is_written_here():
