@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from .checkpoint import build
+from .models import build_bert, build_distilbert, build_electra, build_gpt2, build_mpnet, build_roberta
 from .blocks import (BlockParts, bert_parts, block_bias, distilbert_parts, embed_bert, embed_distilbert, embed_gpt2,
                      embed_mpnet, mpnet_parts, mpnet_position_bias, post_norm_block)
 from .quantize import INT8, Int8Linear, quantize_blocks
@@ -123,8 +124,10 @@ Embed = Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]
 @dataclass(frozen=True)
 class FamilySpec:
     """Everything one model family does its own way. A new family is one more row of FAMILIES
-    (and one tiny model in the tests): no other code branches on the model type."""
+    (with its modules and builder in models.py, and one tiny model in the tests): no other code
+    branches on the model type."""
 
+    build: Callable[..., nn.Module | None]          # (config, LM head?) -> lpt's own model (models.py), or None
     layers: Callable[[nn.Module], nn.ModuleList]   # base model -> its blocks
     embed: Embed                                   # (base, ids, types) -> [B, T, d], real tokens at positions 0..T-1
     lm_transform: Callable[[nn.Module], nn.Module]  # LM model -> module applied before the output projection
@@ -140,30 +143,30 @@ class FamilySpec:
 
 
 _ROBERTA = FamilySpec(
-    layers=lambda b: b.encoder.layer, embed=embed_bert,
+    build=build_roberta, layers=lambda b: b.encoder.layer, embed=embed_bert,
     lm_transform=lambda m: _Seq(m.lm_head.dense, nn.GELU(), m.lm_head.layer_norm),
     lm_output=lambda m: m.lm_head.decoder, reserved_positions=2, packed_block=_packed(bert_parts))
 
 FAMILIES: dict[str, FamilySpec] = {   # keyed by the Hugging Face config's model_type
     "bert": FamilySpec(
-        layers=lambda b: b.encoder.layer, embed=embed_bert,
+        build=build_bert, layers=lambda b: b.encoder.layer, embed=embed_bert,
         lm_transform=lambda m: m.cls.predictions.transform, lm_output=lambda m: m.cls.predictions.decoder,
         packed_block=_packed(bert_parts)),
     "roberta": _ROBERTA,
     "xlm-roberta": _ROBERTA,
     "camembert": _ROBERTA,
     # RoBERTa's positions and LM head, its own block names and a relative position bias
-    "mpnet": replace(_ROBERTA, embed=embed_mpnet, packed_block=_packed(mpnet_parts), position_bias=mpnet_position_bias),
+    "mpnet": replace(_ROBERTA, build=build_mpnet, embed=embed_mpnet, packed_block=_packed(mpnet_parts), position_bias=mpnet_position_bias),
     "distilbert": FamilySpec(
-        layers=lambda b: b.transformer.layer, embed=embed_distilbert,
+        build=build_distilbert, layers=lambda b: b.transformer.layer, embed=embed_distilbert,
         lm_transform=lambda m: _Seq(m.vocab_transform, m.activation, m.vocab_layer_norm),
         lm_output=lambda m: m.vocab_projector, packed_block=_packed(distilbert_parts)),
     "electra": FamilySpec(
-        layers=lambda b: b.encoder.layer, embed=embed_bert,
+        build=build_electra, layers=lambda b: b.encoder.layer, embed=embed_bert,
         lm_transform=lambda m: m.generator_predictions, lm_output=lambda m: m.generator_lm_head,
         packed_block=_packed(bert_parts)),
     "gpt2": FamilySpec(
-        layers=lambda b: b.h, embed=embed_gpt2, lm_transform=lambda m: nn.Identity(),
+        build=build_gpt2, layers=lambda b: b.h, embed=embed_gpt2, lm_transform=lambda m: nn.Identity(),
         lm_output=lambda m: m.lm_head, final_norm=lambda b: b.ln_f, causal=True,
         pad_fallback="eos_token_id"),   # GPT-2 has no pad token; padded positions are masked anyway
 }
@@ -258,7 +261,7 @@ class Backbone(nn.Module):
             raise ModelLoadError(f"cannot load model {name_or_path!r}: {first} ({MODEL_HINT})") from None
         lm_head, torch_dtype = _has_lm_head(config), DTYPES.get(dtype, torch.float32)
         try:
-            model = build(config, path, lm_head, torch_dtype)
+            model = build(spec.build, config, path, lm_head, torch_dtype)
             if model is None:                   # a setting models.py does not write, weights checkpoint.py cannot read
                 model = transformers_model(path, lm_head, spec.causal, torch_dtype)
         except (OSError, ValueError, RuntimeError, SafetensorError) as e:   # files not what the config says

@@ -1,6 +1,6 @@
 """A checkpoint's files as one of lpt's own models (models.py): which files, which names, which ties.
 
-    model = build(config, "path/or/hub-id", lm_head=True, dtype=torch.float32)   # None: not ours to load
+    model = build(build_bert, config, "path/or/hub-id", lm_head=True, dtype=torch.float32)   # None: not ours
 
 The parameters are the checkpoint's tensors as safetensors maps them from the file (copied only
 where the dtype or device differs), as transformers does. Where a model is not written in
@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
-from .models import BUILDERS, Decoder, WithLMHead
+from .models import Decoder, WithLMHead
 
 
 class CheckpointError(ValueError):
@@ -122,13 +123,11 @@ def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], dtype: torc
     return model
 
 
-def build(config, name_or_path: str | Path, lm_head: bool, dtype: torch.dtype) -> nn.Module | None:
+def build(builder: Callable[..., nn.Module | None], config, name_or_path: str | Path, lm_head: bool,
+          dtype: torch.dtype) -> nn.Module | None:
     """The model of `config` with the tensors of the checkpoint at `name_or_path` (a folder or a
     hub id), in eval mode; None where models.py does not write that model or its weights cannot
     be read here (transformers loads it instead)."""
-    builder = BUILDERS.get(config.model_type)
-    if builder is None:
-        return None
     model = builder(config, lm_head)
     if model is None:
         return None

@@ -5,12 +5,12 @@ Importing transformers' model code costs a process ~110 MB and 1.6 s (about 1,50
 torch.distributed, torch._dynamo, sympy) for a stack of linear layers. These modules carry
 transformers' own attribute names (`bert.encoder.layer[i].attention.self.query`, `h[i].attn.c_attn`,
 ...), so a checkpoint's tensors load by their names, and everything else in lpt (the family
-table, the packed blocks, int8, training) serves either kind of model. A builder in BUILDERS
-answers None for what is not written here (relative or sinusoidal position embeddings, an
+table, the packed blocks, int8, training) serves either kind of model. A family's builder
+(`build_bert`, ...; its row of backbone.FAMILIES holds it) answers None for what is not written here (relative or sinusoidal position embeddings, an
 activation not in ACTIVATIONS, a BERT decoder config, RoBERTa without a pad id, GPT-2's
 attention variants): such a model loads through transformers.
 
-    model = BUILDERS[config.model_type](config, lm_head=True)    # on the meta device, no weights yet
+    model = build_bert(config, lm_head=True)    # on the meta device, no weights yet
     model.base_model.encoder.layer[0](h, attention_mask=bias)
 """
 from __future__ import annotations
@@ -440,7 +440,7 @@ def _bert_like(c, lm_head: bool, prefix: str, positions_from_pad: bool = False) 
     return WithLMHead(c, prefix, base, {"lm_head": _RobertaHead(c)}, {"lm_head.decoder.weight": emb})
 
 
-def _distilbert(c, lm_head: bool) -> nn.Module | None:
+def build_distilbert(c, lm_head: bool) -> nn.Module | None:
     act = _activation(c.activation)
     if act is None or getattr(c, "sinusoidal_pos_embds", False):    # those positions: not written here
         return None
@@ -454,7 +454,7 @@ def _distilbert(c, lm_head: bool) -> nn.Module | None:
                     {"vocab_projector.weight": "distilbert.embeddings.word_embeddings.weight"})
 
 
-def _gpt2(c, lm_head: bool) -> nn.Module | None:
+def build_gpt2(c, lm_head: bool) -> nn.Module | None:
     act = _activation(c.activation_function)
     if act is None or c.scale_attn_by_inverse_layer_idx or c.reorder_and_upcast_attn or c.add_cross_attention:
         return None
@@ -466,7 +466,7 @@ def _gpt2(c, lm_head: bool) -> nn.Module | None:
     return WithLMHead(c, "transformer", base, {"lm_head": head}, {"lm_head.weight": "transformer.wte.weight"})
 
 
-def _mpnet(c, lm_head: bool) -> nn.Module | None:
+def build_mpnet(c, lm_head: bool) -> nn.Module | None:
     act = _activation(c.hidden_act)
     if act is None:
         return None
@@ -478,14 +478,15 @@ def _mpnet(c, lm_head: bool) -> nn.Module | None:
                       {"lm_head.decoder.weight": "mpnet.embeddings.word_embeddings.weight"})
 
 
-# model_type -> (config, with an LM head?) -> the model on the meta device, or None
-BUILDERS: dict[str, Callable[..., nn.Module | None]] = {
-    "bert": lambda c, lm: _bert_like(c, lm, "bert"),
-    "roberta": lambda c, lm: _bert_like(c, lm, "roberta", positions_from_pad=True),
-    "xlm-roberta": lambda c, lm: _bert_like(c, lm, "roberta", positions_from_pad=True),
-    "camembert": lambda c, lm: _bert_like(c, lm, "roberta", positions_from_pad=True),
-    "electra": lambda c, lm: _bert_like(c, lm, "electra"),
-    "distilbert": _distilbert,
-    "mpnet": _mpnet,
-    "gpt2": _gpt2,
-}
+# Each family's builder: (config, with an LM head?) -> the model on the meta device, or None where
+# it is not written here. backbone.FAMILIES holds them, one per family row.
+def build_bert(c, lm_head: bool) -> nn.Module | None:
+    return _bert_like(c, lm_head, "bert")
+
+
+def build_roberta(c, lm_head: bool) -> nn.Module | None:
+    return _bert_like(c, lm_head, "roberta", positions_from_pad=True)
+
+
+def build_electra(c, lm_head: bool) -> nn.Module | None:
+    return _bert_like(c, lm_head, "electra")
